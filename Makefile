@@ -1,0 +1,38 @@
+# Two commands set up everything on a fresh machine: `make demo` and `make test`.
+# Both create .venv once; the install is redone only when pyproject.toml changes.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: help install demo test bench complexity clean
+
+help:
+	@echo "make demo        run the main job on the embedded data (creates .venv on first use)"
+	@echo "make test        run the test suite"
+	@echo "make bench       run the side-by-side benchmarks and rewrite BENCHMARKS.md"
+	@echo "make complexity  print params and multiply-adds beside the paper's figures"
+	@echo "make clean       remove .venv and runs/"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+demo: $(STAMP)
+	$(PY) -m demo.foundation
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+complexity: $(STAMP)
+	$(PY) -m tools.complexity
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,103 @@
+"""The shared training engine, on a toy task: outputs, signal → checkpoint → exact resume, NaN guard,
+and DDP under torchrun matching one process on the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from backbone.checkpoint import load_checkpoint
+from train.engine import lr_factor, parameter_groups
+
+TOY = Path(__file__).resolve().parent / "toy_task.py"
+
+
+def toy(tmp_path: Path, *flags: str, torchrun: int = 0) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}"] if torchrun else [sys.executable]
+    cmd = [*launcher, str(TOY), "--project", str(tmp_path), "--workers", "0", "--no-progress", "--device", "cpu", *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_a_run_writes_the_result_folder(tmp_path):
+    result = toy(tmp_path, "--name", "a", "--epochs", "2")
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "a"
+    for name in ("last.pt", "best.pt", "args.json", "metrics.jsonl"):
+        assert (run / name).is_file(), name
+    assert list(run.glob("events.out.tfevents.*"))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "val/score" in r] == [1, 2]
+    assert json.loads((run / "args.json").read_text())["epochs"] == 2
+    # A second run with the same name goes to a new folder instead of overwriting.
+    assert toy(tmp_path, "--name", "a", "--epochs", "1").returncode == 0
+    assert (tmp_path / "a2" / "last.pt").is_file()
+
+
+def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path):
+    straight = toy(tmp_path, "--name", "straight", "--epochs", "3")
+    assert straight.returncode == 0, straight.stderr
+    interrupted = toy(tmp_path, "--name", "cut", "--epochs", "3", "--kill-at-step", "11")
+    assert interrupted.returncode == 0, interrupted.stderr
+    assert "SIGTERM: saved" in interrupted.stderr and "--resume" in interrupted.stderr
+    ckpt = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (1, 3)  # 8 steps per epoch: stopped after step 11
+    resumed = toy(tmp_path, "--resume", str(tmp_path / "cut" / "last.pt"))
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "cut" / "last.pt")
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    ema_a = load_checkpoint(tmp_path / "straight" / "last.pt")["ema"]
+    ema_b = load_checkpoint(tmp_path / "cut" / "last.pt")["ema"]
+    assert all(torch.allclose(ema_a[k], ema_b[k], atol=1e-6) for k in ema_a)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
+    assert toy(tmp_path, "--name", "n", "--epochs", "1").returncode == 0
+    last = tmp_path / "n" / "last.pt"
+    before = last.read_bytes()
+    result = toy(tmp_path, "--name", "n", "--exist-ok", "--epochs", "2", "--nan-at-step", "3")
+    assert result.returncode == 3
+    assert "loss became nan at epoch 1, step 3" in result.stderr and "Traceback" not in result.stderr
+    assert last.read_bytes() == before
+
+
+def test_resume_of_a_missing_checkpoint_is_one_line(tmp_path):
+    result = toy(tmp_path, "--resume", str(tmp_path / "nope" / "last.pt"))
+    assert result.returncode != 0
+    assert "nope/last.pt: no such file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_torchrun_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
+    one = toy(tmp_path, "--name", "one", "--epochs", "2", "--ema-decay", "0")
+    two = toy(tmp_path, "--name", "two", "--epochs", "2", "--ema-decay", "0", torchrun=2)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    a, b = weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt")
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_no_weight_decay_on_norms_and_biases():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+    decay, no_decay = parameter_groups(model, 4e-5)
+    assert decay["weight_decay"] == 4e-5 and no_decay["weight_decay"] == 0.0
+    assert {p.ndim for p in decay["params"]} == {4, 2} and {p.ndim for p in no_decay["params"]} == {1}
+
+
+@pytest.mark.parametrize("schedule, end", [("cosine", 0.0), ("poly", 0.0)])
+def test_schedules_warm_up_then_decay(schedule, end):
+    factors = [lr_factor(s, 100, 10, schedule) for s in range(101)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert factors[100] == pytest.approx(end)
