@@ -7,7 +7,10 @@ training scripts call; `.tflite` files are converted first by tools/import_tflit
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
+import sys
 import urllib.error
 from pathlib import Path
 from typing import Mapping
@@ -100,14 +103,17 @@ def load_torchvision_imagenet(model: MobileNetV2, name: str = "IMAGENET1K_V1") -
     if name not in TORCHVISION_WEIGHTS:
         raise WeightsError(f"unknown torchvision weights {name!r}: choose one of {', '.join(TORCHVISION_WEIGHTS)}")
     weights = MobileNet_V2_Weights[name]
+    chatter = io.StringIO()  # torch.hub announces "Downloading: ..." even when the download then fails
     try:
-        state = weights.get_state_dict(progress=True, weights_only=True)
+        with contextlib.redirect_stderr(chatter):
+            state = weights.get_state_dict(progress=False, weights_only=True)
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise WeightsError(
             f"could not download torchvision MobileNet_V2_Weights.{name} from {weights.url} ({reason}). "
             "Without internet, fetch that file elsewhere and pass its path instead of the weights name."
         ) from e
+    sys.stderr.write(chatter.getvalue())
     load_state_dict_checked(model, from_torchvision(state), f"torchvision MobileNet_V2_Weights.{name}")
 
 

@@ -117,7 +117,7 @@ def test_unknown_torchvision_name():
         load_pretrained(MobileNetV2(), "IMAGENET1K_V3")
 
 
-def test_offline_download_fails_with_one_clear_message(tmp_path, monkeypatch):
+def test_offline_download_fails_with_one_clear_message(tmp_path, monkeypatch, capsys):
     """torchvision's own download path is used; without network it must say what to do, in one line."""
 
     def offline(*args, **kwargs):
@@ -131,3 +131,24 @@ def test_offline_download_fails_with_one_clear_message(tmp_path, monkeypatch):
     assert "\n" not in message
     assert "MobileNet_V2_Weights.IMAGENET1K_V1" in message and "download.pytorch.org" in message
     assert "Without internet" in message
+    assert capsys.readouterr().err == "", "torch.hub's 'Downloading:' chatter must not precede the error"
+
+
+def test_offline_cli_prints_one_line(tmp_path):
+    """End to end through a CLI: an unreachable proxy stands in for a machine without internet."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    image = tmp_path / "grey.png"
+    Image.new("RGB", (64, 48), (128, 128, 128)).save(image)
+    env = {"PATH": "/usr/bin:/bin", "TORCH_HOME": str(tmp_path / "cache"),
+           "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "demo.classify", "--weights", "IMAGENET1K_V1", str(image)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: could not download torchvision"), result.stderr
