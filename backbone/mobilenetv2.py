@@ -56,6 +56,9 @@ def dilation_schedule(strides: Sequence[int], output_stride: int) -> list[tuple[
 class MobileNetV2(nn.Module):
     """MobileNetV2 body with optional last 1×1 conv (1280) and classifier.
 
+    Channels are rounded to multiples of `divisible_by` (8 in the paper's models; TF DeepLab uses 1 below
+    width 1.0, e.g. 12 channels at width 0.5 where 8 would give 16).
+
     Taps name feature maps returned by `forward_features`: "stem", "block{i}" (output of block i, 0..16),
     "block{i}.expansion" (its 1×1 expansion output, e.g. "block13.expansion": 576 channels at stride 16)
     and "last_conv".
@@ -72,6 +75,7 @@ class MobileNetV2(nn.Module):
         bn_momentum: float = 0.1,
         frozen_bn: bool = False,
         dropout: float = 0.2,
+        divisible_by: int = 8,
     ) -> None:
         super().__init__()
         if output_stride not in OUTPUT_STRIDES:
@@ -92,16 +96,17 @@ class MobileNetV2(nn.Module):
             bn_momentum=bn_momentum,
             frozen_bn=frozen_bn,
             dropout=dropout,
+            divisible_by=divisible_by,
         )
         norm = NormSpec(eps=bn_eps, momentum=bn_momentum, frozen=frozen_bn)
 
         block_args = []  # (out_channels, stride, expand_ratio)
         for t, c, n, s in INVERTED_RESIDUAL_SETTINGS:
             for i in range(n):
-                block_args.append((make_divisible(c * width_mult), s if i == 0 else 1, t))
+                block_args.append((make_divisible(c * width_mult, divisible_by), s if i == 0 else 1, t))
         schedule = dilation_schedule([2] + [s for _, s, _ in block_args], output_stride)
 
-        stem_channels = make_divisible(32 * width_mult)
+        stem_channels = make_divisible(32 * width_mult, divisible_by)
         stem_stride, _ = schedule[0]
         self.stem = ConvBNAct(3, stem_channels, 3, stem_stride, norm=norm, padding_mode=padding_mode)
 
@@ -113,7 +118,7 @@ class MobileNetV2(nn.Module):
 
         self.last_conv: nn.Module | None = None
         if include_last_conv:
-            last_channels = make_divisible(1280 * max(1.0, width_mult))
+            last_channels = make_divisible(1280 * max(1.0, width_mult), divisible_by)
             self.last_conv = ConvBNAct(in_channels, last_channels, 1, norm=norm)
             in_channels = last_channels
         self.out_channels = in_channels

@@ -420,6 +420,8 @@ class Trainer:
         for batch in self.train_loader:
             if self.step_in_epoch >= self.steps_per_epoch:
                 break
+            if batch is None:  # the skip policy dropped every sample of this batch (see --skip-bad-samples)
+                continue
             with torch.autocast(self.device.type, enabled=self.amp):
                 loss, logs = self.task.compute_loss(self.ddp_model, batch, self.device)
             flags = all_reduce_sum(

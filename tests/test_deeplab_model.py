@@ -1,0 +1,195 @@
+"""Mobile DeepLabv3: head and pooling, variants, the paper's size figures, loss, checkpoints and inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from backbone.checkpoint import WeightsError, save_checkpoint
+from deeplab_mobile import (
+    PRESETS,
+    VOC_CLASSES,
+    MobileDeepLabV3,
+    build_deeplab,
+    get_preset,
+    load_deeplab,
+    predict,
+    save_deeplab,
+    segmentation_loss,
+)
+from deeplab_mobile.head import ImagePooling
+from backbone.layers import NormSpec
+
+
+def complexity(model: torch.nn.Module, size: int) -> tuple[int, int]:
+    """(parameters, multiply-adds) at size×size, MAdds = FLOPs / 2 as in tools/complexity.py."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.eval()(torch.zeros(1, 3, size, size))
+    return sum(p.numel() for p in model.parameters()), counter.get_total_flops() // 2
+
+
+def test_paper_row_params_and_madds() -> None:
+    """Table 7, MNetV2* OS16 without ASPP at 513×513: 2.11M parameters (±5%), 2.75B multiply-adds (±10%)."""
+    params, madds = complexity(build_deeplab("mnv2_os16"), 513)
+    assert params == pytest.approx(2.11e6, rel=0.05)
+    assert madds == pytest.approx(2.75e9, rel=0.10)
+
+
+def test_head_shapes_and_branch_layout() -> None:
+    model = build_deeplab("mnv2_os16").eval()
+    features = model.backbone(torch.zeros(2, 3, 65, 97))
+    assert features.shape == (2, 320, 5, 7)  # OS16 up to the 320-channel layer, no 1280 layer
+    assert model.backbone.last_conv is None
+    assert model.head(features).shape == (2, 21, 5, 7)
+    assert model.head.project.conv.in_channels == 512  # image pooling ‖ 1×1 branch
+    assert model.head.classifier.bias is not None and model.head.dropout.p == 0.1
+
+
+@pytest.mark.parametrize("size", [(511, 377), (33, 47), (1, 1)])
+def test_any_input_size_gives_full_size_logits(size: tuple[int, int]) -> None:
+    model = MobileDeepLabV3(num_classes=5).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, *size)).shape == (1, 5, *size)
+
+
+def test_global_pooling_is_the_mean_of_the_map() -> None:
+    pooling = ImagePooling(8, 4, None, NormSpec()).eval()
+    x = torch.randn(2, 8, 13, 7)
+    expected = pooling.conv(x.mean((2, 3), keepdim=True))
+    out = pooling(x)
+    assert out.shape == (2, 4, 13, 7)
+    assert torch.allclose(out, expected.expand_as(out))
+
+
+def test_tf_fixed_pooling_equals_global_at_native_size_and_stays_defined_elsewhere() -> None:
+    torch.manual_seed(0)
+    tf = ImagePooling(8, 4, (33, 33), NormSpec()).eval()
+    pooled = ImagePooling(8, 4, None, NormSpec()).eval()
+    pooled.load_state_dict(tf.state_dict())
+    native = torch.randn(1, 8, 33, 33)
+    assert torch.allclose(tf(native), pooled(native), atol=1e-6)
+    small = torch.randn(1, 8, 20, 24)  # smaller than the window: the global average
+    assert torch.allclose(tf(small), pooled(small), atol=1e-6)
+    large = torch.randn(1, 8, 40, 36)  # larger: a sliding window like TF, resized back to the map
+    assert tf(large).shape == (1, 4, 40, 36)
+    assert not torch.allclose(tf(large), pooled(large))
+
+
+@pytest.mark.parametrize("name", ["mnv2_os8", "mnv2_aspp_os16", "mnv2_aspp_os8"])
+def test_table7_variants_build_and_run(name: str) -> None:
+    preset = get_preset(name)
+    model = build_deeplab(preset, num_classes=3).eval()
+    with torch.no_grad():
+        features = model.backbone(torch.zeros(1, 3, 65, 65))
+        logits = model(torch.zeros(1, 3, 65, 65))
+    assert features.shape[-1] == (65 - 1) // preset.output_stride + 1
+    assert logits.shape == (1, 3, 65, 65)
+    rates = [branch.conv.dilation[0] for branch in model.head.atrous]
+    assert rates == ([6, 12, 18] if preset.output_stride == 16 else [12, 24, 36]) if preset.aspp else rates == []
+
+
+def test_separable_aspp_is_smaller_than_plain() -> None:
+    plain = MobileDeepLabV3(aspp=True)
+    separable = MobileDeepLabV3(aspp=True, aspp_separable=True)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(separable) < count(plain) - 1.5e6
+
+
+def test_width_multiplier_and_tf_channel_rounding() -> None:
+    assert MobileDeepLabV3(width_mult=0.5).backbone.out_channels == 160
+    tf_half = build_deeplab("tf_mnv2_dm05_pascal")
+    assert tf_half.backbone.blocks[1].out_channels == 12  # TF DeepLab: no multiple-of-8 rounding below 1.0
+    assert MobileDeepLabV3(width_mult=0.5).backbone.blocks[1].out_channels == 16
+
+
+def test_bad_model_arguments_are_named() -> None:
+    with pytest.raises(ValueError, match="output_stride"):
+        MobileDeepLabV3(output_stride=32)
+    with pytest.raises(ValueError, match="pool_kernel"):
+        MobileDeepLabV3(image_pooling="tf_fixed")
+    with pytest.raises(ValueError, match="unknown DeepLab preset 'nope'"):
+        build_deeplab("nope")
+
+
+def test_loss_ignores_255_and_rejects_other_out_of_range_ids() -> None:
+    logits = torch.randn(2, 3, 4, 5, requires_grad=True)
+    target = torch.randint(0, 3, (2, 4, 5))
+    target[0, 0, :] = 255
+    valid = target != 255
+    expected = torch.nn.functional.cross_entropy(logits.permute(0, 2, 3, 1)[valid], target[valid])
+    loss = segmentation_loss(logits, target)
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert logits.grad[0, :, 0, :].abs().sum() == 0  # ignored pixels get no gradient
+    assert segmentation_loss(logits, torch.full((2, 4, 5), 255)).item() == 0.0  # nothing labelled: 0, not NaN
+    bad = target.clone()
+    bad[1, 2, 3], bad[0, 1, 1] = 7, -1
+    with pytest.raises(ValueError, match=r"mask values \[-1, 7\].*3-class model"):
+        segmentation_loss(logits, bad)
+    with pytest.raises(ValueError, match="does not match logits"):
+        segmentation_loss(logits, target[:, :3])
+
+
+@pytest.fixture(scope="module")
+def small_model() -> MobileDeepLabV3:
+    torch.manual_seed(0)
+    return build_deeplab("mnv2_os16", num_classes=4).eval()
+
+
+def test_checkpoint_round_trip_and_wrong_files(small_model: MobileDeepLabV3, tmp_path) -> None:
+    preset = get_preset("mnv2_os16")
+    path = save_deeplab(tmp_path / "d.pt", small_model, preset, ["bg", "a", "b", "c"], epoch=3)
+    model, found, names = load_deeplab(path, preset="mnv2_os16", num_classes=4)
+    assert found == preset and names == ["bg", "a", "b", "c"]
+    x = torch.randn(1, 3, 45, 37)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), small_model(x))
+    with pytest.raises(WeightsError, match=r"d\.pt: a checkpoint of preset 'mnv2_os16', not the 'mnv2_os8'"):
+        load_deeplab(path, preset="mnv2_os8")
+    with pytest.raises(WeightsError, match=r"d\.pt: a 4-class model, not the 21 classes"):
+        load_deeplab(path, num_classes=21)
+    ssd = save_checkpoint({"arch": "ssdlite", "config": {}, "model": {}}, tmp_path / "ssd.pt")
+    with pytest.raises(WeightsError, match=r"ssd\.pt: holds a 'ssdlite' model, not a Mobile DeepLabv3"):
+        load_deeplab(ssd)
+    broken = torch.load(path, weights_only=True)
+    broken["model"].pop("head.classifier.weight")
+    save_checkpoint(broken, tmp_path / "broken.pt")
+    with pytest.raises(WeightsError, match=r"broken\.pt: weights do not fit.*head\.classifier\.weight"):
+        load_deeplab(tmp_path / "broken.pt")
+    with pytest.raises(ValueError, match="3 class names for a 4-class model"):
+        save_deeplab(tmp_path / "e.pt", small_model, preset, ["a", "b", "c"])
+
+
+@pytest.mark.parametrize(
+    "preset_name, shape",
+    [
+        ("mnv2_os16", (511, 377, 3)),  # the model runs at the odd size itself
+        ("mnv2_os16", (40, 30, 1)),
+        ("tf_mnv2_pascal", (377, 511)),  # long side to 513, padded, cropped and resized back
+        ("tf_mnv2_dm05_pascal_257", (64, 48, 4)),  # stretched to 257×257 and back
+    ],
+)
+def test_predict_gives_a_full_size_mask_for_any_image(small_model, preset_name, shape) -> None:
+    preset = get_preset(preset_name)
+    model = small_model if preset_name == "mnv2_os16" else build_deeplab(preset, num_classes=4).eval()
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    mask = predict(model, image, preset)
+    assert mask.shape == shape[:2] and mask.dtype == np.uint8 and mask.max() < 4
+
+
+def test_predict_rejects_non_images(small_model) -> None:
+    preset = get_preset("mnv2_os16")
+    with pytest.raises(ValueError, match="8-bit image"):
+        predict(small_model, np.zeros((8, 8, 3), np.float32), preset)
+    with pytest.raises(ValueError, match=r"got \[8, 8, 2\]"):
+        predict(small_model, np.zeros((8, 8, 2), np.uint8), preset)
+
+
+def test_presets_are_named_and_buildable() -> None:
+    assert len({p.name for p in PRESETS}) == len(PRESETS)
+    assert len(VOC_CLASSES) == get_preset("mnv2_os16").num_classes == 21
+    assert get_preset("tf_mnv2_pascal").pool_kernel == (33, 33)
+    assert get_preset("tf_mnv2_dm05_pascal_257").pool_kernel == (33, 33)
