@@ -1,0 +1,81 @@
+"""Bad-data errors and the opt-in skip policy.
+
+Every reader raises `DatasetError` naming the file and the problem. A training run that prefers to go on passes a
+`SkipCounter`: the bad sample is then dropped with a warning and counted, and the run prints `summary()` at the
+end. The counts live in shared memory so that samples skipped inside DataLoader worker processes are counted too.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import warnings
+from os import PathLike
+from typing import Literal
+
+SkipKind = Literal[
+    "missing image", "corrupt image", "size mismatch", "bad annotation", "bad box", "unknown category", "bad mask"
+]
+SKIP_KINDS: tuple[SkipKind, ...] = (
+    "missing image", "corrupt image", "size mismatch", "bad annotation", "bad box", "unknown category", "bad mask"
+)
+
+
+class DatasetError(ValueError):
+    """A problem with a dataset file: the message names the file, the problem and what to do about it."""
+
+    def __init__(self, path: str | PathLike[str], problem: str, fix: str = "", kind: SkipKind | None = None):
+        self.path = str(path)
+        self.problem = problem
+        self.kind = kind
+        super().__init__(f"{self.path}: {problem}" + (f". {fix}" if fix else ""))
+
+
+class SkippedSampleWarning(UserWarning):
+    """Issued (up to a limit) for each sample a `SkipCounter` drops."""
+
+
+class SkipCounter:
+    """Opt-in skip policy: drop bad samples with a warning and count them by kind, across worker processes.
+
+    Only per-sample problems are skippable (see `SKIP_KINDS`); a wrong root or an empty dataset always raises.
+    A sample that fails while loading is counted each time it is met, so over E epochs it counts E times.
+    """
+
+    def __init__(self, max_warnings: int = 20):
+        self.max_warnings = max_warnings
+        self._counts = multiprocessing.Array("q", len(SKIP_KINDS))
+
+    def skip(self, error: DatasetError) -> None:
+        """Record a skippable error, or re-raise it when its kind is not one a run may skip."""
+        if error.kind not in SKIP_KINDS:
+            raise error
+        with self._counts.get_lock():
+            self._counts[SKIP_KINDS.index(error.kind)] += 1
+            total = sum(self._counts)
+        if total <= self.max_warnings:
+            more = " (further skips are counted without a warning)" if total == self.max_warnings else ""
+            warnings.warn(f"skipped sample: {error}{more}", SkippedSampleWarning, stacklevel=3)
+
+    def counts(self) -> dict[str, int]:
+        """Skipped samples per kind, only the kinds that occurred."""
+        with self._counts.get_lock():
+            return {kind: n for kind, n in zip(SKIP_KINDS, self._counts) if n}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts().values())
+
+    def summary(self) -> str:
+        """One line for a run summary, e.g. "skipped 3 samples (2 corrupt image, 1 bad box)"."""
+        counts = self.counts()
+        if not counts:
+            return "skipped 0 samples"
+        reasons = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+        return f"skipped {sum(counts.values())} samples ({reasons})"
+
+
+def handle(error: DatasetError, skip: SkipCounter | None) -> None:
+    """Raise `error` unless a skip policy is given, in which case count it (the caller then drops the sample)."""
+    if skip is None:
+        raise error
+    skip.skip(error)

@@ -1,0 +1,59 @@
+"""The one image decoder every reader uses: any common file in, 8-bit RGB out, or an error naming the file.
+
+Pillow rather than OpenCV because Pillow refuses truncated files (OpenCV returns a partly grey image with only a
+log line), and it exposes EXIF orientation, which we apply so pixels match what annotation tools showed.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from datasets.errors import DatasetError
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+def read_image(path: str | PathLike[str]) -> np.ndarray:
+    """Decode `path` to a writable HxWx3 uint8 RGB array with EXIF orientation applied.
+
+    Grayscale and palette images are expanded to RGB, alpha is dropped (as torchvision's `ImageReadMode.RGB` does),
+    16-bit images keep their 8 most significant bits.
+    """
+    path = Path(path)
+    try:
+        image = Image.open(path)
+    except FileNotFoundError:
+        raise DatasetError(path, "image file not found", "Check the image folder and the file name in the "
+                           "annotations", kind="missing image") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise _corrupt(path, exc) from None
+    with image:
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise _corrupt(path, exc) from None
+        if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+        return _to_rgb8(image, path)
+
+
+def _to_rgb8(image: Image.Image, path: Path) -> np.ndarray:
+    if image.mode == "RGB":
+        return np.array(image)
+    if image.mode in _SIXTEEN_BIT_MODES:
+        gray = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        raise DatasetError(path, "32-bit float pixels are not a supported image format",
+                           "Convert the file to 8-bit RGB", kind="corrupt image")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return np.array(image.convert("RGB"))
+
+
+def _corrupt(path: Path, exc: BaseException) -> DatasetError:
+    return DatasetError(path, f"cannot decode image ({exc})", "Replace or remove the file", kind="corrupt image")
