@@ -1,1 +1,44 @@
-"""ssdlite"""
+"""SSDLite object detection on the shared MobileNetV2 backbone (MobileNetV2 paper, Section 6.2)."""
+
+from ssdlite.anchors import AnchorGenerator, feature_map_sizes
+from ssdlite.checkpoint import checkpoint_dict, checkpoint_meta, load_ssdlite, save_ssdlite, ssdlite_from_checkpoint
+from ssdlite.loss import SSDLiteLoss, pad_targets
+from ssdlite.matcher import match_anchors
+from ssdlite.model import SSDLite, build_ssdlite
+from ssdlite.postprocess import Detections, postprocess
+from ssdlite.predict import as_rgb, fuse_for_inference, predict, preprocess
+from ssdlite.presets import (
+    PRESETS,
+    SSDLITE320_COCO,
+    SSDLITE320_VOC,
+    SSDLITE_TF_COCO300,
+    SSDLitePreset,
+    get_preset,
+)
+
+__all__ = [
+    "PRESETS",
+    "SSDLITE320_COCO",
+    "SSDLITE320_VOC",
+    "SSDLITE_TF_COCO300",
+    "AnchorGenerator",
+    "Detections",
+    "SSDLite",
+    "SSDLiteLoss",
+    "SSDLitePreset",
+    "as_rgb",
+    "build_ssdlite",
+    "checkpoint_dict",
+    "checkpoint_meta",
+    "feature_map_sizes",
+    "fuse_for_inference",
+    "get_preset",
+    "load_ssdlite",
+    "match_anchors",
+    "pad_targets",
+    "postprocess",
+    "predict",
+    "preprocess",
+    "save_ssdlite",
+    "ssdlite_from_checkpoint",
+]

@@ -1,7 +1,7 @@
 """The one training engine both heads share.
 
 A task (SSDLite, Mobile DeepLabv3) tells the engine how to build its model and data, compute its loss and
-evaluate; the engine owns everything else: optimiser and schedule, AMP and channels_last on CUDA, EMA,
+evaluate; the engine owns everything else: optimiser and schedule, AMP on CUDA, channels_last, EMA,
 gradient clipping, DDP + SyncBatchNorm under torchrun, resumable atomic checkpoints, SIGINT/SIGTERM,
 NaN/inf guards, progress bars, TensorBoard and metrics.jsonl in `runs/<task>/<name>/`.
 """
@@ -82,8 +82,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, lr: float, epochs: 
     g.add_argument("--frozen-bn", action="store_true", help="freeze every BatchNorm (small batches, fine-tuning)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: on for CUDA, off on CPU)")  # fmt: skip
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format (default: on for CUDA)")  # fmt: skip
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last memory format (default: on; on CPU, NCHW depthwise backward is ~17× slower)")  # fmt: skip
     g = parser.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
@@ -225,6 +225,14 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+def channels_last_inputs(module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Forward pre-hook: image batches enter a channels_last model in channels_last (else it runs NCHW kernels)."""
+    return tuple(
+        x.contiguous(memory_format=torch.channels_last) if isinstance(x, torch.Tensor) and x.ndim == 4 else x
+        for x in inputs
+    )
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
@@ -243,7 +251,7 @@ class Trainer:
         self.amp = on_cuda if args.amp is None else args.amp
         if self.amp and not on_cuda:
             raise SystemExit("error: --amp needs CUDA; drop it or use --device cuda")
-        self.channels_last = on_cuda if args.channels_last is None else args.channels_last
+        self.channels_last = args.channels_last
         if args.batch_size % self.dist.world_size:
             raise SystemExit(
                 f"error: --batch-size {args.batch_size} does not split over {self.dist.world_size} processes"
@@ -272,6 +280,7 @@ class Trainer:
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+            model.register_forward_pre_hook(channels_last_inputs)
         self.model = model
 
         train_set, val_set = self.task.build_datasets()
@@ -416,7 +425,7 @@ class Trainer:
             disable=not self.dist.is_main or args.no_progress,
             dynamic_ncols=True,
         )
-        tick = time.perf_counter()
+        window_start, window_steps, images_per_s = time.perf_counter(), 0, 0.0
         for batch in self.train_loader:
             if self.step_in_epoch >= self.steps_per_epoch:
                 break
@@ -445,13 +454,14 @@ class Trainer:
                 self.ema.update_parameters(unwrap(self.model))
             self.step_in_epoch += 1
 
-            now = time.perf_counter()
-            images_per_s = args.batch_size / max(now - tick, 1e-9)
-            tick = now
             global_step = self.epoch * self.steps_per_epoch + self.step_in_epoch
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{images_per_s:.1f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            window_steps += 1
             bar.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{images_per_s:.1f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
             if self.step_in_epoch % args.log_interval == 0 or self.step_in_epoch == self.steps_per_epoch:
+                now = time.perf_counter()  # throughput over the logging window, data loading included
+                images_per_s = args.batch_size * window_steps / max(now - window_start, 1e-9)
+                window_start, window_steps = now, 0
                 self._record({"epoch": self.epoch + 1, "step": global_step, "train/loss": loss.item(),
                               "train/lr": self.scheduler.get_last_lr()[0], "train/images_per_s": images_per_s,
                               **{f"train/{k}": v for k, v in logs.items()}}, global_step)  # fmt: skip

@@ -1,0 +1,111 @@
+"""Named SSDLite configurations: everything needed to rebuild a model, normalise its input and decode its output.
+
+A preset is a frozen dataclass instance with a `name`; checkpoints store the name and the full field values, so a
+file alone rebuilds its model and a file used with the wrong preset is caught.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+from backbone.layers import PaddingMode
+
+Classification = Literal["sigmoid", "softmax"]
+Normalization = Literal["tf", "imagenet"]
+
+# Per-channel mean and std on 0..1 pixels. "tf" is TF's `x * 2/255 - 1`, written as a mean/std pair so that
+# albumentations' Normalize and our own predict() treat both modes alike.
+NORMALIZATION_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "tf": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+@dataclass(frozen=True)
+class SSDLitePreset:
+    """One SSDLite recipe. `num_classes` counts the background class (index 0): 91 for COCO, 21 for VOC."""
+
+    name: str
+    num_classes: int
+    image_size: tuple[int, int]  # (height, width) the network sees
+    width_mult: float = 1.0
+    classification: Classification = "softmax"
+    padding_mode: PaddingMode = "symmetric"
+    bn_eps: float = 1e-3
+    bn_momentum: float = 0.03
+    normalization: Normalization = "imagenet"
+    # TF multiple_grid_anchor_generator.create_ssd_anchors settings. TF's configs write 1/3 as 0.3333; we keep that
+    # so imported heads see the very anchors they were trained with.
+    min_scale: float = 0.2
+    max_scale: float = 0.95
+    aspect_ratios: tuple[float, ...] = (1.0, 2.0, 0.5, 3.0, 0.3333)
+    reduce_first_map: bool = True
+    # Post-processing defaults (predict/eval may override per call).
+    score_threshold: float = 0.01
+    nms_iou: float = 0.6
+    pre_nms_topk: int = 1000
+    detections_per_image: int = 100
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes counts the background, so it must be at least 2, got {self.num_classes}")
+        if self.classification not in ("sigmoid", "softmax"):
+            raise ValueError(f"classification must be 'sigmoid' or 'softmax', got {self.classification!r}")
+        if self.normalization not in NORMALIZATION_STATS:
+            raise ValueError(f"normalization must be one of {sorted(NORMALIZATION_STATS)}, got {self.normalization!r}")
+        if min(self.image_size) < 32:
+            raise ValueError(f"image_size {self.image_size} is too small: SSDLite needs at least 32×32")
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return NORMALIZATION_STATS[self.normalization][0]
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return NORMALIZATION_STATS[self.normalization][1]
+
+    def to_config(self) -> dict[str, Any]:
+        """Plain values for a checkpoint or args.json (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "SSDLitePreset":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - fields)
+        if unknown:
+            raise ValueError(f"unknown SSDLite preset fields {unknown}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+
+
+# Bit-compatible with the TF Object Detection API `ssdlite_mobilenet_v2_coco` (model zoo 2018_05_09): TF "SAME"
+# padding, BN eps 1e-3 (decay 0.997), inputs in [-1, 1], sigmoid scores, and its pipeline.config's post-processing
+# (score threshold 1e-8, NMS IoU 0.6, 100 detections).
+SSDLITE_TF_COCO300 = SSDLitePreset(
+    name="ssdlite_tf_coco300",
+    num_classes=91,
+    image_size=(300, 300),
+    classification="sigmoid",
+    padding_mode="tf_same",
+    bn_eps=1e-3,
+    bn_momentum=0.003,
+    normalization="tf",
+    score_threshold=1e-8,
+)
+
+# The paper's 320×320 model (Table 6) trained in PyTorch: same architecture and anchors, but the conventions of
+# torchvision's ImageNet backbone weights (symmetric padding, ImageNet normalisation) and softmax scores, as in
+# torchvision's and mmdetection's SSDLite recipes.
+SSDLITE320_COCO = SSDLitePreset(name="ssdlite320_coco", num_classes=91, image_size=(320, 320), nms_iou=0.55)
+SSDLITE320_VOC = dataclasses.replace(SSDLITE320_COCO, name="ssdlite320_voc", num_classes=21)
+
+PRESETS: dict[str, SSDLitePreset] = {p.name: p for p in (SSDLITE_TF_COCO300, SSDLITE320_COCO, SSDLITE320_VOC)}
+
+
+def get_preset(name: str) -> SSDLitePreset:
+    """The preset called `name`, or a ValueError listing the known names (for --preset flags)."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown SSDLite preset {name!r}: choose one of {', '.join(PRESETS)}") from None

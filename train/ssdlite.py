@@ -1,0 +1,129 @@
+"""Train SSDLite on COCO, VOC 07+12, any COCO-format dataset or the embedded synthetic dataset.
+
+    python train/ssdlite.py                                   # synthetic data, CPU or GPU
+    python train/ssdlite.py --data coco --data-root /data/coco --weights IMAGENET1K_V1
+    torchrun --nproc_per_node=8 train/ssdlite.py --data coco --data-root /data/coco --batch-size 192
+    python train/ssdlite.py --resume runs/ssdlite/exp/last.pt
+
+Defaults follow torchvision's ssdlite320 recipe (SGD, lr 0.15 at batch 192 scaled linearly, weight decay 4e-5,
+cosine, 600 epochs); results go to runs/ssdlite/<name>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from backbone.weights import load_pretrained
+from datasets.errors import SkipCounter
+from datasets.loading import collate_detection
+from datasets.sources import add_data_arguments, detection_data
+from datasets.transforms import detection_eval_transform, detection_train_transform
+from eval.detection import base_dataset, evaluate_coco_detections, evaluate_voc_detections
+from ssdlite.checkpoint import checkpoint_dict
+from ssdlite.loss import SSDLiteLoss, pad_targets
+from ssdlite.model import SSDLite, build_ssdlite
+from ssdlite.presets import PRESETS, get_preset
+from train.distributed import DistInfo, all_reduce_sum
+from train.engine import add_engine_arguments, parse_training_args, run_training
+
+REFERENCE_BATCH, REFERENCE_LR = 192, 0.15  # torchvision ssdlite320_mobilenet_v3_large: 8 GPUs × 24, lr 0.15
+
+
+class SSDLiteTask:
+    """SSDLite for the training engine: model, data, batched loss and COCO/VOC validation."""
+
+    name = "ssdlite"
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        preset = get_preset(args.preset)
+        self.skip = SkipCounter() if args.skip_bad_samples else None
+        self.data = detection_data(
+            args,
+            detection_train_transform(preset.image_size, preset.normalization),
+            detection_eval_transform(preset.image_size, preset.normalization),
+            self.skip,
+        )
+        self.preset = dataclasses.replace(preset, num_classes=len(self.data.class_names))
+        self.loss = SSDLiteLoss(self.preset.classification)
+        self.model: SSDLite | None = None
+
+    def build_model(self) -> nn.Module:
+        self.model = build_ssdlite(self.preset)
+        if self.args.weights != "none":
+            load_pretrained(self.model.backbone, self.args.weights)
+        return self.model
+
+    def build_datasets(self):
+        return self.data.train, self.data.val
+
+    def collate(self, samples: list[Any]):
+        return collate_detection(samples)
+
+    def compute_loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        images, targets = batch
+        gt_boxes, gt_labels = pad_targets([t["boxes"] for t in targets], [t["labels"] for t in targets],
+                                          self.preset.image_size)  # fmt: skip
+        box_regression, class_logits = model(images.to(device, non_blocking=True))
+        anchors = self.model.anchors(self.preset.image_size, device)
+        out = self.loss(box_regression, class_logits, anchors, gt_boxes.to(device), gt_labels.to(device))
+        loss = out["loss"]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Normalise by the positives of the whole global batch, as one process would: DDP averages gradients.
+            local = out["num_positives"].float().clamp(min=1)
+            mean = all_reduce_sum(out["num_positives"].float().clone()) / torch.distributed.get_world_size()
+            loss = loss * local / mean.clamp(min=1)
+        return loss, {"box_loss": out["box_loss"].item(), "cls_loss": out["cls_loss"].item(),
+                      "positives": out["num_positives"].item()}  # fmt: skip
+
+    def evaluate(self, model: nn.Module, loader, run_dir: Path, dist_info: DistInfo) -> dict[str, float] | None:
+        if hasattr(base_dataset(loader.dataset), "coco"):
+            result = evaluate_coco_detections(model, loader, dist_info, run_dir / "val", "Validation (COCO mAP)")
+            return None if result is None else {"score": result.stats["AP"], **result.stats}
+        voc = evaluate_voc_detections(model, loader, dist_info)
+        return None if voc is None else {"score": voc["mAP"], "mAP_voc07": voc["mAP"]}
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        meta = checkpoint_dict(self.model, self.data.class_names)
+        del meta["model"]
+        if self.skip is not None:
+            meta["skipped_samples"] = self.skip.counts()
+        return meta
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python train/ssdlite.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    g = parser.add_argument_group("model")
+    g.add_argument("--preset", default="ssdlite320_coco", choices=sorted(PRESETS),
+                   help="architecture, input size, anchors and normalisation (default: ssdlite320_coco); the class "
+                        "count comes from the dataset")  # fmt: skip
+    g.add_argument("--weights", default=None,
+                   help="backbone initialisation: IMAGENET1K_V1, IMAGENET1K_V2, a weights/checkpoint file, or none "
+                        "(default: IMAGENET1K_V1; none for --data synthetic)")  # fmt: skip
+    add_data_arguments(parser, segmentation=False)
+    add_engine_arguments(parser, lr=REFERENCE_LR * 32 / REFERENCE_BATCH, epochs=600, batch_size=32,
+                         weight_decay=4e-5, optimizer="sgd", schedule="cosine")  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_training_args(build_parser(), argv, SSDLiteTask.name)
+    if args.weights is None:
+        args.weights = "none" if args.data == "synthetic" else "IMAGENET1K_V1"
+    task = SSDLiteTask(args)
+    run_dir = run_training(task, args)
+    if task.skip is not None and task.skip.total:
+        print(task.skip.summary())
+    print(f"results in {run_dir}")
+    return run_dir
+
+
+if __name__ == "__main__":
+    main()
