@@ -57,3 +57,17 @@ def _to_rgb8(image: Image.Image, path: Path) -> np.ndarray:
 
 def _corrupt(path: Path, exc: BaseException) -> DatasetError:
     return DatasetError(path, f"cannot decode image ({exc})", "Replace or remove the file", kind="corrupt image")
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """An in-memory image for inference, H×W, H×W×1 (gray), H×W×3 or H×W×4 (alpha dropped) uint8 → H×W×3."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        kind = image.dtype if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"expected an 8-bit image (numpy uint8 H×W×C), got {kind}: convert it to uint8 first")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
+        raise ValueError(f"expected an image of shape H×W, H×W×1, H×W×3 or H×W×4 (gray, RGB, RGBA), got {list(image.shape)}")
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    return image[..., :3]

@@ -3,52 +3,21 @@ logits back at the image's own size so the mask always covers every pixel, odd s
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from backbone.layers import ConvBNAct
+from backbone.fusion import fuse_for_inference  # noqa: F401  (re-exported for the demo and benchmarks)
+from datasets.images import as_rgb
+from datasets.transforms import normalization_stats
 from deeplab_mobile.model import MobileDeepLabV3
 from deeplab_mobile.presets import DeepLabPreset, Normalization
-
-_MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "tf": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
-    "imagenet": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
-}
-
-
-def fuse_for_inference(model: MobileDeepLabV3) -> MobileDeepLabV3:
-    """An eval-mode copy with each BatchNorm folded into its conv, in channels_last memory: the same outputs up
-    to float rounding, without BN's separate pass over every map (a quarter of a CPU profile). Not trainable."""
-    fused = copy.deepcopy(model).eval()
-    for module in fused.modules():
-        if isinstance(module, ConvBNAct) and isinstance(module.bn, nn.BatchNorm2d):
-            module.conv = fuse_conv_bn_eval(module.conv, module.bn)
-            module.bn = nn.Identity()
-    return fused.to(memory_format=torch.channels_last)
-
-
-def as_rgb(image: np.ndarray) -> np.ndarray:
-    """H×W, H×W×1, H×W×3 or H×W×4 (alpha dropped) uint8 → H×W×3 uint8; anything else is a ValueError."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-        kind = image.dtype if isinstance(image, np.ndarray) else type(image).__name__
-        raise ValueError(f"expected an 8-bit image (numpy uint8 H×W×C), got {kind}")
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
-        raise ValueError(f"expected an image of shape H×W, H×W×1, H×W×3 or H×W×4, got {list(image.shape)}")
-    if image.shape[2] == 1:
-        return np.repeat(image, 3, axis=2)
-    return image[..., :3]
 
 
 def normalize(images: torch.Tensor, kind: Normalization) -> torch.Tensor:
     """Float pixels in 0..255 [B, 3, H, W] → the network's input range."""
-    mean, std = (torch.tensor(v, dtype=images.dtype, device=images.device).view(1, 3, 1, 1) for v in _MEAN_STD[kind])
+    mean, std = (torch.tensor(v, dtype=images.dtype, device=images.device).view(1, 3, 1, 1) * 255.0
+                 for v in normalization_stats(kind))  # fmt: skip
     return (images - mean) / std
 
 

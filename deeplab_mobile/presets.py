@@ -8,10 +8,9 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from backbone.layers import PaddingMode
+from datasets.transforms import Normalization
 from deeplab_mobile.model import MobileDeepLabV3
 
-# "tf": pixels / 127.5 - 1 (TF MobileNet checkpoints); "imagenet": torchvision's mean/std (its ImageNet weights).
-Normalization = Literal["tf", "imagenet"]
 # "any": the image at its own size; "pad": scale the long side to crop_size, pad bottom/right with the mean
 # (TF DeepLab's own preprocessing); "resize": stretch to crop_size × crop_size (the picamera2 example's way).
 InputMode = Literal["any", "pad", "resize"]

@@ -3,52 +3,16 @@ detections in each original image's pixels. The one path the demo, evaluation an
 
 from __future__ import annotations
 
-import copy
 from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from backbone.layers import ConvBNAct
+from backbone.fusion import fuse_for_inference  # noqa: F401  (re-exported for the demo and benchmarks)
+from datasets.images import as_rgb
 from ssdlite.model import SSDLite
 from ssdlite.postprocess import Detections, postprocess
-
-
-def fuse_for_inference(model: SSDLite) -> SSDLite:
-    """An eval-mode copy with each BatchNorm folded into the conv before it, for deployment (demo, benchmarks).
-
-    Same outputs up to float rounding; on CPU it saves the ~25% of inference time eager BatchNorm takes. The copy
-    has other state-dict keys and cannot be trained, so checkpoints are always written from the unfolded model.
-    """
-    folded = copy.deepcopy(model).eval()
-    for module in folded.modules():
-        if isinstance(module, ConvBNAct) and isinstance(module.bn, nn.BatchNorm2d):
-            module.conv = fuse_conv_bn_eval(module.conv, module.bn)
-            module.bn = nn.Identity()
-    return folded.to(memory_format=torch.channels_last)
-
-
-def as_rgb(image: np.ndarray) -> np.ndarray:
-    """HxW, HxWx1 (gray), HxWx3 (RGB) or HxWx4 (RGBA, alpha dropped) uint8 → HxWx3 uint8."""
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"expected an image as a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected 8-bit pixels (uint8), got {image.dtype}: convert the image to uint8 first")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise ValueError(
-            f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}: "
-            "gray, RGB and RGBA images are supported"
-        )
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"empty image of shape {image.shape}")
-    if image.shape[2] == 1:
-        return np.repeat(image, 3, axis=2)
-    return image[:, :, :3]
 
 
 def preprocess(images: Sequence[np.ndarray], model: SSDLite) -> tuple[torch.Tensor, list[tuple[int, int]]]:

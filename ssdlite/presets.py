@@ -11,16 +11,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 from backbone.layers import PaddingMode
+from datasets.transforms import Normalization, normalization_stats
 
 Classification = Literal["sigmoid", "softmax"]
-Normalization = Literal["tf", "imagenet"]
-
-# Per-channel mean and std on 0..1 pixels. "tf" is TF's `x * 2/255 - 1`, written as a mean/std pair so that
-# albumentations' Normalize and our own predict() treat both modes alike.
-NORMALIZATION_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "tf": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
 
 
 @dataclass(frozen=True)
@@ -53,18 +46,17 @@ class SSDLitePreset:
             raise ValueError(f"num_classes counts the background, so it must be at least 2, got {self.num_classes}")
         if self.classification not in ("sigmoid", "softmax"):
             raise ValueError(f"classification must be 'sigmoid' or 'softmax', got {self.classification!r}")
-        if self.normalization not in NORMALIZATION_STATS:
-            raise ValueError(f"normalization must be one of {sorted(NORMALIZATION_STATS)}, got {self.normalization!r}")
+        normalization_stats(self.normalization)  # raises on an unknown name
         if min(self.image_size) < 32:
             raise ValueError(f"image_size {self.image_size} is too small: SSDLite needs at least 32×32")
 
     @property
     def mean(self) -> tuple[float, float, float]:
-        return NORMALIZATION_STATS[self.normalization][0]
+        return normalization_stats(self.normalization)[0]
 
     @property
     def std(self) -> tuple[float, float, float]:
-        return NORMALIZATION_STATS[self.normalization][1]
+        return normalization_stats(self.normalization)[1]
 
     def to_config(self) -> dict[str, Any]:
         """Plain values for a checkpoint or args.json (tuples become lists)."""
