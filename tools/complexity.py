@@ -3,7 +3,7 @@
 Multiply-adds come from torch.utils.flop_counter (FLOPs / 2: one multiply-add is two FLOPs), counting
 convolutions and matrix products like the paper does.
 
-    python -m tools.complexity                          # paper rows + the width × resolution grid
+    python -m tools.complexity                          # paper rows (classifier, SSDLite, DeepLab) + the grid
     python -m tools.complexity --width 0.5 --size 160   # one MobileNetV2
     python -m tools.complexity --markdown table.md      # also write the table as Markdown
 """
@@ -23,6 +23,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from backbone.mobilenetv2 import OUTPUT_STRIDES, MobileNetV2
+from deeplab_mobile.presets import build_deeplab
+from ssdlite.model import build_ssdlite
+from ssdlite.presets import SSDLITE320_COCO, SSDLITE_TF_COCO300
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,24 @@ TF_SLIM_GRID = {
     (0.5, 224): (97, 1.95), (0.5, 192): (71, 1.95), (0.5, 160): (50, 1.95), (0.5, 128): (32, 1.95), (0.5, 96): (18, 1.95),
     (0.35, 224): (59, 1.66), (0.35, 192): (43, 1.66), (0.35, 160): (30, 1.66), (0.35, 128): (20, 1.66), (0.35, 96): (11, 1.66),
 }  # fmt: skip
+
+DETECTION_ROWS = [
+    Reference("SSDLite 320, COCO (91 classes)", lambda: build_ssdlite(SSDLITE320_COCO), (320, 320), 4.3, 800,
+              "MobileNetV2 paper, Table 6"),  # fmt: skip
+    Reference("SSDLite TF preset, COCO (91 classes)", lambda: build_ssdlite(SSDLITE_TF_COCO300), (300, 300), None,
+              None, "TF model zoo ssdlite_mobilenet_v2_coco"),  # fmt: skip
+]
+
+# Paper Table 7 rows at 513×513, 21 classes; only the headline row's figures are quoted here.
+SEGMENTATION_ROWS = [
+    Reference("Mobile DeepLabv3 MNetV2* OS16", lambda: build_deeplab("mnv2_os16"), (513, 513), 2.11, 2750,
+              "MobileNetV2 paper, Table 7"),  # fmt: skip
+    Reference("Mobile DeepLabv3 MNetV2* OS8", lambda: build_deeplab("mnv2_os8"), (513, 513), None, None, "–"),
+    Reference("Mobile DeepLabv3 MNetV2* OS16 + ASPP", lambda: build_deeplab("mnv2_aspp_os16"), (513, 513), None,
+              None, "–"),  # fmt: skip
+    Reference("Mobile DeepLabv3 MNetV2* OS8 + ASPP", lambda: build_deeplab("mnv2_aspp_os8"), (513, 513), None,
+              None, "–"),  # fmt: skip
+]
 
 GRID_ROWS = [
     Reference(f"MobileNetV2 {w}", _mnv2(w), (r, r), params, madds, TF_SLIM)
@@ -123,7 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         name = f"MobileNetV2 {args.width} OS{args.output_stride}{' features' if args.no_classifier else ''}"
         sections = [("Your model", [Reference(name, lambda: MobileNetV2(**kwargs), (args.size, args.size), None, None, "–")])]
     else:
-        sections = [("Paper figures", PAPER_ROWS), ("Width × resolution grid", GRID_ROWS)]
+        sections = [
+            ("Paper figures: classification", PAPER_ROWS),
+            ("Paper figures: SSDLite detection", DETECTION_ROWS),
+            ("Paper figures: Mobile DeepLabv3 segmentation", SEGMENTATION_ROWS),
+            ("Width × resolution grid", GRID_ROWS),
+        ]
 
     out, records = [], []
     for title, rows in sections:

@@ -26,11 +26,11 @@ from datasets.loading import collate_segmentation
 from datasets.sources import add_data_arguments, segmentation_data
 from datasets.transforms import segmentation_eval_transform, segmentation_train_transform
 from deeplab_mobile.checkpoint import checkpoint_dict
-from deeplab_mobile.loss import segmentation_loss
+from deeplab_mobile.loss import IGNORE_INDEX, segmentation_loss
 from deeplab_mobile.presets import PRESETS, build_deeplab, get_preset
 from eval.segmentation import evaluate_segmentation
-from train.distributed import DistInfo, all_reduce_sum
-from train.engine import add_engine_arguments, parse_training_args, run_training
+from train.distributed import DistInfo
+from train.engine import add_engine_arguments, global_batch_share, train_main
 
 
 class DeepLabTask:
@@ -71,12 +71,7 @@ class DeepLabTask:
         images, masks = batch
         masks = masks.to(device, non_blocking=True)
         loss = segmentation_loss(model(images.to(device, non_blocking=True)), masks)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Average over the labelled pixels of the whole global batch, as one process would.
-            local = (masks != 255).sum().float().clamp(min=1)
-            mean = all_reduce_sum(local.clone()) / torch.distributed.get_world_size()
-            loss = loss * local / mean
-        return loss, {}
+        return loss * global_batch_share((masks != IGNORE_INDEX).sum()), {}  # mean over the global batch's pixels
 
     def evaluate(self, model: nn.Module, loader, run_dir: Path, dist_info: DistInfo) -> dict[str, float] | None:
         metrics = evaluate_segmentation(model, loader, self.num_classes, dist_info).compute()
@@ -114,15 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    args = parse_training_args(build_parser(), argv, DeepLabTask.name)
-    if args.weights is None:
-        args.weights = "none" if args.data == "synthetic" else "IMAGENET1K_V1"
-    task = DeepLabTask(args)
-    run_dir = run_training(task, args)
-    if task.skip is not None and task.skip.total:
-        print(task.skip.summary())
-    print(f"results in {run_dir}")
-    return run_dir
+    return train_main(build_parser(), DeepLabTask, DeepLabTask.name, argv)
 
 
 if __name__ == "__main__":

@@ -494,6 +494,32 @@ class Trainer:
         return bool(gather_objects(improved)[0])
 
 
+def global_batch_share(local_count: torch.Tensor) -> torch.Tensor:
+    """local / mean-over-processes of a loss normaliser (positives, labelled pixels); 1 in one process.
+
+    A loss averaged over its own process's count, times this factor, is averaged over the global batch once DDP
+    averages the gradients, so N processes train exactly like one process on the same global batch.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return torch.ones((), device=local_count.device)
+    local = local_count.detach().float().clamp(min=1)
+    mean = all_reduce_sum(local_count.detach().float().clone()) / torch.distributed.get_world_size()
+    return local / mean.clamp(min=1)
+
+
+def train_main(parser: argparse.ArgumentParser, make_task: Any, task_name: str, argv: list[str] | None) -> Path:
+    """What `python train/<task>.py` does: parse (or restore) the flags, build the task, train, summarise."""
+    args = parse_training_args(parser, argv, task_name)
+    if args.weights is None:  # ImageNet backbone weights for real data; the synthetic shapes train from scratch
+        args.weights = "none" if args.data == "synthetic" else "IMAGENET1K_V1"
+    task = make_task(args)
+    run_dir = run_training(task, args)
+    if task.skip is not None and task.skip.total:
+        print(task.skip.summary())
+    print(f"results in {run_dir}")
+    return run_dir
+
+
 def run_training(task: Task, args: argparse.Namespace) -> Path:
     """Entry-point wrapper: user errors print one line and exit 2; divergence exits 3."""
     try:

@@ -29,8 +29,8 @@ from ssdlite.checkpoint import checkpoint_dict
 from ssdlite.loss import SSDLiteLoss, pad_targets
 from ssdlite.model import SSDLite, build_ssdlite
 from ssdlite.presets import PRESETS, get_preset
-from train.distributed import DistInfo, all_reduce_sum
-from train.engine import add_engine_arguments, parse_training_args, run_training
+from train.distributed import DistInfo
+from train.engine import add_engine_arguments, global_batch_share, train_main
 
 REFERENCE_BATCH, REFERENCE_LR = 192, 0.15  # torchvision ssdlite320_mobilenet_v3_large: 8 GPUs × 24, lr 0.15
 
@@ -73,12 +73,7 @@ class SSDLiteTask:
         box_regression, class_logits = model(images.to(device, non_blocking=True))
         anchors = self.model.anchors(self.preset.image_size, device)
         out = self.loss(box_regression, class_logits, anchors, gt_boxes.to(device), gt_labels.to(device))
-        loss = out["loss"]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Normalise by the positives of the whole global batch, as one process would: DDP averages gradients.
-            local = out["num_positives"].float().clamp(min=1)
-            mean = all_reduce_sum(out["num_positives"].float().clone()) / torch.distributed.get_world_size()
-            loss = loss * local / mean.clamp(min=1)
+        loss = out["loss"] * global_batch_share(out["num_positives"])  # normalised by the global batch's positives
         return loss, {"box_loss": out["box_loss"].item(), "cls_loss": out["cls_loss"].item(),
                       "positives": out["num_positives"].item()}  # fmt: skip
 
@@ -114,15 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    args = parse_training_args(build_parser(), argv, SSDLiteTask.name)
-    if args.weights is None:
-        args.weights = "none" if args.data == "synthetic" else "IMAGENET1K_V1"
-    task = SSDLiteTask(args)
-    run_dir = run_training(task, args)
-    if task.skip is not None and task.skip.total:
-        print(task.skip.summary())
-    print(f"results in {run_dir}")
-    return run_dir
+    return train_main(build_parser(), SSDLiteTask, SSDLiteTask.name, argv)
 
 
 if __name__ == "__main__":
