@@ -137,6 +137,8 @@ class CocoDetection(DetectionDataset):
         """Detections (xyxy in original-image pixels, contiguous labels) as COCO result dicts with COCO ids."""
         out = []
         for (x0, y0, x1, y1), score, label in zip(np.asarray(boxes, np.float64).tolist(), scores, labels):
+            if int(label) not in self.label_to_cat:  # e.g. an unused "N/A" id of a 91-class COCO model
+                continue
             out.append({"image_id": int(image_id), "category_id": self.label_to_cat[int(label)],
                         "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)})
         return out

@@ -26,8 +26,13 @@ class DatasetError(ValueError):
     def __init__(self, path: str | PathLike[str], problem: str, fix: str = "", kind: SkipKind | None = None):
         self.path = str(path)
         self.problem = problem
+        self.fix = fix
         self.kind = kind
         super().__init__(f"{self.path}: {problem}" + (f". {fix}" if fix else ""))
+
+    def __reduce__(self):
+        """Rebuild from the fields, so the error crosses from a DataLoader worker to the main process intact."""
+        return type(self), (self.path, self.problem, self.fix, self.kind)
 
 
 class SkippedSampleWarning(UserWarning):

@@ -43,9 +43,12 @@ def save_deeplab(
 
 
 def load_deeplab(
-    path: str | os.PathLike, preset: str | None = None, num_classes: int | None = None
+    path: str | os.PathLike, preset: str | None = None, num_classes: int | None = None, ema: bool = True
 ) -> tuple[MobileDeepLabV3, DeepLabPreset, list[str]]:
-    """Rebuild the model of a DeepLab checkpoint; `preset` / `num_classes` state what the caller expects."""
+    """Rebuild the model of a DeepLab checkpoint; `preset` / `num_classes` state what the caller expects.
+
+    A training checkpoint with EMA weights yields those (`ema=False`: the raw weights): the engine evaluates and
+    keeps `best.pt` by the EMA weights."""
     obj = load_checkpoint(path)
     if not isinstance(obj, dict) or not {"arch", "config", "model"} <= obj.keys():
         raise WeightsError(f"{path}: not a suite checkpoint (needs 'arch', 'config' and 'model' entries)")
@@ -69,7 +72,8 @@ def load_deeplab(
         model = MobileDeepLabV3(**obj["config"])
     except (TypeError, ValueError) as e:
         raise WeightsError(f"{path}: its model config does not build a MobileDeepLabV3: {e}") from e
-    load_state_dict_checked(model, obj["model"], str(path))
+    weights = obj["ema"] if ema and obj.get("ema") is not None else obj["model"]
+    load_state_dict_checked(model, weights, str(path))
     names = list(obj.get("class_names") or [])
     if len(names) != model.num_classes:
         raise WeightsError(f"{path}: {len(names)} class names for a {model.num_classes}-class model")

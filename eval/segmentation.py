@@ -53,7 +53,7 @@ def evaluate_segmentation(model: nn.Module, loader: DataLoader, num_classes: int
                           scales: Sequence[float] = (1.0,), flip: bool = False, progress: bool = False,
                           ) -> ConfusionMatrix:  # fmt: skip
     """The confusion matrix of `model` on the loader, summed over every torchrun process."""
-    matrix = ConfusionMatrix(num_classes)
+    matrix = ConfusionMatrix(num_classes, dist.device)  # NCCL reduces device tensors only
     for _, predicted, truth in predicted_masks(model, loader, dist.device, scales, flip, progress):
         matrix.update(predicted, truth)
     return matrix.reduce()

@@ -25,13 +25,14 @@ class ConfusionMatrix:
         """Add a batch of class maps (any shape, same for both)."""
         if prediction.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(prediction.shape)} ≠ target shape {tuple(target.shape)}")
+        target, prediction = target.to(self.matrix.device), prediction.to(self.matrix.device)
         valid = target != IGNORE_INDEX
         target, prediction = target[valid].long(), prediction[valid].long()
         if target.numel() and (int(target.max()) >= self.num_classes or int(target.min()) < 0):
             bad = sorted(set(target.unique().tolist()) - set(range(self.num_classes)))
             raise ValueError(f"ground-truth class ids {bad} are outside 0..{self.num_classes - 1} and not {IGNORE_INDEX}")
-        index = target * self.num_classes + prediction.to(self.matrix.device)
-        self.matrix += torch.bincount(index.to(self.matrix.device), minlength=self.num_classes**2).view(
+        index = target * self.num_classes + prediction
+        self.matrix += torch.bincount(index, minlength=self.num_classes**2).view(
             self.num_classes, self.num_classes
         )
 

@@ -95,3 +95,15 @@ def test_distributed_loader_shards(synthetic_root, tmp_path):
         assert sum(len(t) for _, t in loader) == 4
     finally:
         dist.destroy_process_group()
+
+
+def test_dataset_error_survives_a_worker_process_boundary():
+    """DataLoader workers pickle exceptions; the error must arrive with its file, problem and kind."""
+    import pickle
+
+    from datasets.errors import DatasetError
+
+    error = pickle.loads(pickle.dumps(DatasetError("a/b.jpg", "image file is truncated", "Re-download it",
+                                                   kind="corrupt image")))  # fmt: skip
+    assert str(error) == "a/b.jpg: image file is truncated. Re-download it"
+    assert (error.path, error.kind) == ("a/b.jpg", "corrupt image")

@@ -51,12 +51,12 @@ class DeepLabTask:
             segmentation_eval_transform(crop, preset.normalization),
             self.skip,
         )
-        self.preset = preset
         self.num_classes = len(self.data.class_names)
+        self.preset = dataclasses.replace(preset, num_classes=self.num_classes, crop_size=crop)  # what was trained
         self.model: nn.Module | None = None
 
     def build_model(self) -> nn.Module:
-        self.model = build_deeplab(self.preset, self.num_classes)
+        self.model = build_deeplab(self.preset)
         if self.args.weights != "none":
             load_pretrained(self.model.backbone, self.args.weights)
         return self.model

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import Dataset, Subset
 
 
 @dataclass(frozen=True)
@@ -78,3 +79,12 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def shard_dataset(dataset: Dataset, info: DistInfo) -> Dataset:
+    """This process's contiguous share of an evaluation set. Unlike DistributedSampler, no sample is repeated to
+    even out the shares (a repeated image would count twice in mAP), and rank order is sample order once gathered."""
+    if not info.distributed:
+        return dataset
+    n = len(dataset)
+    return Subset(dataset, range(n * info.rank // info.world_size, n * (info.rank + 1) // info.world_size))

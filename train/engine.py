@@ -29,8 +29,17 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from backbone.checkpoint import WeightsError, load_checkpoint, save_checkpoint
+from datasets.errors import DatasetError
 from train.batchnorm import freeze_batchnorm
-from train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, gather_objects, init_distributed
+from train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    cleanup,
+    gather_objects,
+    init_distributed,
+    shard_dataset,
+)
 
 
 class Task(Protocol):
@@ -302,8 +311,7 @@ class Trainer:
         self.train_loader = DataLoader(train_set, self.batch_per_process, sampler=self.sampler, **loader_kwargs)
         self.val_loader = None
         if val_set is not None:
-            val_sampler = DistributedSampler(val_set, self.dist.world_size, self.dist.rank, shuffle=False)
-            self.val_loader = DataLoader(val_set, self.batch_per_process, sampler=val_sampler, **loader_kwargs)
+            self.val_loader = DataLoader(shard_dataset(val_set, self.dist), self.batch_per_process, **loader_kwargs)
 
         self.steps_per_epoch = len(train_set) // args.batch_size
         self.total_steps = self.steps_per_epoch * args.epochs
@@ -512,7 +520,11 @@ def train_main(parser: argparse.ArgumentParser, make_task: Any, task_name: str, 
     args = parse_training_args(parser, argv, task_name)
     if args.weights is None:  # ImageNet backbone weights for real data; the synthetic shapes train from scratch
         args.weights = "none" if args.data == "synthetic" else "IMAGENET1K_V1"
-    task = make_task(args)
+    try:
+        task = make_task(args)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     run_dir = run_training(task, args)
     if task.skip is not None and task.skip.total:
         print(task.skip.summary())
@@ -524,8 +536,9 @@ def run_training(task: Task, args: argparse.Namespace) -> Path:
     """Entry-point wrapper: user errors print one line and exit 2; divergence exits 3."""
     try:
         return Trainer(task, args).fit()
-    except WeightsError as e:
-        raise SystemExit(f"error: {e}") from None
+    except (WeightsError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(3) from None

@@ -1,0 +1,234 @@
+"""COCO box mAP (pycocotools) of an SSDLite checkpoint, ours or imported, on any COCO-format set.
+
+    python eval/coco_map.py --weights runs/ssdlite/exp/best.pt --data coco --data-root /data/coco
+    python eval/coco_map.py --weights my.pt --ann my/instances_val.json --images my/val_images
+    python eval/coco_map.py --weights ssdlite_tf_coco.pt --data coco --data-root /data/coco --max-images 500
+    torchrun --nproc_per_node=4 eval/coco_map.py --weights best.pt --data coco --data-root /data/coco
+
+Results go to runs/eval/<name>/ (exp, exp2, ...): report.md (the 12 COCOeval numbers, per-class AP, the setup),
+metrics.json, pr_curve.png and detections.json (COCO result format with the file's category ids).
+
+Label spaces, decided from the checkpoint's class count against the annotation file:
+  - K + 1 classes for a file with K categories: contiguous labels 1..K in sorted category-id order (how this
+    suite trains on COCO-format data); detections are mapped back to the category ids.
+  - max category id + 1 classes (91 for COCO): labels are the category ids themselves (TF Object Detection API
+    and torchvision COCO models, e.g. tools/import_tf_detection.py output); detections of ids the file does not
+    define ("N/A" slots) are dropped.
+
+The input size, normalisation and post-processing come from the checkpoint's preset (--score-threshold and
+--nms-iou override the latter). Under torchrun every process evaluates a contiguous share of the images and
+rank 0 gathers the detections, scores them and writes the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from datasets.coco import CocoDetection
+from datasets.errors import SkipCounter
+from datasets.loading import collate_detection
+from datasets.sources import add_data_arguments
+from datasets.transforms import DetectionTransform, detection_eval_transform
+from eval.coco_report import evaluate_coco, write_coco_report
+from eval.detection import detect
+from ssdlite.checkpoint import load_ssdlite
+from ssdlite.model import SSDLite
+from eval.cli import (
+    EvalArgumentParser,
+    UserError,
+    add_common_arguments,
+    amend_report,
+    check_common_arguments,
+    data_root,
+    eval_loader,
+    first_images,
+    main_first,
+    new_parser,
+    results_dir,
+    run_cli,
+)
+from train.distributed import DistInfo, gather_objects, init_distributed
+
+# ------------------------------------------------------------------------------------------- detection plumbing
+
+
+def add_detection_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("post-processing (default: the checkpoint preset's)")
+    g.add_argument("--score-threshold", type=float, default=None, help="drop detections scoring below this")
+    g.add_argument("--nms-iou", type=float, default=None, help="per-class NMS IoU threshold")
+
+
+def check_detection_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    check_common_arguments(parser, args)
+    if args.score_threshold is not None and not 0.0 <= args.score_threshold < 1.0:
+        parser.error(f"--score-threshold must be in [0, 1), got {args.score_threshold}")
+    if args.nms_iou is not None and not 0.0 < args.nms_iou <= 1.0:
+        parser.error(f"--nms-iou must be in (0, 1], got {args.nms_iou}")
+
+
+def load_detector(args: argparse.Namespace, dist: DistInfo) -> tuple[SSDLite, dict[str, Any]]:
+    """The SSDLite of --weights on the device, in eval mode, with the --score-threshold/--nms-iou overrides."""
+    model, checkpoint = load_ssdlite(args.weights, ema=not args.no_ema)
+    overrides = {k: v for k, v in (("score_threshold", args.score_threshold), ("nms_iou", args.nms_iou))
+                 if v is not None}  # fmt: skip
+    if overrides:
+        model.preset = dataclasses.replace(model.preset, **overrides)  # detect() reads post-processing from here
+    return model.to(dist.device).eval(), checkpoint
+
+
+def detector_transform(model: SSDLite) -> DetectionTransform:
+    return detection_eval_transform(model.preset.image_size, model.preset.normalization)
+
+
+def detector_setup(args: argparse.Namespace, model: SSDLite, checkpoint: Mapping[str, Any],
+                   dist: DistInfo) -> dict[str, Any]:  # fmt: skip
+    p = model.preset
+    kind = ""
+    if "ema" in checkpoint:  # a training checkpoint: say which of its weights were evaluated
+        kind = ", raw weights" if args.no_ema or checkpoint.get("ema") is None else ", EMA weights"
+    return {
+        "checkpoint": f"{args.weights} (preset {p.name}, {p.num_classes} classes with the background{kind})",
+        "input": f"{p.image_size[0]}×{p.image_size[1]}, {p.normalization} normalisation, {p.classification} scores",
+        "post_processing": f"score > {p.score_threshold:g}, NMS IoU {p.nms_iou:g}, top {p.pre_nms_topk} before "
+                           f"NMS, {p.detections_per_image} detections per image",
+        "processes": f"{dist.world_size} on {dist.device.type}",
+    }  # fmt: skip
+
+
+def class_name_warning(checkpoint: Mapping[str, Any], dataset_names: Sequence[str]) -> str | None:
+    """A warning when the checkpoint's class names differ from the dataset's at the same labels."""
+    names = list(checkpoint.get("class_names") or [])
+    pairs = [(i, a, b) for i, (a, b) in enumerate(zip(names, dataset_names))
+             if i > 0 and b != "N/A" and a.lower() != b.lower()]  # fmt: skip
+    if not pairs or len(names) != len(dataset_names):
+        return None
+    shown = ", ".join(f"{i}: {a!r} vs {b!r}" for i, a, b in pairs[:5])
+    more = f" and {len(pairs) - 5} more" if len(pairs) > 5 else ""
+    return f"the checkpoint's class names differ from the dataset's at {len(pairs)} labels ({shown}{more})"
+
+
+# ------------------------------------------------------------------------------------------------- COCO mAP
+
+
+def coco_source(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(image folder, annotation JSON) the flags name."""
+    if args.ann is not None or args.images is not None:
+        if args.ann is None or args.images is None:
+            raise UserError("--ann and --images go together: the instances JSON and the folder of its images")
+        return args.images, args.ann
+    if args.data == "voc":
+        raise UserError("--data voc is not in COCO format: use eval/voc_map.py for VOC mAP, or --ann/--images for "
+                        "a COCO-format copy of the set")  # fmt: skip
+    if args.data == "custom":
+        missing = [flag for flag, v in (("--val-ann", args.val_ann), ("--val-images", args.val_images)) if v is None]
+        if missing:
+            raise UserError(f"--data custom needs {' and '.join(missing)} (or --ann JSON --images DIR)")
+        return args.val_images, args.val_ann
+    root = data_root(args)
+    if args.data == "synthetic":
+        return root / "coco" / "val", root / "coco" / "annotations" / "instances_val.json"
+    return root / "val2017", root / "annotations" / "instances_val2017.json"
+
+
+LABEL_SPACE_TEXT = {
+    "contiguous": "contiguous: the checkpoint's {n} classes are the background and the file's {k} categories in "
+                  "sorted category-id order (this suite's training convention); detections are mapped back to "
+                  "the category ids",
+    "category_id": "COCO category ids: the checkpoint's {n} classes are the background and category ids 1..{m} "
+                   "(TF Object Detection API / imported models); detections of ids the file does not define are "
+                   "dropped",
+}  # fmt: skip
+
+
+def coco_dataset_for(model: SSDLite, args: argparse.Namespace, transform: DetectionTransform,
+                     skip: SkipCounter | None) -> tuple[CocoDetection, str]:  # fmt: skip
+    """The COCO-format set in the label space the checkpoint's class count implies, or a UserError naming both."""
+    images, ann = coco_source(args)
+    dataset = CocoDetection(images, ann, transform, skip=skip)
+    categories = len(dataset.class_names) - 1
+    if model.num_classes == categories + 1:
+        return dataset, "contiguous"
+    ids = dataset.coco.getCatIds()
+    if min(ids) >= 1 and model.num_classes == max(ids) + 1:
+        return CocoDetection(images, ann, transform, label_space="category_id", skip=skip), "category_id"
+    raise UserError(
+        f"--weights {args.weights} has {model.num_classes} classes (background included) but {ann} has "
+        f"{categories} categories (ids {min(ids)}..{max(ids)}): the checkpoint needs {categories + 1} classes "
+        f"(contiguous labels) or {max(ids) + 1} (labels = category ids); evaluate it on the data it was trained for"
+    )
+
+
+def build_parser() -> EvalArgumentParser:
+    parser = new_parser("python eval/coco_map.py", __doc__)
+    add_common_arguments(parser, batch_size=32)
+    g = parser.add_argument_group("COCO-format set (instead of --data)")
+    g.add_argument("--ann", type=Path, metavar="JSON", help="instances JSON (COCO format) of the set to evaluate")
+    g.add_argument("--images", type=Path, metavar="DIR", help="folder of the images --ann lists")
+    add_data_arguments(parser, segmentation=False)
+    add_detection_arguments(parser)
+    return parser
+
+
+def evaluate(args: argparse.Namespace) -> Path | None:
+    dist = init_distributed(args.device)
+    model, checkpoint = load_detector(args, dist)
+    skip = SkipCounter() if args.skip_bad_samples else None
+    dataset, label_space = main_first(dist, lambda: coco_dataset_for(model, args, detector_transform(model), skip))
+    subset = first_images(dataset, args.max_images)
+    loader = eval_loader(subset, args, dist, collate_detection)
+    start = time.perf_counter()
+    results, image_ids, dropped = [], [], 0
+    with torch.inference_mode():
+        for target, found in detect(model, loader, dist.device, progress=dist.is_main and not args.quiet):
+            image_ids.append(int(target["image_id"]))
+            known = torch.tensor([int(v) in dataset.label_to_cat for v in found["labels"].tolist()], dtype=torch.bool)
+            dropped += int((~known).sum())
+            results += dataset.to_coco_results(target["image_id"], found["boxes"][known],
+                                               found["scores"][known].tolist(), found["labels"][known].tolist())
+    gathered = gather_objects((results, image_ids, dropped))
+    if not dist.is_main:
+        return None
+    results = [r for part, _, _ in gathered for r in part]
+    image_ids = sorted({i for _, ids, _ in gathered for i in ids})
+    dropped = sum(d for _, _, d in gathered)
+    seconds = time.perf_counter() - start
+    result = evaluate_coco(dataset.coco, results, image_ids)
+
+    out_dir = results_dir(args)
+    write_coco_report(result, out_dir, f"COCO box mAP of {args.weights.name}", detections=results)
+    k = len(dataset.class_names) - 1
+    setup = detector_setup(args, model, checkpoint, dist)
+    setup.update({
+        "data": f"{dataset.ann_file} with images in {dataset.image_dir}: {len(image_ids)} of {len(dataset)} images"
+                + (f" (--max-images {args.max_images})" if len(subset) < len(dataset) else ""),
+        "labels": LABEL_SPACE_TEXT[label_space].format(n=model.num_classes, k=k, m=model.num_classes - 1)
+                  + (f"; {dropped} detections of undefined ids dropped" if dropped else ""),
+        "time": f"{seconds:.1f} s ({len(image_ids) / max(seconds, 1e-9):.1f} images/s)",
+    })  # fmt: skip
+    warning = class_name_warning(checkpoint, dataset.class_names)
+    if warning:
+        setup["warning"] = warning
+        print(f"warning: {warning}", file=sys.stderr)
+    if skip is not None and skip.total:
+        setup["skipped"] = skip.summary()
+        print(skip.summary())
+    amend_report(out_dir, setup)
+    print(f"COCO mAP@[.5:.95] {result.stats['AP']:.3f}, AP50 {result.stats['AP50']:.3f} on {len(image_ids)} images "
+          f"({label_space} labels); report: {out_dir / 'report.md'}")  # fmt: skip
+    return out_dir
+
+
+def main(argv: Sequence[str] | None = None) -> Path | None:
+    """Run the evaluation; the results folder on rank 0 (None on the other torchrun processes)."""
+    return run_cli(build_parser(), argv, check_detection_arguments, evaluate)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""PASCAL VOC detection mAP of an SSDLite checkpoint, ours or imported: the VOC07 11-point and the VOC2010+ area
+metrics from one pass, with `difficult` objects neither rewarded nor penalised (as the VOC devkit counts them).
+
+    python eval/voc_map.py --weights runs/ssdlite/voc/best.pt --data voc --data-root /data/VOCdevkit
+    python eval/voc_map.py --weights my.pt --data custom --data-root my/VOC_like --split val
+    torchrun --nproc_per_node=4 eval/voc_map.py --weights best.pt --data voc --data-root /data/VOCdevkit
+
+--data voc evaluates VOC2007 test (4,952 images), the set behind the 68.6 VOC07 mAP that pytorch-ssd publishes
+for its mb2-ssd-lite; --data synthetic the synthetic dataset's VOC files; --data custom any VOC-layout folder
+(Annotations/, JPEGImages/, ImageSets/Main/<split>.txt) whose class names are the checkpoint's.
+Results go to runs/eval/<name>/: report.md (both mAPs, per-class AP), metrics.json and detections.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from datasets.errors import SkipCounter
+from datasets.loading import collate_detection
+from datasets.sources import add_data_arguments
+from datasets.synthetic import SYNTHETIC_CLASSES
+from datasets.transforms import DetectionTransform
+from datasets.voc import VOC_CLASSES, VOCDetection
+from eval.cli import (
+    UserError,
+    add_common_arguments,
+    data_root,
+    eval_loader,
+    first_images,
+    main_first,
+    new_parser,
+    results_dir,
+    run_cli,
+)
+from eval.coco_map import (
+    add_detection_arguments,
+    check_detection_arguments,
+    class_name_warning,
+    detector_setup,
+    detector_transform,
+    load_detector,
+)
+from eval.detection import detect
+from eval.segmentation_report import DASH, json_safe, write_atomic
+from eval.voc_ap import ImageDetections, ImageGroundTruth, voc_detection_ap
+from ssdlite.model import SSDLite
+from train.distributed import gather_objects, init_distributed
+
+PYTORCH_SSD_MB2_SSDLITE_VOC07 = 68.6  # github.com/qfgaohao/pytorch-ssd README: mb2-ssd-lite, VOC2007 test
+
+
+def _year_folder(root: Path, year: str) -> Path:
+    """root/VOC<year> for a VOCdevkit, or root itself when it already is a year folder."""
+    nested = root / f"VOC{year}"
+    return nested if nested.is_dir() or not (root / "ImageSets").is_dir() else root
+
+
+def voc_dataset(args: argparse.Namespace, model: SSDLite, checkpoint: dict, transform: DetectionTransform,
+                skip: SkipCounter | None) -> VOCDetection:  # fmt: skip
+    """The VOC-layout set the flags name, `difficult` objects kept (flagged) for the evaluation."""
+    if args.data == "coco":
+        raise UserError("--data coco is not in VOC format: use eval/coco_map.py for COCO mAP")
+    root = data_root(args)
+    if args.data == "voc":
+        dataset = VOCDetection(_year_folder(root, "2007"), args.split or "test", transform, skip=skip)
+    elif args.data == "synthetic":
+        dataset = VOCDetection(root / "voc", args.split or "val", transform, classes=SYNTHETIC_CLASSES, skip=skip)
+    else:
+        names = list(checkpoint.get("class_names") or [])[1:]
+        if len(names) != model.num_classes - 1:
+            raise UserError(f"--weights {args.weights} lists no class names: --data custom reads the VOC XML class "
+                            "names through them")  # fmt: skip
+        dataset = VOCDetection(root, args.split or "val", transform, classes=names, skip=skip)
+    if len(dataset.class_names) != model.num_classes:
+        raise UserError(
+            f"--weights {args.weights} has {model.num_classes} classes (background included) but the dataset "
+            f"{dataset.root} has {len(dataset.class_names)} ({', '.join(dataset.class_names[1:4])}, ...): "
+            "evaluate the checkpoint on the data it was trained for"
+        )
+    return dataset
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser("python eval/voc_map.py", __doc__)
+    add_common_arguments(parser, batch_size=32)
+    add_data_arguments(parser, segmentation=False)
+    parser.add_argument("--split", default=None,
+                        help="ImageSets/Main list to evaluate (default: test for --data voc, else val)")  # fmt: skip
+    parser.add_argument("--iou", type=float, default=0.5, help="IoU a detection needs to match (default: 0.5)")
+    add_detection_arguments(parser)
+    return parser
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    check_detection_arguments(parser, args)
+    if not 0.0 < args.iou < 1.0:
+        parser.error(f"--iou must be in (0, 1), got {args.iou}")
+
+
+def nanmean(values: Sequence[float]) -> float:
+    """Mean over the finite values (classes with objects); NaN when there are none."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _ap(value: float) -> str:
+    return DASH if not np.isfinite(value) else f"{100 * value:.2f}"
+
+
+def write_voc_report(out_dir: Path, title: str, class_names: Sequence[str], ap07: Sequence[float],
+                     ap10: Sequence[float], positives: Sequence[int], setup: dict, num_images: int,
+                     detections: list[dict], reference: bool) -> Path:  # fmt: skip
+    """report.md, metrics.json, detections.json in `out_dir` (atomic writes)."""
+    map07, map10 = nanmean(ap07), nanmean(ap10)
+    per_class = [{"name": n, "positives": int(p), "AP_voc07": a, "AP_voc2010": b}
+                 for n, p, a, b in zip(class_names[1:], positives, ap07, ap10)]  # fmt: skip
+    write_atomic(out_dir / "detections.json", json.dumps(detections))
+    metrics = {"mAP_voc07": map07, "mAP_voc2010": map10, "per_class": per_class, "num_images": num_images,
+               "num_detections": len(detections), "setup": setup}  # fmt: skip
+    write_atomic(out_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
+    lines = [
+        f"# {title}",
+        "",
+        f"{num_images} images, {len(detections)} detections; a detection matches at IoU ≥ {setup['match_iou']}, "
+        "`difficult` objects are ignored.",
+        "",
+        "| metric | mAP (%) |",
+        "|---|---:|",
+        f"| VOC07 11-point | {_ap(map07)} |",
+        f"| VOC2010+ area | {_ap(map10)} |",
+    ]
+    if reference:
+        lines += ["", f"For comparison: pytorch-ssd publishes {PYTORCH_SSD_MB2_SSDLITE_VOC07} VOC07 mAP for its "
+                  "mb2-ssd-lite on VOC2007 test (the same 11-point metric)."]  # fmt: skip
+    lines += ["", "## Setup", "", *(f"- {k.replace('_', ' ')}: {v}" for k, v in setup.items())]
+    lines += [
+        "",
+        "## Per-class AP",
+        "",
+        "| class | objects (not difficult) | AP VOC07 (%) | AP VOC2010+ (%) |",
+        "|---|---:|---:|---:|",
+        *(f"| {c['name']} | {c['positives']} | {_ap(c['AP_voc07'])} | {_ap(c['AP_voc2010'])} |" for c in per_class),
+        "",
+        f"{DASH}: no non-difficult object of the class in the evaluated images (left out of the mean).",
+    ]
+    report = out_dir / "report.md"
+    write_atomic(report, "\n".join(lines) + "\n")
+    return report
+
+
+def evaluate(args: argparse.Namespace) -> Path | None:
+    dist = init_distributed(args.device)
+    model, checkpoint = load_detector(args, dist)
+    skip = SkipCounter() if args.skip_bad_samples else None
+    dataset = main_first(dist, lambda: voc_dataset(args, model, checkpoint, detector_transform(model), skip))
+    subset = first_images(dataset, args.max_images)
+    loader = eval_loader(subset, args, dist, collate_detection)
+    records = {r.image_id: r for r in dataset.records}
+    start = time.perf_counter()
+    pairs = []
+    with torch.inference_mode():
+        for target, found in detect(model, loader, dist.device, progress=dist.is_main and not args.quiet):
+            record = records[target["image_id"]]  # the file's boxes, not the resized ones of the target
+            truth = ImageGroundTruth(torch.from_numpy(record.boxes), torch.from_numpy(record.labels),
+                                     torch.from_numpy(record.extra["difficult"]))  # fmt: skip
+            pairs.append((record.image_id, truth, ImageDetections(found["boxes"], found["scores"], found["labels"])))
+    pairs = [p for part in gather_objects(pairs) for p in part]
+    if not dist.is_main:
+        return None
+    seconds = time.perf_counter() - start
+    truths, detections = [g for _, g, _ in pairs], [d for _, _, d in pairs]
+    num_classes = len(dataset.class_names)
+    ap07 = voc_detection_ap(detections, truths, num_classes, args.iou, use_07_metric=True)
+    ap10 = voc_detection_ap(detections, truths, num_classes, args.iou, use_07_metric=False)
+    results = [{"image_id": image_id, "label": dataset.class_names[int(label)],
+                "bbox_xyxy": [round(float(v), 2) for v in box.tolist()], "score": round(float(score), 5)}
+               for image_id, _, d in pairs for box, score, label in zip(d.boxes, d.scores, d.labels)]  # fmt: skip
+    positives = [sum(int(((g.labels == c) & ~g.difficult).sum()) for g in truths) for c in range(1, num_classes)]
+
+    out_dir = results_dir(args)
+    setup = detector_setup(args, model, checkpoint, dist)
+    setup.update({
+        "data": f"{dataset.root} split {args.split or ('test' if args.data == 'voc' else 'val')}: {len(pairs)} of "
+                f"{len(dataset)} images" + (f" (--max-images {args.max_images})" if len(subset) < len(dataset) else ""),
+        "match_iou": args.iou,
+        "time": f"{seconds:.1f} s ({len(pairs) / max(seconds, 1e-9):.1f} images/s)",
+    })  # fmt: skip
+    warning = class_name_warning(checkpoint, dataset.class_names)
+    if warning:
+        setup["warning"] = warning
+        print(f"warning: {warning}", file=sys.stderr)
+    if skip is not None and skip.total:
+        setup["skipped"] = skip.summary()
+        print(skip.summary())
+    reference = args.data == "voc" and list(dataset.class_names[1:]) == list(VOC_CLASSES) and len(subset) == 4952
+    report = write_voc_report(out_dir, f"VOC detection mAP of {args.weights.name}", dataset.class_names, ap07, ap10,
+                              positives, setup, len(pairs), results, reference)  # fmt: skip
+    print(f"VOC07 mAP {_ap(nanmean(ap07))}, VOC2010+ mAP {_ap(nanmean(ap10))} on {len(pairs)} "
+          f"images; report: {report}")  # fmt: skip
+    return out_dir
+
+
+def main(argv: Sequence[str] | None = None) -> Path | None:
+    """Run the evaluation; the results folder on rank 0 (None on the other torchrun processes)."""
+    return run_cli(build_parser(), argv, check_arguments, evaluate)
+
+
+if __name__ == "__main__":
+    main()
