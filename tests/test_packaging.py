@@ -45,3 +45,11 @@ def test_entry_points_run_as_script_and_as_module(invocation, fake_hf_datasets):
     result = run([*invocation, "--width", "0.35", "--size", "96"], cwd=REPO, env=fake_hf_datasets)
     assert result.returncode == 0, result.stderr
     assert "| MobileNetV2 0.35 OS32 | 96×96 | 1,677,128 |" in result.stdout
+
+
+@pytest.mark.parametrize("invocation", [["train/ssdlite.py"], ["-m", "train.deeplab"], ["eval/voc_miou.py"]])
+def test_training_and_evaluation_entry_points_start_both_ways(invocation, fake_hf_datasets):
+    """Run as a script, `train/ssdlite.py` would shadow the `ssdlite` package without the import hook."""
+    result = run([*invocation, "--help"], cwd=REPO, env=fake_hf_datasets)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage:") and "--data" in result.stdout

@@ -43,6 +43,10 @@ class SSDLiteTask:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         preset = get_preset(args.preset)
+        if args.image_size is not None:
+            preset = dataclasses.replace(preset, image_size=(args.image_size, args.image_size))
+        if args.width_mult is not None:
+            preset = dataclasses.replace(preset, width_mult=args.width_mult)
         self.skip = SkipCounter() if args.skip_bad_samples else None
         self.data = detection_data(
             args,
@@ -99,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", default="ssdlite320_coco", choices=sorted(PRESETS),
                    help="architecture, input size, anchors and normalisation (default: ssdlite320_coco); the class "
                         "count comes from the dataset")  # fmt: skip
+    g.add_argument("--image-size", type=int, default=None, help="override the preset's square input size")
+    g.add_argument("--width-mult", type=float, default=None, help="override the preset's width multiplier")
     g.add_argument("--weights", default=None,
                    help="backbone initialisation: IMAGENET1K_V1, IMAGENET1K_V2, a weights/checkpoint file, or none "
                         "(default: IMAGENET1K_V1; none for --data synthetic)")  # fmt: skip
