@@ -77,7 +77,10 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
+    """Leave the process group once every process is done with it (tearing gloo down under a peer that is
+    still in a collective aborts that peer)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

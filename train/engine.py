@@ -413,6 +413,7 @@ class Trainer:
             self.stop.restore()
             if self.writer:
                 self.writer.close()
+            self.ddp_model = None  # DDP's reducer must go before its process group, or gloo may abort at exit
             cleanup()
 
     def _save(self, name: str) -> None:
