@@ -46,3 +46,243 @@ def machine_summary() -> str:
     if torch.cuda.is_available():
         lines.append(f"- GPU: {torch.cuda.get_device_name(0)}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- helpers for the model benchmarks (appended)
+
+
+def interleaved_seconds(
+    candidates: dict[str, Callable[[], object]], rounds: int, warmup: int = 2
+) -> dict[str, list[float]]:
+    """Wall times of each candidate over `rounds` interleaved rounds (A B C, A B C, ...) after `warmup` untimed
+    rounds, so a change in machine load during the run hits every candidate alike."""
+    for _ in range(warmup):
+        for fn in candidates.values():
+            fn()
+    times: dict[str, list[float]] = {key: [] for key in candidates}
+    for _ in range(rounds):
+        for key, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return times
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages (what `uptime` prints) against the logical CPU count."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "load average unavailable"
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} logical CPUs"
+
+
+def markdown_table(header: list[str], rows: list[list[str]], align: str | None = None) -> str:
+    """A Markdown table; `align` is one character per column ('l' or 'r'), left by default."""
+    align = align or "l" * len(header)
+    rule = ["---:" if a == "r" else "---" for a in align]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, rule, *rows])
+
+
+OP_GROUPS: dict[str, tuple[str, ...]] = {
+    "convolution": ("convolution", "conv2d", "conv_depthwise"),
+    "batch norm": ("batch_norm",),
+    "activations": ("hardtanh", "threshold", "relu", "hardswish", "hardsigmoid", "clamp", "sigmoid"),
+}
+
+
+def op_time_breakdown(fn: Callable[[], object], runs: int = 1) -> dict[str, float]:
+    """Self CPU milliseconds per call of `fn`, summed over aten ops into OP_GROUPS (forward and backward together)
+    plus "other" and "total", from torch.profiler: where a step's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(runs):
+            fn()
+    groups = {name: 0.0 for name in OP_GROUPS} | {"other": 0.0}
+    for event in prof.key_averages():
+        ms = event.self_cpu_time_total / 1000.0 / runs
+        name = event.key.lower()
+        group = next((g for g, keys in OP_GROUPS.items() if any(k in name for k in keys)), "other")
+        groups[group] += ms
+    groups["total"] = sum(groups.values())
+    return groups
+
+
+def minor_page_faults(fn: Callable[[], object]) -> int:
+    """Minor page faults of this process during one `fn()`: fresh memory pages the kernel had to map and zero."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    fn()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+# glibc malloc told to keep freed memory: no mmap for large blocks (by default every block over 32 MiB is mapped
+# afresh and unmapped on free, so each training step page-faults its large activations in again) and no trimming.
+KEEP_MEMORY_MALLOC_ENV = {
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(8 << 30),
+    "MALLOC_TOP_PAD_": str(1 << 30),
+}
+KEEP_MEMORY_MALLOC_TEXT = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=8GiB MALLOC_TOP_PAD_=1GiB"
+
+
+def call_in_subprocess(module: str, function: str, env: dict[str, str], **kwargs: object) -> object:
+    """`bench.<module>.<function>(**kwargs)` in a fresh Python process with `env` added to the environment and this
+    process's torch thread count; its result must be JSON-serialisable. For settings (like the allocator's) that a
+    process reads only when it starts."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    marker = "BENCH-RESULT:"
+    code = (f"import json, torch; torch.set_num_threads({torch.get_num_threads()}); "
+            f"from bench.{module} import {function}; "
+            f"print({marker!r} + json.dumps({function}(**json.loads({json.dumps(json.dumps(kwargs))}))))")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                            env={**os.environ, **env}, capture_output=True, text=True)  # fmt: skip
+    lines = [line for line in result.stdout.splitlines() if line.startswith(marker)]
+    if result.returncode != 0 or not lines:
+        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"bench.{module}.{function} in a subprocess failed (exit {result.returncode}): {tail}")
+    return json.loads(lines[-1][len(marker):])
+
+
+def training_comparison(
+    default: dict, kept: dict | str, labels: dict[str, str], ours: str, target: float, profiled: dict[str, str]
+) -> list[str]:
+    """Markdown for a training-step comparison measured twice: with the default allocator (`default`) and in a
+    process whose malloc keeps memory (`kept`, or why it could not run). Each result holds "rate" (images/s per
+    candidate key), "breakdown" (op_time_breakdown per key of `profiled`) and "faults" (minor page faults of one
+    step per key of `profiled`). The reference is the fastest non-`ours` candidate; `ours` must reach `target`×."""
+
+    def reference(result: dict) -> float:
+        return max(rate for key, rate in result["rate"].items() if key != ours)
+
+    def cells(result: dict | str, key: str) -> list[str]:
+        if isinstance(result, str):
+            return ["—", "—"]
+        rate = result["rate"][key]
+        return [f"{rate:.2f}" if rate < 10 else f"{rate:.1f}", f"{rate / reference(result):.2f}×"]
+
+    def met(result: dict | str) -> str:
+        if isinstance(result, str):
+            return "—"
+        return "yes" if result["rate"][ours] >= target * reference(result) else "no"
+
+    rows = []
+    for key, label in labels.items():
+        fastest_ref = key != ours and default["rate"][key] == reference(default)
+        rows.append([label + (" (reference)" if fastest_ref else ""), *cells(default, key), *cells(kept, key),
+                     f"≥ {target:.1f}×" if key == ours else "—",
+                     f"{met(default)}; {met(kept)}" if key == ours else "—"])  # fmt: skip
+    split = []
+    for group in [*OP_GROUPS, "other", "total"]:
+        row = [group]
+        for result in (default, kept):
+            for key in profiled:
+                b = None if isinstance(result, str) else result["breakdown"][key]
+                row.append("—" if b is None else f"{b[group]:.0f} ({b[group] / b['total']:.0%})")
+        split.append(row)
+    split.append(["minor page faults in the step", *[
+        "—" if isinstance(r, str) else str(r["faults"][k]) for r in (default, kept) for k in profiled]])  # fmt: skip
+    names = list(profiled.values())
+    return [
+        markdown_table(["what", "images/s", "ratio to reference", "images/s, malloc keeps memory", "ratio",
+                        "target", "met (default; malloc keeps memory)"], rows, "lrrrrll"),  # fmt: skip
+        "",
+        "Every candidate trains in a fresh process that only trains. The first column pair uses the default glibc "
+        "allocator (what a training run gets today); the \"malloc keeps memory\" pair is started with "
+        f"`{KEEP_MEMORY_MALLOC_TEXT}`, so freed activations are reused instead of being unmapped and "
+        "page-faulted in again every step"
+        + (f" (not measured: {kept})." if isinstance(kept, str) else ".")
+        + f" Repeats: {default['repeats']}"
+        + ("." if isinstance(kept, str) else f"; {kept['repeats']}."),
+        "",
+        "Where one step's time goes (torch.profiler, self CPU ms of one step, forward and backward together; "
+        "profiling adds some overhead):",
+        "",
+        markdown_table(["op group", *names, *(f"{n}, malloc keeps memory" for n in names)], split,
+                       "l" + "r" * 2 * len(names)),  # fmt: skip
+    ]
+
+
+# Training-step schedule: candidates whose steps are timed together (interleaved) and the slow ones timed on their own.
+SLOW_CANDIDATES = ("tv_nchw",)
+
+
+def time_training_steps(factories: dict[str, Callable[[], Callable[[], None]]], quick: bool,
+                        only: list[str] | None = None) -> dict:  # fmt: skip
+    """Build the step functions of `only` (default: all of `factories`), time them and profile one step of each
+    fast one. Several fast candidates are interleaved step by step; a candidate alone (one per process) gets more
+    warm-up steps so its allocator settles; SLOW_CANDIDATES get fewer steps, on their own. JSON-able result:
+    "seconds" (per key), "breakdown" and "faults" (per fast key), "schedule" (words)."""
+    keys = list(only or factories)
+    fast = [k for k in keys if k not in SLOW_CANDIDATES]
+    slow = [k for k in keys if k in SLOW_CANDIDATES]
+    if len(fast) > 1:
+        warmup, rounds = (1, 2) if quick else (2, 5)
+    else:
+        warmup, rounds = (1, 1) if quick else (3, 3)
+    slow_warmup, slow_rounds = (0, 1) if quick else (1, 2)
+    seconds: dict[str, list[float]] = {}
+    breakdown: dict[str, dict[str, float]] = {}
+    faults: dict[str, int] = {}
+    if fast:
+        steps = {k: factories[k]() for k in fast}
+        seconds |= interleaved_seconds(steps, rounds, warmup)
+        for k, step in steps.items():
+            breakdown[k] = op_time_breakdown(step)
+            faults[k] = minor_page_faults(step)
+        del steps
+    for k in slow:
+        seconds |= interleaved_seconds({k: factories[k]()}, slow_rounds, slow_warmup)
+    def steps(n: int) -> str:
+        return f"{n} step" + ("s" if n != 1 else "")
+
+    schedule = (f"{steps(rounds)}{' interleaved' if len(fast) > 1 else ''} after {warmup} warm-up"
+                + (f"; {', '.join(slow)}: {steps(slow_rounds)} after {slow_warmup} warm-up" if slow else ""))  # fmt: skip
+    return {"seconds": seconds, "breakdown": breakdown, "faults": faults, "schedule": schedule}
+
+
+def training_step_runs(module: str, keys: list[str], quick: bool, batch: int) -> tuple[dict, dict | str]:
+    """Time the training candidates of `bench.<module>.training_results(quick, only)` twice, in fresh processes
+    that only train (as a training run would):
+
+    - default glibc allocator: one process per candidate and pass, the passes alternating (A B, A B), because one
+      model's allocations reshape the heap the other then page-faults through; medians pool the passes;
+    - malloc keeping memory (KEEP_MEMORY_MALLOC_ENV): one process, candidates interleaved step by step.
+
+    Each result (or, for the second, why it could not run) holds "rate" (images/s), "seconds", "breakdown",
+    "faults" and "repeats"."""
+    passes = 1 if quick else 2
+    fast = [k for k in keys if k not in SLOW_CANDIDATES]
+    runs: list[dict] = []
+    for _ in range(passes):
+        for k in fast:
+            runs.append(call_in_subprocess(module, "training_results", {}, quick=quick, only=[k]))
+    for k in keys:
+        if k in SLOW_CANDIDATES:
+            runs.append(call_in_subprocess(module, "training_results", {}, quick=quick, only=[k]))
+    default: dict = {"seconds": {}, "breakdown": {}, "faults": {}}
+    for run in runs:  # pool the passes' steps; the profile and faults of the last pass
+        for k, times in run["seconds"].items():
+            default["seconds"].setdefault(k, []).extend(times)
+        default["breakdown"] |= run["breakdown"]
+        default["faults"] |= run["faults"]
+    default["repeats"] = (f"default allocator: each candidate alone in its own process, {passes} alternating "
+                          f"process{'es' if passes > 1 else ''} per candidate, each {runs[0]['schedule']}; "
+                          "median of the pooled steps")  # fmt: skip
+    try:
+        kept: dict | str = call_in_subprocess(module, "training_results", KEEP_MEMORY_MALLOC_ENV, quick=quick)
+        kept["repeats"] = f"malloc keeping memory: one process, {kept['schedule']}"
+    except RuntimeError as error:
+        kept = str(error)
+    for result in (default, kept):
+        if isinstance(result, dict):
+            result["rate"] = {k: batch / statistics.median(t) for k, t in result["seconds"].items()}
+    return default, kept
