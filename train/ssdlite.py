@@ -19,35 +19,37 @@ from typing import Any
 import torch
 from torch import nn
 
-from backbone.weights import load_pretrained
-from datasets.errors import SkipCounter
 from datasets.loading import collate_detection
 from datasets.sources import add_data_arguments, detection_data
 from datasets.transforms import detection_eval_transform, detection_train_transform
-from eval.detection import base_dataset, evaluate_coco_detections, evaluate_voc_detections
+from eval.detection import (
+    base_dataset,
+    evaluate_coco_detections,
+    evaluate_voc_detections,
+)
 from ssdlite.checkpoint import checkpoint_dict
 from ssdlite.loss import SSDLiteLoss, pad_targets
-from ssdlite.model import SSDLite, build_ssdlite
+from ssdlite.model import build_ssdlite
 from ssdlite.presets import PRESETS, get_preset
 from train.distributed import DistInfo
 from train.engine import add_engine_arguments, global_batch_share, train_main
+from train.head_task import HeadTask
 
 REFERENCE_BATCH, REFERENCE_LR = 192, 0.15  # torchvision ssdlite320_mobilenet_v3_large: 8 GPUs × 24, lr 0.15
 
 
-class SSDLiteTask:
+class SSDLiteTask(HeadTask):
     """SSDLite for the training engine: model, data, batched loss and COCO/VOC validation."""
 
     name = "ssdlite"
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
+        super().__init__(args)
         preset = get_preset(args.preset)
         if args.image_size is not None:
             preset = dataclasses.replace(preset, image_size=(args.image_size, args.image_size))
         if args.width_mult is not None:
             preset = dataclasses.replace(preset, width_mult=args.width_mult)
-        self.skip = SkipCounter() if args.skip_bad_samples else None
         self.data = detection_data(
             args,
             detection_train_transform(preset.image_size, preset.normalization),
@@ -56,16 +58,9 @@ class SSDLiteTask:
         )
         self.preset = dataclasses.replace(preset, num_classes=len(self.data.class_names))
         self.loss = SSDLiteLoss(self.preset.classification)
-        self.model: SSDLite | None = None
 
-    def build_model(self) -> nn.Module:
-        self.model = build_ssdlite(self.preset)
-        if self.args.weights != "none":
-            load_pretrained(self.model.backbone, self.args.weights)
-        return self.model
-
-    def build_datasets(self):
-        return self.data.train, self.data.val
+    def new_model(self) -> nn.Module:
+        return build_ssdlite(self.preset)
 
     def collate(self, samples: list[Any]):
         return collate_detection(samples)
@@ -88,12 +83,8 @@ class SSDLiteTask:
         voc = evaluate_voc_detections(model, loader, dist_info)
         return None if voc is None else {"score": voc["mAP"], "mAP_voc07": voc["mAP"]}
 
-    def checkpoint_meta(self) -> dict[str, Any]:
-        meta = checkpoint_dict(self.model, self.data.class_names)
-        del meta["model"]
-        if self.skip is not None:
-            meta["skipped_samples"] = self.skip.counts()
-        return meta
+    def head_checkpoint(self) -> dict[str, Any]:
+        return checkpoint_dict(self.model, self.data.class_names)
 
 
 def build_parser() -> argparse.ArgumentParser:
