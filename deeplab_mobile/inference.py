@@ -3,6 +3,8 @@ logits back at the image's own size so the mask always covers every pixel, odd s
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -42,9 +44,17 @@ def _network_input(pixels: torch.Tensor, preset: DeepLabPreset) -> tuple[torch.T
 @torch.inference_mode()
 def predict_logits(model: MobileDeepLabV3, image: np.ndarray, preset: DeepLabPreset) -> torch.Tensor:
     """Class logits [C, H, W] at the size of `image` (uint8, any size and channel layout, see `as_rgb`)."""
-    rgb = as_rgb(image)
+    return predict_logits_batch(model, [image], preset)[0]
+
+
+@torch.inference_mode()
+def predict_logits_batch(model: MobileDeepLabV3, images: Sequence[np.ndarray], preset: DeepLabPreset) -> torch.Tensor:
+    """Class logits [B, C, H, W] for images of one size in one forward pass: the throughput path for video frames."""
+    rgb = [as_rgb(image) for image in images]
+    if len({image.shape[:2] for image in rgb}) != 1:
+        raise ValueError(f"a batch needs images of one size, got {sorted({image.shape[:2] for image in rgb})}")
     device = next(model.parameters()).device
-    pixels = torch.tensor(rgb, device=device).permute(2, 0, 1)[None].float()
+    pixels = torch.from_numpy(np.stack(rgb)).to(device).permute(0, 3, 1, 2).float()
     x, (h, w) = _network_input(pixels, preset)
     was_training = model.training
     model.eval()
@@ -52,9 +62,9 @@ def predict_logits(model: MobileDeepLabV3, image: np.ndarray, preset: DeepLabPre
         logits = model(x)[:, :, :h, :w]
     finally:
         model.train(was_training)
-    if (h, w) != rgb.shape[:2]:
-        logits = F.interpolate(logits, size=rgb.shape[:2], mode="bilinear", align_corners=False)
-    return logits[0]
+    if (h, w) != rgb[0].shape[:2]:
+        logits = F.interpolate(logits, size=rgb[0].shape[:2], mode="bilinear", align_corners=False)
+    return logits
 
 
 def predict(model: MobileDeepLabV3, image: np.ndarray, preset: DeepLabPreset) -> np.ndarray:

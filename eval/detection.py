@@ -23,9 +23,11 @@ from ssdlite.postprocess import Detections, postprocess
 from train.distributed import DistInfo, gather_objects
 
 
+@torch.inference_mode()
 def detect(model: SSDLite, loader: DataLoader, device: torch.device, progress: bool = False,
            ) -> Iterator[tuple[dict, Detections]]:  # fmt: skip
-    """(target, detections) per image; boxes in the pixels of the image file (the target's `orig_size`)."""
+    """(target, detections) per image; boxes in the pixels of the image file (the target's `orig_size`).
+    Runs without autograd whatever the caller's mode, so any caller (trainer, CLI, notebook) may use it."""
     from tqdm import tqdm
 
     preset = model.preset

