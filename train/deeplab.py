@@ -46,12 +46,10 @@ class DeepLabTask(HeadTask):
         if args.width_mult is not None:
             preset = dataclasses.replace(preset, width_mult=args.width_mult)
         crop = args.crop_size or preset.crop_size
-        self.data = segmentation_data(
-            args,
-            segmentation_train_transform(crop, (args.min_scale, args.max_scale), preset.normalization),
-            segmentation_eval_transform(crop, preset.normalization),
-            self.skip,
-        )
+        evaluation = segmentation_eval_transform(crop, preset.normalization)
+        training = (evaluation if args.no_augment
+                    else segmentation_train_transform(crop, (args.min_scale, args.max_scale), preset.normalization))
+        self.data = segmentation_data(args, training, evaluation, self.skip)
         self.num_classes = len(self.data.class_names)
         self.preset = dataclasses.replace(preset, num_classes=self.num_classes, crop_size=crop)  # what was trained
 

@@ -9,6 +9,7 @@ NaN/inf guards, progress bars, TensorBoard and metrics.jsonl in `runs/<task>/<na
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
@@ -30,7 +32,7 @@ from tqdm import tqdm
 
 from backbone.checkpoint import WeightsError, load_checkpoint, save_checkpoint
 from datasets.errors import DatasetError
-from train.batchnorm import freeze_batchnorm
+from train.batchnorm import freeze_batchnorm, recalibrate_batchnorm
 from train.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -90,6 +92,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, lr: float, epochs: 
                    help="EMA of weights used for evaluation, 0 disables; ramped up over the first ~2000 steps so "
                         "short runs are not stuck near the initial weights (default: 0.9998)")  # fmt: skip
     g.add_argument("--frozen-bn", action="store_true", help="freeze every BatchNorm (small batches, fine-tuning)")
+    g.add_argument("--no-augment", action="store_true",
+                   help="train on the evaluation transform (resize/pad only): the sanity check that a model can "
+                        "fit a few images before a long run")  # fmt: skip
+    g.add_argument("--bn-recalibration", type=int, default=20, metavar="N",
+                   help="before each evaluation, recompute BatchNorm statistics of the evaluated weights on N "
+                        "training batches (precise BN); running averages lag the weights in short runs; 0 disables "
+                        "(default: 20)")  # fmt: skip
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: on for CUDA, off on CPU)")  # fmt: skip
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
@@ -328,6 +337,8 @@ class Trainer:
 
             loader_kwargs.update(worker_init_fn=seed_worker, prefetch_factor=4)
         self.train_loader = DataLoader(train_set, self.batch_per_process, sampler=self.sampler, **loader_kwargs)
+        self.recalibration_loader = partial(DataLoader, train_set, self.batch_per_process, shuffle=True, drop_last=True,
+                                            **{**loader_kwargs, "persistent_workers": False})  # fmt: skip
         self.val_loader = None
         if val_set is not None:
             self.val_loader = DataLoader(shard_dataset(val_set, self.dist), self.batch_per_process, **loader_kwargs)
@@ -507,6 +518,11 @@ class Trainer:
     def _evaluate(self) -> bool:
         """Evaluate the EMA (or plain) weights; True on every process when the score improved."""
         model = self.ema.module if self.ema else unwrap(self.model)
+        if self.args.bn_recalibration > 0 and not self.args.frozen_bn:
+            # its own generator, so the batches drawn here leave the training RNG streams untouched
+            generator = torch.Generator().manual_seed(self.args.seed * 100_003 + self.dist.rank * 1_009 + self.epoch)
+            batches = itertools.islice(self.recalibration_loader(generator=generator), self.args.bn_recalibration)
+            recalibrate_batchnorm(model, batches, self.device, self.dist.distributed)
         model.eval()
         with torch.no_grad():
             metrics = self.task.evaluate(model, self.val_loader, self.run_dir, self.dist)

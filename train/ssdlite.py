@@ -50,12 +50,9 @@ class SSDLiteTask(HeadTask):
             preset = dataclasses.replace(preset, image_size=(args.image_size, args.image_size))
         if args.width_mult is not None:
             preset = dataclasses.replace(preset, width_mult=args.width_mult)
-        self.data = detection_data(
-            args,
-            detection_train_transform(preset.image_size, preset.normalization),
-            detection_eval_transform(preset.image_size, preset.normalization),
-            self.skip,
-        )
+        evaluation = detection_eval_transform(preset.image_size, preset.normalization)
+        training = evaluation if args.no_augment else detection_train_transform(preset.image_size, preset.normalization)
+        self.data = detection_data(args, training, evaluation, self.skip)
         self.preset = dataclasses.replace(preset, num_classes=len(self.data.class_names))
         self.loss = SSDLiteLoss(self.preset.classification)
 
