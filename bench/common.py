@@ -12,11 +12,13 @@ from typing import Callable
 
 @dataclass
 class Section:
-    """One benchmark's contribution to BENCHMARKS.md: a title, a Markdown body and the command that made it."""
+    """One benchmark's contribution to BENCHMARKS.md: a title, a Markdown body and the command that made it.
+    `skipped`: nothing was measured here (e.g. no GPU), so bench.run keeps the section BENCHMARKS.md already has."""
 
     title: str
     body: str
     command: str
+    skipped: bool = False
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> float:

@@ -56,9 +56,12 @@ def main(argv: list[str] | None = None) -> None:
         print(section.body, flush=True)
         sections.append(section)
 
-    kept = existing_sections(args.output) if args.only else {}
+    existing = existing_sections(args.output)
+    kept = dict(existing) if args.only else {}
     for s in sections:
-        kept[s.title] = f"Command: `{s.command}`\n\n{s.body}"
+        # A skipped benchmark (no GPU here) keeps the rows an earlier run measured instead of erasing them.
+        keep = s.skipped and s.title in existing
+        kept[s.title] = existing[s.title] if keep else f"Command: `{s.command}`\n\n{s.body}"
     parts = [
         "# Benchmarks",
         "",
