@@ -16,17 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.bench_deeplab import NUM_CLASSES as DEEPLAB_CLASSES
 from bench.bench_deeplab import _ours as _our_deeplab
 from bench.bench_deeplab import _torchvision as _torchvision_segmentation
 from bench.bench_ssdlite import _boxes, _sgd, _torchvision_ssdlite
 from bench.common import Section, markdown_table, median_seconds
+from deeplab_mobile import segmentation_loss
+from ssdlite import SSDLITE320_COCO, SSDLiteLoss, build_ssdlite, pad_targets
+from ssdlite import postprocess as ssdlite_postprocess
 
 TITLE = "GPU: training and inference beside torchvision"
 COMMAND = "python -m bench.run --only gpu"
 CL = torch.channels_last
 BATCH = 64
 IMAGE_SIZES = {"ssdlite": 320, "deeplab": 513}  # SSDLite 320 COCO's input; the DeepLab training crop
-NUM_CLASSES = {"ssdlite": 91, "deeplab": 21}
+NUM_CLASSES = {"ssdlite": SSDLITE320_COCO.num_classes, "deeplab": DEEPLAB_CLASSES}
 LABELS = {
     "ssdlite": "ours, SSDLite 320 COCO",
     "tv_ssdlite": "torchvision ssdlite320_mobilenet_v3_large",
@@ -45,8 +49,6 @@ def _family(key: str) -> str:
 
 def _model(key: str, train: bool, device: torch.device, image_size: int) -> nn.Module:
     """A freshly seeded model of `key` on `device`, channels_last like every candidate."""
-    from ssdlite import SSDLITE320_COCO, build_ssdlite
-
     if key == "ssdlite":
         torch.manual_seed(0)
         model = build_ssdlite(SSDLITE320_COCO)
@@ -85,9 +87,6 @@ def _loss_fn(
 ) -> Callable[[], torch.Tensor]:
     """The training loss of `key` on a random batch: 3 random boxes per image with random labels for detectors,
     random masks with 10% ignored pixels for segmenters; each model with its own loss."""
-    from deeplab_mobile import segmentation_loss
-    from ssdlite import SSDLiteLoss, pad_targets
-
     gen = torch.Generator().manual_seed(0)
     classes = NUM_CLASSES[_family(key)]
     if key in DETECTORS:
@@ -116,16 +115,16 @@ def _loss_fn(
 
 
 def training_images_per_s(
-    key: str, device: torch.device, batch: int, image_size: int, repeats: int, warmup: int = 3, amp: bool = True
+    key: str, device: torch.device, batch: int, image_size: int, repeats: int, warmup: int
 ) -> float:
-    """Images/s of a training step (forward + loss + backward + SGD step) as the training engine runs it: autocast
-    fp16 with a GradScaler when `amp`, channels_last, the engine's SGD (momentum 0.9 Nesterov)."""
+    """Images/s of a training step (forward + loss + backward + SGD step) as the training engine runs it on CUDA:
+    autocast fp16 with a GradScaler, channels_last, the engine's SGD (momentum 0.9 Nesterov)."""
     model = _model(key, True, device, image_size)
-    optimizer, scaler = _sgd(model), torch.amp.GradScaler(device.type, enabled=amp)
+    optimizer, scaler = _sgd(model), torch.amp.GradScaler(device.type)
     loss_fn = _loss_fn(key, model, device, batch, image_size)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        with torch.autocast(device.type, dtype=torch.float16):
             loss = loss_fn()
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -138,8 +137,6 @@ def training_images_per_s(
 def _inference_fn(key: str, model: nn.Module, images01: torch.Tensor, postprocess: bool) -> Callable[[], object]:
     """One inference call of `key` on [0, 1] images (segmenters get them as is: random either way). Detectors
     without `postprocess` stop at the head outputs (torchvision's after its transform, backbone and head)."""
-    from ssdlite import postprocess as our_postprocess
-
     batch, size = images01.shape[0], images01.shape[-1]
     if key == "tv_ssdlite":
         images = list(images01.unbind(0))
@@ -153,9 +150,9 @@ def _inference_fn(key: str, model: nn.Module, images01: torch.Tensor, postproces
             box_regression, class_logits = model(_normalised(model, images01))
             if not postprocess:
                 return class_logits
-            return our_postprocess(box_regression.float(), class_logits.float(), anchors, [(size, size)] * batch,
-                                   preset.classification, preset.score_threshold, preset.nms_iou, preset.pre_nms_topk,
-                                   preset.detections_per_image)  # fmt: skip
+            return ssdlite_postprocess(box_regression.float(), class_logits.float(), anchors,
+                                       [(size, size)] * batch, preset.classification, preset.score_threshold,
+                                       preset.nms_iou, preset.pre_nms_topk, preset.detections_per_image)  # fmt: skip
 
         return ours
     if key == "deeplab":
@@ -163,8 +160,18 @@ def _inference_fn(key: str, model: nn.Module, images01: torch.Tensor, postproces
     return lambda: model(images01)["out"]
 
 
+def _inference_seconds(
+    call: Callable[[], object], device: torch.device, amp: bool, repeats: int, warmup: int
+) -> float:
+    def run_once() -> None:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            call()
+
+    return median_seconds(_synced(run_once, device), repeats, warmup)
+
+
 def inference_results(
-    key: str, device: torch.device, batch: int, image_size: int, repeats: int, warmup: int = 3
+    key: str, device: torch.device, batch: int, image_size: int, repeats: int, warmup: int
 ) -> dict[str, float]:
     """Latency (ms) at batch 1 and throughput (images/s) at `batch`, in fp32 and under fp16 autocast, keyed by
     their row in the table; detectors with and without post-processing. Eval mode, torch.inference_mode."""
@@ -176,12 +183,7 @@ def inference_results(
         for n in (1, batch):
             for post in (False, True) if key in DETECTORS else (False,):
                 call = _inference_fn(key, model, images[:n], post)
-
-                def run_once(call: Callable[[], object] = call, amp: bool = amp) -> None:
-                    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                        call()
-
-                seconds = median_seconds(_synced(run_once, device), repeats, warmup)
+                seconds = _inference_seconds(call, device, amp, repeats, warmup)
                 results[_row(n, precision, post)] = 1000.0 * seconds if n == 1 else n / seconds
     return results
 
@@ -246,12 +248,12 @@ def body(
     ssd, seg = image_sizes["ssdlite"], image_sizes["deeplab"]
     return "\n".join([
         f"Measured on {datetime.date.today().isoformat()}: {_device_name(device)}; torch {torch.__version__}, "
-        f"torchvision {torchvision.__version__}. Median of {repeats} timed calls after {warmup} warm-up calls, each "
-        "followed by torch.cuda.synchronize. All models channels_last (weights and inputs), random weights "
+        f"torchvision {torchvision.__version__}. Median of {repeats} timed calls after {warmup} warm-up calls, "
+        "each timed up to a torch.cuda.synchronize. All models channels_last (weights and inputs), random weights "
         "(torchvision: weights=None, weights_backbone=None), cuDNN settings at PyTorch's defaults (as the training "
         "engine leaves them). Speed ratio: our speed ÷ the reference's (above 1: ours is faster).",
         "",
-        f"### SSDLite, {ssd}×{ssd}, 91 classes",
+        f"### SSDLite, {ssd}×{ssd}, {NUM_CLASSES['ssdlite']} classes",
         "",
         _table("ssdlite", results),
         "",
@@ -260,16 +262,17 @@ def body(
         "fp16 with a GradScaler, as train/engine.py on CUDA. Both models take the same [0, 1] batch: ours "
         "normalises it on the GPU, torchvision's transform normalises and resizes each image (to the same size). "
         "Inference rows without post-processing stop at the head outputs (torchvision: transform + backbone + "
-        "head); with it, ours adds box decoding, score threshold 0.01, top 1000 and one batched NMS per batch, "
+        f"head); with it, ours adds box decoding, score threshold {SSDLITE320_COCO.score_threshold}, top "
+        f"{SSDLITE320_COCO.pre_nms_topk} and one batched NMS per batch, "
         "torchvision's model its own (score > 0.001, 300 candidates per class and image, NMS per image).",
         "",
-        f"### Mobile DeepLabv3, {seg}×{seg}, 21 classes",
+        f"### Mobile DeepLabv3, {seg}×{seg}, {NUM_CLASSES['deeplab']} classes",
         "",
         _table("deeplab", results),
         "",
         "Training: random normalised images, random masks with 10% ignored pixels (255), each model's cross-entropy "
         "(ours: segmentation_loss; torchvision's deeplabv3 without its aux head); SGD and AMP as above. "
-        "Inference: logits upsampled to the input size for every model.",
+        "Inference: random images in, logits upsampled to the input size out, for every model.",
     ])  # fmt: skip
 
 
@@ -277,6 +280,7 @@ def run(quick: bool) -> Section:
     if not torch.cuda.is_available():
         return Section(TITLE, "Skipped: no CUDA device, so no GPU rows were measured in this run.", COMMAND,
                        skipped=True)  # fmt: skip
-    device, (repeats, warmup) = torch.device("cuda"), (5, 2) if quick else (30, 5)
+    device = torch.device("cuda")
+    repeats, warmup = (5, 2) if quick else (30, 5)
     results = measure(device, BATCH, IMAGE_SIZES, repeats, warmup)
     return Section(TITLE, body(results, device, IMAGE_SIZES, repeats, warmup), COMMAND)

@@ -36,7 +36,7 @@ def test_measurements_and_tables_on_cpu() -> None:
     text = bench_gpu.body(results, torch.device("cpu"), SIZES, repeats=1, warmup=0)
     tables = [block.splitlines() for block in text.split("\n\n") if block.startswith("| ")]
     assert len(tables) == len(bench_gpu.REFERENCES)
-    for lines, (ours, refs) in zip(tables, bench_gpu.REFERENCES.items()):
+    for lines, (ours, refs) in zip(tables, bench_gpu.REFERENCES.items(), strict=True):
         assert lines[0] == "| " + " | ".join(["measurement", bench_gpu.LABELS[ours],
                                              *(c for r in refs for c in (bench_gpu.LABELS[r], "speed ratio"))]) + " |"
         assert [line.split(" | ")[0].removeprefix("| ") for line in lines[2:]] == list(results[ours])
