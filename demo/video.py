@@ -39,7 +39,7 @@ from deeplab_mobile.presets import DeepLabPreset
 from demo.overlay import Colour, class_colours, draw_detections, draw_fps, draw_legend, save_contact_sheet
 from demo.showcase import blend, write_png
 from demo.sources import AtomicVideoWriter, Frame, Source, open_source
-from eval.cli import UserError, new_parser, run_cli
+from eval.cli import UserError, check_device_flag, new_parser, run_cli
 from ssdlite.checkpoint import load_ssdlite
 from ssdlite.model import SSDLite
 from ssdlite.postprocess import Detections
@@ -271,11 +271,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--score-threshold must be between 0 and 1, got {args.score_threshold}")
     if len(args.codec) != 4:
         parser.error(f"--codec {args.codec!r}: a FourCC is 4 characters, e.g. mp4v, avc1, MJPG")
-    if args.device != "auto":
-        try:
-            torch.device(args.device)
-        except RuntimeError:
-            parser.error(f"--device {args.device}: expected auto, cpu, cuda or cuda:N")
+    check_device_flag(parser, args.device)
 
 
 def batches(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:

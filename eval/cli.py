@@ -65,11 +65,16 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error(f"--workers must be 0 or more, got {args.workers}")
     if args.max_images is not None and args.max_images < 1:
         parser.error(f"--max-images must be at least 1, got {args.max_images}")
-    if args.device != "auto":
+    check_device_flag(parser, args.device)
+
+
+def check_device_flag(parser: argparse.ArgumentParser, device: str) -> None:
+    """--device: auto or anything torch.device accepts; a typo fails here rather than deep inside a run."""
+    if device != "auto":
         try:
-            torch.device(args.device)
+            torch.device(device)
         except RuntimeError:
-            parser.error(f"--device {args.device}: expected auto, cpu, cuda or cuda:N")
+            parser.error(f"--device {device}: expected auto, cpu, cuda or cuda:N")
 
 
 def _one_line(text: str) -> str:
