@@ -4,6 +4,7 @@ the common flags, one-line errors with exit status 2, the results folder and the
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 from pathlib import Path
@@ -47,7 +48,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, batch_size: int) -> No
     g = parser.add_argument_group("run")
     g.add_argument("--batch-size", type=int, default=batch_size, help=f"images per batch and process "
                    f"(default: {batch_size})")  # fmt: skip
-    g.add_argument("--workers", type=int, default=4, help="data-loading processes per process (default: 4)")
+    g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="data-loading processes per process (default: 4, at most the CPU count)")  # fmt: skip
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     g.add_argument("--max-images", type=int, default=None, metavar="N",
                    help="evaluate only the first N images (a quick check)")  # fmt: skip
