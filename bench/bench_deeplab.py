@@ -28,12 +28,12 @@ from bench.common import (
     training_comparison,
     training_step_runs,
 )
+from bench.models import SEGMENTATION_CLASSES, our_deeplab, torchvision_segmentation
 
 TITLE = "Mobile DeepLabv3: inference and training beside torchvision"
 COMMAND = "python -m bench.run --only deeplab"
 CL = torch.channels_last
 SIZE = 513
-NUM_CLASSES = 21
 TRAIN_BATCH = 4
 
 
@@ -45,25 +45,6 @@ def _met(ok: bool) -> str:
     return "yes" if ok else "no"
 
 
-def _torchvision(name: str, train: bool) -> torch.nn.Module:
-    from torchvision.models import segmentation
-
-    torch.manual_seed(0)
-    kwargs = dict(weights=None, weights_backbone=None, num_classes=NUM_CLASSES)
-    if name == "deeplabv3":
-        model = segmentation.deeplabv3_mobilenet_v3_large(aux_loss=False, **kwargs)
-    else:
-        model = segmentation.lraspp_mobilenet_v3_large(**kwargs)
-    return model.train(train)
-
-
-def _ours(train: bool) -> torch.nn.Module:
-    from deeplab_mobile import build_deeplab
-
-    torch.manual_seed(0)
-    return build_deeplab("mnv2_os16", num_classes=NUM_CLASSES).train(train).to(memory_format=CL)
-
-
 # ---------------------------------------------------------------- 1. inference
 
 
@@ -73,11 +54,11 @@ def _inference_section(quick: bool) -> list[str]:
 
     x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))  # a normalised image
     x_cl = x.contiguous(memory_format=CL)
-    ours = _ours(train=False)
+    ours = our_deeplab(train=False)
     fused = fuse_for_inference(ours)
     references = {}
     for name in ("lraspp", "deeplabv3"):
-        nchw = _torchvision(name, train=False)
+        nchw = torchvision_segmentation(name, train=False)
         references[f"{name}_nchw"] = (nchw, x)
         references[f"{name}_cl"] = (copy.deepcopy(nchw).to(memory_format=CL), x_cl)
     madds = {"ours": measure(ours, (SIZE, SIZE)).madds / 1e9}
@@ -113,7 +94,7 @@ def _inference_section(quick: bool) -> list[str]:
                      "≤ 1.0× lraspp, ≤ 0.6× deeplabv3" if target else "—",
                      f"{_met(ms[key] <= lr)}, {_met(ms[key] <= 0.6 * dl)}" if target else "—"])
     return [
-        f"### 1. Inference, {SIZE}×{SIZE}, {NUM_CLASSES} classes, batch 1: logits at the input size",
+        f"### 1. Inference, {SIZE}×{SIZE}, {SEGMENTATION_CLASSES} classes, batch 1: logits at the input size",
         "",
         markdown_table(["what", "median ms", "G MAdds", "ratio to lraspp", "ratio to deeplabv3", "target", "met"],
                        rows, "lrrrrll"),  # fmt: skip
@@ -136,7 +117,7 @@ def training_results(quick: bool, only: list[str] | None = None) -> dict:
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(TRAIN_BATCH, 3, SIZE, SIZE, generator=gen)
-    masks = torch.randint(0, NUM_CLASSES, (TRAIN_BATCH, SIZE, SIZE), generator=gen)
+    masks = torch.randint(0, SEGMENTATION_CLASSES, (TRAIN_BATCH, SIZE, SIZE), generator=gen)
     masks[torch.rand(masks.shape, generator=gen) < 0.1] = 255  # ignored pixels (VOC boundaries, padding)
 
     def tv_loss(out: dict, target: torch.Tensor) -> torch.Tensor:
@@ -159,9 +140,9 @@ def training_results(quick: bool, only: list[str] | None = None) -> dict:
         return make
 
     factories = {
-        "ours": stepper(lambda: _ours(train=True), CL, segmentation_loss),
-        "tv_cl": stepper(lambda: _torchvision("deeplabv3", train=True), CL, tv_loss),
-        "tv_nchw": stepper(lambda: _torchvision("deeplabv3", train=True), torch.contiguous_format, tv_loss),
+        "ours": stepper(lambda: our_deeplab(train=True), CL, segmentation_loss),
+        "tv_cl": stepper(lambda: torchvision_segmentation("deeplabv3", train=True), CL, tv_loss),
+        "tv_nchw": stepper(lambda: torchvision_segmentation("deeplabv3", train=True), torch.contiguous_format, tv_loss),
     }
     return time_training_steps(factories, quick, only)
 

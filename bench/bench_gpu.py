@@ -16,11 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.bench_deeplab import NUM_CLASSES as DEEPLAB_CLASSES
-from bench.bench_deeplab import _ours as _our_deeplab
-from bench.bench_deeplab import _torchvision as _torchvision_segmentation
-from bench.bench_ssdlite import _boxes, _sgd, _torchvision_ssdlite
 from bench.common import Section, markdown_table, median_seconds
+from bench.models import (
+    SEGMENTATION_CLASSES,
+    engine_sgd,
+    our_deeplab,
+    random_boxes,
+    torchvision_segmentation,
+    torchvision_ssdlite,
+)
 from deeplab_mobile import segmentation_loss
 from ssdlite import SSDLITE320_COCO, SSDLiteLoss, build_ssdlite, pad_targets
 from ssdlite import postprocess as ssdlite_postprocess
@@ -30,7 +34,7 @@ COMMAND = "python -m bench.run --only gpu"
 CL = torch.channels_last
 BATCH = 64
 IMAGE_SIZES = {"ssdlite": 320, "deeplab": 513}  # SSDLite 320 COCO's input; the DeepLab training crop
-NUM_CLASSES = {"ssdlite": SSDLITE320_COCO.num_classes, "deeplab": DEEPLAB_CLASSES}
+NUM_CLASSES = {"ssdlite": SSDLITE320_COCO.num_classes, "deeplab": SEGMENTATION_CLASSES}
 LABELS = {
     "ssdlite": "ours, SSDLite 320 COCO",
     "tv_ssdlite": "torchvision ssdlite320_mobilenet_v3_large",
@@ -53,12 +57,12 @@ def _model(key: str, train: bool, device: torch.device, image_size: int) -> nn.M
         torch.manual_seed(0)
         model = build_ssdlite(SSDLITE320_COCO)
     elif key == "tv_ssdlite":
-        model = _torchvision_ssdlite(train)
+        model = torchvision_ssdlite(train)
         model.transform.fixed_size = (image_size, image_size)  # its resize target, 320 natively
     elif key == "deeplab":
-        model = _our_deeplab(train)
+        model = our_deeplab(train)
     else:
-        model = _torchvision_segmentation(key.removeprefix("tv_"), train)
+        model = torchvision_segmentation(key.removeprefix("tv_"), train)
     return model.train(train).to(device, memory_format=CL)
 
 
@@ -91,7 +95,7 @@ def _loss_fn(
     classes = NUM_CLASSES[_family(key)]
     if key in DETECTORS:
         images01 = torch.rand(batch, 3, image_size, image_size, generator=gen).to(device, memory_format=CL)
-        boxes = [_boxes(gen, 3, image_size).to(device) for _ in range(batch)]
+        boxes = [random_boxes(gen, 3, image_size).to(device) for _ in range(batch)]
         labels = [torch.randint(1, classes, (3,), generator=gen).to(device) for _ in range(batch)]
         if key == "tv_ssdlite":
             images, targets = list(images01.unbind(0)), [{"boxes": b, "labels": c} for b, c in zip(boxes, labels)]
@@ -120,7 +124,7 @@ def training_images_per_s(
     """Images/s of a training step (forward + loss + backward + SGD step) as the training engine runs it on CUDA:
     autocast fp16 with a GradScaler, channels_last, the engine's SGD (momentum 0.9 Nesterov)."""
     model = _model(key, True, device, image_size)
-    optimizer, scaler = _sgd(model), torch.amp.GradScaler(device.type)
+    optimizer, scaler = engine_sgd(model), torch.amp.GradScaler(device.type)
     loss_fn = _loss_fn(key, model, device, batch, image_size)
 
     def step() -> None:

@@ -31,6 +31,7 @@ from bench.common import (
     training_comparison,
     training_step_runs,
 )
+from bench.models import engine_sgd, random_boxes, torchvision_ssdlite
 
 TITLE = "SSDLite: inference and training beside TensorFlow and torchvision"
 COMMAND = "python -m bench.run --only ssdlite"
@@ -171,14 +172,6 @@ def _pedestrian_section(quick: bool) -> list[str]:
 # ---------------------------------------------------------------- 2. SSDLite 320 COCO against torchvision, inference
 
 
-def _torchvision_ssdlite(train: bool) -> torch.nn.Module:
-    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
-
-    torch.manual_seed(0)
-    model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=91)
-    return model.train(train)
-
-
 def _inference_section(quick: bool) -> list[str]:
     from ssdlite import (
         SSDLITE320_COCO,
@@ -192,7 +185,7 @@ def _inference_section(quick: bool) -> list[str]:
     torch.manual_seed(0)
     ours = build_ssdlite(SSDLITE320_COCO).eval().to(memory_format=CL)
     fused = fuse_for_inference(ours)
-    tv_nchw = _torchvision_ssdlite(train=False)
+    tv_nchw = torchvision_ssdlite(train=False)
     tv_cl = copy.deepcopy(tv_nchw).to(memory_format=CL)
 
     def tv_input() -> list[torch.Tensor]:  # uint8 HWC → float CHW in [0, 1]; its transform normalises and resizes
@@ -259,32 +252,20 @@ def _inference_section(quick: bool) -> list[str]:
 # ---------------------------------------------------------------- 3. and 4. training step, matching + loss
 
 
-def _boxes(rng: torch.Generator, count: int, size: int) -> torch.Tensor:
-    """`count` random boxes (x0, y0, x1, y1) in pixels of a size × size image, sides 5–50% of the image."""
-    wh = (0.05 + 0.45 * torch.rand(count, 2, generator=rng)) * size
-    xy = torch.rand(count, 2, generator=rng) * (size - wh)
-    return torch.cat([xy, xy + wh], dim=1)
-
-
-def _sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
-    # The training engine's optimiser: SGD, momentum 0.9 Nesterov, weight decay 4e-5 (torchvision's recipe).
-    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=4e-5)
-
-
 def training_results(quick: bool, only: list[str] | None = None) -> dict:
     """Time training steps of `only` (default: all candidates) in this process; see time_training_steps. Called
     in fresh subprocesses by training_step_runs, so the result is JSON-able."""
     from ssdlite import SSDLITE320_COCO, SSDLiteLoss, build_ssdlite, pad_targets
 
     rng = torch.Generator().manual_seed(0)
-    boxes = [_boxes(rng, 3, 320) for _ in range(TRAIN_BATCH)]
+    boxes = [random_boxes(rng, 3, 320) for _ in range(TRAIN_BATCH)]
     labels = [torch.randint(1, 91, (3,), generator=rng) for _ in range(TRAIN_BATCH)]
     images01 = torch.rand(TRAIN_BATCH, 3, 320, 320, generator=rng)
 
     def ours() -> Callable[[], None]:
         torch.manual_seed(0)
         model = build_ssdlite(SSDLITE320_COCO).train().to(memory_format=CL)
-        opt, loss_fn = _sgd(model), SSDLiteLoss(SSDLITE320_COCO.classification)
+        opt, loss_fn = engine_sgd(model), SSDLiteLoss(SSDLITE320_COCO.classification)
         anchors = model.anchors(SSDLITE320_COCO.image_size)
         mean = torch.tensor(SSDLITE320_COCO.mean).view(1, 3, 1, 1)
         std = torch.tensor(SSDLITE320_COCO.std).view(1, 3, 1, 1)
@@ -301,8 +282,8 @@ def training_results(quick: bool, only: list[str] | None = None) -> dict:
 
     def torchvision(memory_format: torch.memory_format) -> Callable[[], Callable[[], None]]:
         def build() -> Callable[[], None]:
-            model = _torchvision_ssdlite(train=True).to(memory_format=memory_format)
-            opt = _sgd(model)
+            model = torchvision_ssdlite(train=True).to(memory_format=memory_format)
+            opt = engine_sgd(model)
             images = list(images01.unbind(0))
             targets = [{"boxes": b, "labels": lab} for b, lab in zip(boxes, labels)]
 
@@ -347,7 +328,7 @@ def _loss_section(quick: bool, step_seconds: float) -> list[str]:
     anchors = build_ssdlite(SSDLITE320_COCO).anchors(SSDLITE320_COCO.image_size)
     num_anchors, num_classes = anchors.shape[0], SSDLITE320_COCO.num_classes
     rng = torch.Generator().manual_seed(1)
-    boxes = [_boxes(rng, LOSS_OBJECTS, 320) for _ in range(LOSS_BATCH)]
+    boxes = [random_boxes(rng, LOSS_OBJECTS, 320) for _ in range(LOSS_BATCH)]
     labels = [torch.randint(1, num_classes, (LOSS_OBJECTS,), generator=rng) for _ in range(LOSS_BATCH)]
     box_regression = torch.randn(LOSS_BATCH, num_anchors, 4, generator=rng).requires_grad_()
     class_logits = torch.randn(LOSS_BATCH, num_anchors, num_classes, generator=rng).requires_grad_()
