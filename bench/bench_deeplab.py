@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 from typing import Callable
 
 import torch
@@ -21,8 +20,8 @@ import torch.nn.functional as F
 
 from bench.common import (
     Section,
+    cpu_section,
     interleaved_seconds,
-    load_average,
     markdown_table,
     time_training_steps,
     training_comparison,
@@ -167,16 +166,4 @@ def _training_section(quick: bool) -> list[str]:
 
 
 def run(quick: bool) -> Section:
-    load_before = load_average()
-    started = time.perf_counter()
-    lines = [
-        f"Threads: {torch.get_num_threads()}, fp32, CPU. Our model runs channels_last with channels_last inputs; "
-        "torchvision's are measured in both memory formats and the faster is the reference. Candidates run "
-        "interleaved (A B A B ...), so load changes hit both.",
-        "",
-    ]
-    lines += _inference_section(quick) + [""]
-    lines += _training_section(quick) + [""]
-    lines.append(f"Machine load: {load_before} at the start, {load_average()} at the end "
-                 f"({time.perf_counter() - started:.0f} s run{', --quick: few repeats, noisy' if quick else ''}).")
-    return Section(TITLE, "\n".join(lines), COMMAND)
+    return cpu_section(TITLE, COMMAND, quick, lambda: [*_inference_section(quick), "", *_training_section(quick), ""])

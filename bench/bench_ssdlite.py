@@ -24,8 +24,8 @@ import torch
 
 from bench.common import (
     Section,
+    cpu_section,
     interleaved_seconds,
-    load_average,
     markdown_table,
     time_training_steps,
     training_comparison,
@@ -367,19 +367,9 @@ def _loss_section(quick: bool, step_seconds: float) -> list[str]:
 
 
 def run(quick: bool) -> Section:
-    load_before = load_average()
-    started = time.perf_counter()
-    lines = [
-        f"Threads: {torch.get_num_threads()}, fp32, CPU. Our models run channels_last with channels_last inputs; "
-        "torchvision's are measured in both memory formats and the faster is the reference. Candidates run "
-        "interleaved (A B A B ...), so load changes hit both.",
-        "",
-    ]
-    lines += _pedestrian_section(quick) + [""]
-    lines += _inference_section(quick) + [""]
-    train_lines, step_seconds = _training_section(quick)
-    lines += train_lines + [""]
-    lines += _loss_section(quick, step_seconds) + [""]
-    lines.append(f"Machine load: {load_before} at the start, {load_average()} at the end "
-                 f"({time.perf_counter() - started:.0f} s run{', --quick: few repeats, noisy' if quick else ''}).")
-    return Section(TITLE, "\n".join(lines), COMMAND)
+    def parts() -> list[str]:
+        lines = [*_pedestrian_section(quick), "", *_inference_section(quick), ""]
+        train_lines, step_seconds = _training_section(quick)
+        return [*lines, *train_lines, "", *_loss_section(quick, step_seconds), ""]
+
+    return cpu_section(TITLE, COMMAND, quick, parts)

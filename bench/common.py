@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+
 
 @dataclass
 class Section:
@@ -68,6 +70,23 @@ def interleaved_seconds(
             fn()
             times[key].append(time.perf_counter() - start)
     return times
+
+
+def cpu_section(title: str, command: str, quick: bool, parts: Callable[[], list[str]]) -> Section:
+    """A CPU side-by-side section: the shared conditions first, then `parts()` (measured now), then the machine
+    load before and after, since this machine is shared and the load explains noisy rows."""
+    load_before = load_average()
+    started = time.perf_counter()
+    lines = [
+        f"Threads: {torch.get_num_threads()}, fp32, CPU. Our models run channels_last with channels_last inputs; "
+        "torchvision's are measured in both memory formats and the faster is the reference. Candidates run "
+        "interleaved (A B A B ...), so load changes hit both.",
+        "",
+        *parts(),
+        f"Machine load: {load_before} at the start, {load_average()} at the end "
+        f"({time.perf_counter() - started:.0f} s run{', --quick: few repeats, noisy' if quick else ''}).",
+    ]
+    return Section(title, "\n".join(lines), command)
 
 
 def load_average() -> str:

@@ -4,8 +4,8 @@ the common flags, one-line errors with exit status 2, the results folder and the
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from backbone.checkpoint import WeightsError
-from datasets.errors import DatasetError
+from datasets.errors import DatasetError, SkipCounter
 from datasets.loading import make_loader
 from datasets.sources import DEFAULT_SYNTHETIC_ROOT, ensure_synthetic
 from eval.segmentation_report import json_safe, write_atomic
@@ -77,6 +77,13 @@ def check_device_flag(parser: argparse.ArgumentParser, device: str) -> None:
             torch.device(device)
         except RuntimeError:
             parser.error(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+
+
+def record_skipped(skip: SkipCounter | None, details: dict[str, Any]) -> None:
+    """Put the count of samples the skip policy dropped into the report's details and print it."""
+    if skip is not None and skip.total:
+        details["skipped"] = skip.summary()
+        print(skip.summary())
 
 
 def _one_line(text: str) -> str:

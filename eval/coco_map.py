@@ -51,6 +51,7 @@ from eval.cli import (
     first_images,
     main_first,
     new_parser,
+    record_skipped,
     results_dir,
     run_cli,
 )
@@ -216,9 +217,7 @@ def evaluate(args: argparse.Namespace) -> Path | None:
     if warning:
         setup["warning"] = warning
         print(f"warning: {warning}", file=sys.stderr)
-    if skip is not None and skip.total:
-        setup["skipped"] = skip.summary()
-        print(skip.summary())
+    record_skipped(skip, setup)
     amend_report(out_dir, setup)
     print(f"COCO mAP@[.5:.95] {result.stats['AP']:.3f}, AP50 {result.stats['AP50']:.3f} on {len(image_ids)} images "
           f"({label_space} labels); report: {out_dir / 'report.md'}")  # fmt: skip

@@ -37,6 +37,7 @@ from eval.cli import (
     first_images,
     main_first,
     new_parser,
+    record_skipped,
     results_dir,
     run_cli,
 )
@@ -197,9 +198,7 @@ def evaluate(args: argparse.Namespace) -> Path | None:
     if warning:
         setup["warning"] = warning
         print(f"warning: {warning}", file=sys.stderr)
-    if skip is not None and skip.total:
-        setup["skipped"] = skip.summary()
-        print(skip.summary())
+    record_skipped(skip, setup)
     reference = args.data == "voc" and list(dataset.class_names[1:]) == list(VOC_CLASSES) and len(subset) == 4952
     report = write_voc_report(out_dir, f"VOC detection mAP of {args.weights.name}", dataset.class_names, ap07, ap10,
                               positives, setup, len(pairs), results, reference)  # fmt: skip

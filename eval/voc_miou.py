@@ -60,6 +60,7 @@ from eval.cli import (
     main_first,
     new_parser,
     process_count,
+    record_skipped,
     results_dir,
     run_cli,
 )
@@ -254,9 +255,7 @@ def evaluate(args: argparse.Namespace) -> Path | None:
         "processes": f"{dist.world_size} on {dist.device.type}",
         "time": f"{seconds:.1f} s ({count / max(seconds, 1e-9):.2f} images/s)",
     }  # fmt: skip
-    if skip is not None and skip.total:
-        details["skipped"] = skip.summary()
-        print(skip.summary())
+    record_skipped(skip, details)
     out_dir = results_dir(args)
     title = f"Segmentation mIoU of {args.weights.name}" + (" (MF)" if args.mf else "")
     report = write_segmentation_report(metrics, class_names, matrix, out_dir, title, overlays, details)
