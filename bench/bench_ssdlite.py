@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -131,6 +132,7 @@ def _pedestrian_section(quick: bool) -> list[str]:
     times = interleaved_seconds(candidates, rounds, warmup=1 if quick else 3)
     ms = {key: _ms(t) for key, t in times.items()}
 
+    tf_version = f" {sys.modules['tensorflow'].__version__}" if "tf" in ms else ""
     if "tf" in ms:
         ref, note, ref_text = ms["tf"], "", f"{ms['tf']:.1f}"
     else:
@@ -138,8 +140,8 @@ def _pedestrian_section(quick: bool) -> list[str]:
         ref_text = f"{tf_run}; reference figure from DESIGN.md, not measured in this run: {DESIGN_TF_MS:.0f}†"
     best_key = min((k for k in ("fused", "compiled") if k in ms), key=ms.__getitem__)
     rows = [
-        ["TensorFlow, the same frozen graph (intra-op threads = torch threads, inter-op 1)", ref_text, "1.00×", "—",
-         "—"],
+        [f"TensorFlow{tf_version}, the same frozen graph (intra-op threads = torch threads, inter-op 1)", ref_text,
+         "1.00×", "—", "—"],
         ["ours, eager (`predict`, channels_last)", f"{ms['plain']:.1f}", _fmt_ratio(ms["plain"], ref) + note,
          "≤ 1.5×", _met(ms["plain"] <= 1.5 * ref, note)],
         ["ours, eager + `fuse_for_inference` (BN folded, channels_last)", f"{ms['fused']:.1f}",

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +26,7 @@ from datasets.segmentation import (
     trainaug_samples,
     voc_segmentation_samples,
 )
-from datasets.synthetic import SYNTHETIC_CLASSES, generate, synthetic_detection, synthetic_segmentation
+from datasets.synthetic import FORMAT_VERSION, SYNTHETIC_CLASSES, generate, synthetic_detection, synthetic_segmentation
 from datasets.voc import VOC0712_TRAINVAL, VOC_CLASSES, VOCDetection, voc_detection_union
 
 DATA_KINDS = ("synthetic", "coco", "voc", "custom")
@@ -59,14 +60,26 @@ def add_data_arguments(parser: argparse.ArgumentParser, segmentation: bool) -> N
                    help="drop unreadable images and bad annotations with a warning instead of stopping")  # fmt: skip
 
 
-def ensure_synthetic(root: Path) -> Path:
-    """The synthetic dataset at `root`, drawn first if the folder is absent (deterministic, a few seconds)."""
-    if not (root / "synthetic.json").is_file():
-        if root.exists() and any(root.iterdir()):
-            raise DatasetError(root, "exists but holds no synthetic dataset (synthetic.json missing)",
-                               "Point --data-root elsewhere or remove the folder")  # fmt: skip
-        print(f"drawing the synthetic dataset into {root} (once)")
-        generate(root)
+def ensure_synthetic(root: Path, **params: Any) -> Path:
+    """The synthetic dataset at `root`, drawn first if the folder is absent (deterministic, a few seconds).
+
+    A folder drawn by an older `FORMAT_VERSION` is redrawn with its own counts, seed and size (`params`, the
+    keyword arguments of `generate`, override them), so stale data never trains or scores a model silently."""
+    info = root / "synthetic.json"
+    if info.is_file():
+        drawn = json.loads(info.read_text())
+        if drawn.get("version") == FORMAT_VERSION:
+            return root
+        kept = {key: drawn[key] for key in ("num_train", "num_val", "seed", "size") if key in drawn}
+        print(f"redrawing the synthetic dataset in {root}: it has format {drawn.get('version')}, "
+              f"this version draws format {FORMAT_VERSION}")
+        generate(root, **{**kept, **params}, overwrite=True)
+        return root
+    if root.exists() and any(root.iterdir()):
+        raise DatasetError(root, "exists but holds no synthetic dataset (synthetic.json missing)",
+                           "Point --data-root elsewhere or remove the folder")  # fmt: skip
+    print(f"drawing the synthetic dataset into {root} (once)")
+    generate(root, **params)
     return root
 
 

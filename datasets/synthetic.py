@@ -2,10 +2,12 @@
 
     python -m datasets.synthetic --out data/synthetic [--num-train 800 --num-val 200 --seed 0 --size 320]
 
-Each image shows 1-6 objects of five classes (circle, square, triangle, star, ring) with random colour, texture,
-size, rotation and mild stretch, overlapping (every object keeps at least half of itself visible), on a
-low-contrast textured background with clutter: lines, arcs, dots and irregular blobs that belong to no class. Colour never tells the
-class, so both heads must learn shape. The same objects go out twice:
+Each image shows 1-6 objects of five classes (circle, square, triangle, star, ring) with texture, size, rotation
+and mild stretch, overlapping (every object keeps at least half of itself visible), on a low-contrast textured
+background with clutter: lines, arcs, dots and irregular blobs that belong to no class. Each class takes its colour
+from its own hue band, while background and clutter take any colour: colour says which class an object would be,
+only shape says whether a region is an object at all. (Format 1 gave objects any colour, so only shape told the
+class; no head learnt that from scratch in CPU minutes, see docs/training.md.) The same objects go out twice:
 
     DIR/coco/{train,val}/*.jpg, DIR/coco/annotations/instances_{train,val}.json  (boxes + RLE masks)
     DIR/voc/JPEGImages/*.jpg, Annotations/*.xml, SegmentationClass/*.png (VOC palette, 255 on object borders),
@@ -49,7 +51,9 @@ from datasets.transforms import IGNORE_INDEX
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring")
 SPLITS = ("train", "val")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+OBJECT_RADIUS = (0.1, 0.3)  # of the image side, log-uniform: even the smallest spans a few stride-16 cells
+HUE_JITTER = 6  # OpenCV hue units (0..180) either side of a class's band centre; bands lie 36 apart
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,13 @@ def synthetic_segmentation(root: str | PathLike[str], split: str = "train",
 
 def _colour(rng: np.random.Generator) -> np.ndarray:
     hsv = np.uint8([[[rng.integers(0, 180), rng.integers(60, 256), rng.integers(60, 256)]]])
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+
+
+def _class_colour(rng: np.random.Generator, label: int) -> np.ndarray:
+    """A colour from class `label`'s hue band, saturated and bright enough that its hue reads clearly."""
+    hue = ((label - 1) * 180 // len(SYNTHETIC_CLASSES) + rng.integers(-HUE_JITTER, HUE_JITTER + 1)) % 180
+    hsv = np.uint8([[[hue, rng.integers(120, 256), rng.integers(100, 256)]]])
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 
@@ -181,7 +192,7 @@ def draw_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[tu
     for _ in range(rng.integers(1, 7)):
         label = int(rng.integers(1, len(SYNTHETIC_CLASSES) + 1))
         for _ in range(10):  # placements that hide more than half of an earlier object are rejected
-            radius = size * math.exp(rng.uniform(math.log(0.05), math.log(0.22)))
+            radius = size * math.exp(rng.uniform(*np.log(OBJECT_RADIUS)))
             centre = rng.uniform(radius * 0.5, size - radius * 0.5, 2)
             drawn = _shape_mask(rng, SYNTHETIC_CLASSES[label - 1], size, centre, radius)
             x, y, w, h = cv2.boundingRect(drawn)
@@ -196,8 +207,8 @@ def draw_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[tu
             continue
         region = image[box]
         beneath = region[mask].mean(axis=0)
-        for _ in range(20):  # a colour that stands out from what lies beneath
-            colour = _colour(rng)
+        for _ in range(20):  # a colour of its class that stands out from what lies beneath
+            colour = _class_colour(rng, label)
             if np.linalg.norm(colour - beneath) >= 80:
                 break
         shade = np.clip(colour + rng.uniform(-50, 50, 3), 0, 255) if rng.random() < 0.5 else colour  # half are flat

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
@@ -103,23 +104,33 @@ def test_masks_agree_with_the_instances(synthetic_root):
     assert image.shape == (3, 128, 128) and target.shape == (128, 128)
 
 
-def test_colour_does_not_give_the_class_away(tmp_path):
-    """A nearest-mean-colour classifier over object pixels must do far worse than shape would allow."""
+def test_hue_tells_the_class_but_does_not_find_objects(tmp_path):
+    """Format 2: an object's hue band names its class, yet background and clutter wear the same hues, so a head
+    must still learn where objects are."""
     paths = generate(tmp_path / "d", num_train=40, num_val=1, seed=0, size=96, workers=1, progress=False)
     from datasets.images import read_image
 
+    centres = np.arange(len(SYNTHETIC_CLASSES)) * 180 // len(SYNTHETIC_CLASSES)  # OpenCV hue, 0..180
+
+    def band_distance(hue: np.ndarray) -> np.ndarray:  # [N] hues -> [N, classes] circular distance
+        return np.abs((hue[:, None] - centres[None] + 90) % 180 - 90)
+
     coco = COCO(str(paths.coco_annotations("train")))
-    colours, labels = [], []
+    named, class_coloured_ground = [], []
     for image_id in coco.getImgIds():
-        image = read_image(paths.coco_images("train") / coco.imgs[image_id]["file_name"]).astype(float)
+        image = read_image(paths.coco_images("train") / coco.imgs[image_id]["file_name"])
+        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(int)
+        objects = np.zeros(image.shape[:2], bool)
         for ann in coco.loadAnns(coco.getAnnIds(imgIds=image_id)):
-            colours.append(image[mask_utils.decode(ann["segmentation"]) > 0].mean(axis=0))
-            labels.append(ann["category_id"])
-    colours, labels = np.array(colours), np.array(labels)
-    means = np.stack([colours[labels == c].mean(axis=0) for c in range(1, 6)])
-    predicted = np.argmin(((colours[:, None] - means[None]) ** 2).sum(-1), axis=1) + 1
-    assert len(labels) > 80
-    assert (predicted == labels).mean() < 0.45  # chance is 0.2; fitted on its own test data, so an upper bound
+            inside = mask_utils.decode(ann["segmentation"]) > 0
+            objects |= inside
+            votes = np.bincount(band_distance(hsv[..., 0][inside]).argmin(1), minlength=len(centres))
+            named.append(votes.argmax() + 1 == ann["category_id"])
+        ground = hsv[~objects]
+        class_coloured_ground.append(((band_distance(ground[:, 0]).min(1) <= 6) & (ground[:, 1] >= 120)).mean())
+    assert len(named) > 80
+    assert np.mean(named) >= 0.95  # the pixels' majority hue band is the class
+    assert np.mean(class_coloured_ground) >= 0.1  # about a fifth of non-object pixels wear a class colour
 
 
 def test_cli(tmp_path, capsys, synthetic_root):
@@ -133,3 +144,18 @@ def test_cli(tmp_path, capsys, synthetic_root):
     with pytest.raises(SystemExit) as info:
         main(["--out", str(tmp_path / "cli"), "--quiet"])
     assert info.value.code == 2 and "pass overwrite=True (--overwrite)" in capsys.readouterr().err
+
+
+def test_an_older_format_is_redrawn_with_its_own_counts(tmp_path, capsys):
+    from datasets.sources import ensure_synthetic
+    from datasets.synthetic import FORMAT_VERSION
+
+    root = generate(tmp_path / "d", num_train=3, num_val=2, seed=1, size=64, workers=1, progress=False).root
+    info = json.loads((root / "synthetic.json").read_text())
+    (root / "synthetic.json").write_text(json.dumps({**info, "version": FORMAT_VERSION - 1}))
+    assert ensure_synthetic(root) == root
+    assert "redrawing the synthetic dataset" in capsys.readouterr().out
+    assert json.loads((root / "synthetic.json").read_text()) == info
+    assert len(list((root / "coco" / "train").glob("*.jpg"))) == 3
+    ensure_synthetic(root)  # current format: left alone
+    assert capsys.readouterr().out == ""

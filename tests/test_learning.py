@@ -1,11 +1,11 @@
-"""Learning checks on the CPU: each head, from scratch, must fit a few synthetic images well enough to find them
-again in eval mode, measured by the evaluation CLIs on the saved checkpoint.
+"""Learning checks on the CPU, from scratch on the synthetic dataset, scored by the evaluation CLIs on the saved
+checkpoint.
 
-These are fitting checks (validation = the training images), not the issue's generalisation targets: from scratch
-in 3 CPU minutes neither head generalises on the synthetic val split yet (docs/training.md has the figures). They
-do catch what breaks training silently: a loss that does not go down, a head whose outputs do not line up with
-its targets, and eval-mode BatchNorm statistics that lag the weights (without --bn-recalibration the SSDLite fit
-below scores AP50 0.01 instead of 1.0).
+Mobile DeepLabv3 meets its generalisation target: mIoU >= 0.6 on the synthetic val split after about 2.5 CPU
+minutes of training. SSDLite does not generalise in CPU minutes (docs/training.md has the figures), so its check
+is a fit: a few images, validation = the training images. Both catch what breaks training silently: a loss that
+does not go down, a head whose outputs do not line up with its targets, and eval-mode BatchNorm statistics that
+lag the weights (without --bn-recalibration the SSDLite fit below scores AP50 0.01 instead of 1.0).
 """
 
 from __future__ import annotations
@@ -45,13 +45,22 @@ def test_ssdlite_fits_a_few_images_and_finds_them_in_eval_mode(fit_set, tmp_path
     assert stats["AP50"] >= 0.8, stats
 
 
-def test_deeplab_fits_a_few_images_and_segments_them_in_eval_mode(fit_set, tmp_path):
+@pytest.fixture(scope="module")
+def generalisation_set(tmp_path_factory):
+    """The synthetic dataset at 128 px: 1,000 train and 100 val images (about 2 s to draw)."""
+    return generate(tmp_path_factory.mktemp("gen") / "data", num_train=1000, num_val=100, seed=0, size=128,
+                    progress=False).root  # fmt: skip
+
+
+def test_deeplab_generalises_to_the_synthetic_val_split(generalisation_set, tmp_path):
     from eval.voc_miou import main as voc_miou
     from train.deeplab import main as train
 
-    run = train(["--data", "synthetic", "--data-root", str(fit_set), "--crop-size", "128", "--epochs", "150",
-                 "--eval-interval", "150", "--project", str(tmp_path), "--name", "deeplab", *COMMON])  # fmt: skip
-    report = voc_miou(["--weights", str(run / "best.pt"), "--data", "synthetic", "--data-root", str(fit_set),
-                       "--project", str(tmp_path), "--name", "eval", "--quiet"])  # fmt: skip
+    common = [arg for arg in COMMON if arg != "--no-augment"]
+    run = train(["--data", "synthetic", "--data-root", str(generalisation_set), "--crop-size", "128", "--min-scale",
+                 "0.75", "--max-scale", "1.5", "--epochs", "15", "--eval-interval", "15", "--project", str(tmp_path),
+                 "--name", "deeplab", *common])  # fmt: skip
+    report = voc_miou(["--weights", str(run / "best.pt"), "--data", "synthetic", "--data-root",
+                       str(generalisation_set), "--project", str(tmp_path), "--name", "eval", "--quiet"])  # fmt: skip
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["mIoU"] >= 0.6, metrics["per_class_iou"]
