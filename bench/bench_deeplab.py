@@ -157,7 +157,7 @@ def _training_section(quick: bool) -> list[str]:
     return [
         f"### 2. Training step, batch {TRAIN_BATCH}, crop {SIZE}×{SIZE}, CPU: forward + loss + backward + SGD step",
         "",
-        *training_comparison(default, kept, labels, "ours", 1.0,
+        *training_comparison(default, kept, labels, ("ours",), 1.0,
                              {"ours": "ours", "tv_cl": "torchvision, channels_last"}),  # fmt: skip
         "",
         "The reference is the faster torchvision format. Random normalised images, random masks with 10% ignored "

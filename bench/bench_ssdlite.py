@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -264,10 +265,11 @@ def training_results(quick: bool, only: list[str] | None = None) -> dict:
     labels = [torch.randint(1, 91, (3,), generator=rng) for _ in range(TRAIN_BATCH)]
     images01 = torch.rand(TRAIN_BATCH, 3, 320, 320, generator=rng)
 
-    def ours() -> Callable[[], None]:
+    def ours(compiled: bool) -> Callable[[], None]:
         torch.manual_seed(0)
         model = build_ssdlite(SSDLITE320_COCO).train().to(memory_format=CL)
         opt, loss_fn = engine_sgd(model), SSDLiteLoss(SSDLITE320_COCO.classification)
+        forward = torch.compile(model) if compiled else model  # as train/ssdlite.py --compile runs it
         anchors = model.anchors(SSDLITE320_COCO.image_size)
         mean = torch.tensor(SSDLITE320_COCO.mean).view(1, 3, 1, 1)
         std = torch.tensor(SSDLITE320_COCO.std).view(1, 3, 1, 1)
@@ -275,7 +277,7 @@ def training_results(quick: bool, only: list[str] | None = None) -> dict:
 
         def step() -> None:
             gt_boxes, gt_labels = pad_targets(boxes, labels, SSDLITE320_COCO.image_size)
-            box_regression, class_logits = model(images)
+            box_regression, class_logits = forward(images)
             loss = loss_fn(box_regression, class_logits, anchors, gt_boxes, gt_labels)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -297,27 +299,31 @@ def training_results(quick: bool, only: list[str] | None = None) -> dict:
             return step
         return build
 
-    factories = {"ours": ours, "tv_cl": torchvision(CL), "tv_nchw": torchvision(torch.contiguous_format)}
+    factories = {"ours": partial(ours, False), "ours_compiled": partial(ours, True), "tv_cl": torchvision(CL),
+                 "tv_nchw": torchvision(torch.contiguous_format)}  # fmt: skip
     return time_training_steps(factories, quick, only)
 
 
 def _training_section(quick: bool) -> tuple[list[str], float]:
-    default, kept = training_step_runs("bench_ssdlite", ["ours", "tv_cl", "tv_nchw"], quick, TRAIN_BATCH)
+    default, kept = training_step_runs("bench_ssdlite", ["ours", "ours_compiled", "tv_cl", "tv_nchw"], quick,
+                                       TRAIN_BATCH)  # fmt: skip
     labels = {
         "tv_nchw": "torchvision ssdlite320_mobilenet_v3_large, its own loss, NCHW",
         "tv_cl": "torchvision ssdlite320_mobilenet_v3_large, its own loss, channels_last",
         "ours": "ours, SSDLite 320 COCO + SSDLiteLoss (softmax, 3:1 hard negatives), channels_last",
+        "ours_compiled": "ours, the same with the model under `torch.compile` (`--compile`)",
     }
     lines = [
         f"### 3. Training step, batch {TRAIN_BATCH}, 320×320, CPU: forward + loss + backward + SGD step",
         "",
-        *training_comparison(default, kept, labels, "ours", 1.5,
+        *training_comparison(default, kept, labels, ("ours", "ours_compiled"), 1.5,
                              {"ours": "ours", "tv_cl": "torchvision, channels_last"}),  # fmt: skip
         "",
         "The reference is the faster torchvision format. 3 random boxes per image, random labels, random images; "
         "SGD momentum 0.9 Nesterov, weight decay 4e-5 for both; train-mode BatchNorm. torchvision's step includes "
         "its own normalisation and resize of the float images; ours receives the normalised channels_last batch "
-        "our data pipeline delivers, and pads the targets in the step.",
+        "our data pipeline delivers, and pads the targets in the step. The compiled candidate compiles the model "
+        "(inductor) in its first warm-up step; the loss stays eager, as in train/ssdlite.py --compile.",
     ]
     # Section 4 takes the loss share against the faster of our two measured steps (the stricter test).
     steps = [statistics.median(r["seconds"]["ours"]) for r in (default, kept) if isinstance(r, dict)]

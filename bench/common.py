@@ -7,7 +7,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -174,15 +174,17 @@ def call_in_subprocess(module: str, function: str, env: dict[str, str], **kwargs
 
 
 def training_comparison(
-    default: dict, kept: dict | str, labels: dict[str, str], ours: str, target: float, profiled: dict[str, str]
+    default: dict, kept: dict | str, labels: dict[str, str], ours: Sequence[str], target: float,
+    profiled: dict[str, str],
 ) -> list[str]:
     """Markdown for a training-step comparison measured twice: with the default allocator (`default`) and in a
     process whose malloc keeps memory (`kept`, or why it could not run). Each result holds "rate" (images/s per
     candidate key), "breakdown" (op_time_breakdown per key of `profiled`) and "faults" (minor page faults of one
-    step per key of `profiled`). The reference is the fastest non-`ours` candidate; `ours` must reach `target`×."""
+    step per key of `profiled`). The reference is the fastest candidate not in `ours`; each of `ours` must reach
+    `target`×."""
 
     def reference(result: dict) -> float:
-        return max(rate for key, rate in result["rate"].items() if key != ours)
+        return max(rate for key, rate in result["rate"].items() if key not in ours)
 
     def cells(result: dict | str, key: str) -> list[str]:
         if isinstance(result, str):
@@ -190,17 +192,17 @@ def training_comparison(
         rate = result["rate"][key]
         return [f"{rate:.2f}" if rate < 10 else f"{rate:.1f}", f"{rate / reference(result):.2f}×"]
 
-    def met(result: dict | str) -> str:
+    def met(result: dict | str, key: str) -> str:
         if isinstance(result, str):
             return "—"
-        return "yes" if result["rate"][ours] >= target * reference(result) else "no"
+        return "yes" if result["rate"][key] >= target * reference(result) else "no"
 
     rows = []
     for key, label in labels.items():
-        fastest_ref = key != ours and default["rate"][key] == reference(default)
+        fastest_ref = key not in ours and default["rate"][key] == reference(default)
         rows.append([label + (" (reference)" if fastest_ref else ""), *cells(default, key), *cells(kept, key),
-                     f"≥ {target:.1f}×" if key == ours else "—",
-                     f"{met(default)}; {met(kept)}" if key == ours else "—"])  # fmt: skip
+                     f"≥ {target:.1f}×" if key in ours else "—",
+                     f"{met(default, key)}; {met(kept, key)}" if key in ours else "—"])  # fmt: skip
     split = []
     for group in [*OP_GROUPS, "other", "total"]:
         row = [group]

@@ -62,6 +62,16 @@ def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path):
     assert all(torch.allclose(ema_a[k], ema_b[k], atol=1e-6) for k in ema_a)
 
 
+def test_compile_trains_the_same_weights_and_saves_plain_checkpoints(tmp_path):
+    eager = toy(tmp_path, "--name", "eager", "--epochs", "1")
+    compiled = toy(tmp_path, "--name", "compiled", "--epochs", "1", "--compile")
+    assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr
+    a, b = weights(tmp_path / "eager" / "last.pt"), weights(tmp_path / "compiled" / "last.pt")
+    assert a.keys() == b.keys()  # no torch.compile "_orig_mod." prefixes: the checkpoint loads into a plain model
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
     assert toy(tmp_path, "--name", "n", "--epochs", "1").returncode == 0
     last = tmp_path / "n" / "last.pt"
