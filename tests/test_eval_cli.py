@@ -299,7 +299,7 @@ def test_voc_miou_under_torchrun_matches_one_process(synthetic_root, checkpoints
         pytest.skip("torch.distributed is not available")
     argv = ["--weights", str(checkpoints["seg"]), *_data(synthetic_root), *COMMON, "--max-images", "3",
             "--batch-size", "1", "--overlays", "1", "--project", str(tmp_path)]  # fmt: skip
-    single = _run(voc_miou.main, [*argv, "--name", "single"])
+    _run(voc_miou.main, [*argv, "--name", "single"])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "eval" / "voc_miou.py"), *argv, "--name", "dist"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
