@@ -25,6 +25,7 @@ def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o644)  # mkstemp makes it 0600; results are read by others, like any written file
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)

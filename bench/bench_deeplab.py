@@ -27,7 +27,7 @@ from bench.common import (
     training_comparison,
     training_step_runs,
 )
-from bench.models import SEGMENTATION_CLASSES, our_deeplab, torchvision_segmentation
+from bench.models import SEGMENTATION_CLASSES, engine_sgd, our_deeplab, random_masks, torchvision_segmentation
 
 TITLE = "Mobile DeepLabv3: inference and training beside torchvision"
 COMMAND = "python -m bench.run --only deeplab"
@@ -112,23 +112,21 @@ def _inference_section(quick: bool) -> list[str]:
 def training_results(quick: bool, only: list[str] | None = None) -> dict:
     """Time training steps of `only` (default: all candidates) in this process; see time_training_steps. Called
     in fresh subprocesses by training_step_runs, so the result is JSON-able."""
-    from deeplab_mobile import segmentation_loss
+    from deeplab_mobile import IGNORE_INDEX, segmentation_loss
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(TRAIN_BATCH, 3, SIZE, SIZE, generator=gen)
-    masks = torch.randint(0, SEGMENTATION_CLASSES, (TRAIN_BATCH, SIZE, SIZE), generator=gen)
-    masks[torch.rand(masks.shape, generator=gen) < 0.1] = 255  # ignored pixels (VOC boundaries, padding)
+    masks = random_masks(gen, TRAIN_BATCH, SIZE, SEGMENTATION_CLASSES)  # 10% ignored pixels (VOC boundaries, padding)
 
     def tv_loss(out: dict, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(out["out"], target, ignore_index=255)
+        return F.cross_entropy(out["out"], target, ignore_index=IGNORE_INDEX)
 
     def stepper(build: Callable[[], torch.nn.Module], memory_format: torch.memory_format,
                 loss_fn: Callable) -> Callable[[], Callable[[], None]]:  # fmt: skip
         def make() -> Callable[[], None]:
             model = build().to(memory_format=memory_format)
             x = images.contiguous(memory_format=memory_format)
-            # The training engine's optimiser: SGD, momentum 0.9 Nesterov, weight decay 4e-5.
-            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=4e-5)
+            opt = engine_sgd(model)
 
             def step() -> None:
                 loss = loss_fn(model(x), masks)

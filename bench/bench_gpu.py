@@ -21,13 +21,16 @@ from bench.models import (
     SEGMENTATION_CLASSES,
     engine_sgd,
     our_deeplab,
+    our_ssdlite,
     random_boxes,
+    random_masks,
     torchvision_segmentation,
     torchvision_ssdlite,
+    torchvision_ssdlite_network,
 )
-from deeplab_mobile import segmentation_loss
-from ssdlite import SSDLITE320_COCO, SSDLiteLoss, build_ssdlite, pad_targets
-from ssdlite import postprocess as ssdlite_postprocess
+from deeplab_mobile import IGNORE_INDEX, segmentation_loss
+from ssdlite import SSDLITE320_COCO, SSDLiteLoss, pad_targets
+from ssdlite.postprocess import postprocess_with_preset
 
 TITLE = "GPU: training and inference beside torchvision"
 COMMAND = "python -m bench.run --only gpu"
@@ -43,7 +46,7 @@ LABELS = {
     "tv_deeplabv3": "torchvision deeplabv3_mobilenet_v3_large",
 }
 REFERENCES = {"ssdlite": ["tv_ssdlite"], "deeplab": ["tv_lraspp", "tv_deeplabv3"]}
-DETECTORS = ("ssdlite", "tv_ssdlite")
+DETECTORS = ("ssdlite", *REFERENCES["ssdlite"])
 PRECISIONS = {"fp32": False, "fp16 autocast": True}
 
 
@@ -54,8 +57,7 @@ def _family(key: str) -> str:
 def _model(key: str, train: bool, device: torch.device, image_size: int) -> nn.Module:
     """A freshly seeded model of `key` on `device`, channels_last like every candidate."""
     if key == "ssdlite":
-        torch.manual_seed(0)
-        model = build_ssdlite(SSDLITE320_COCO)
+        model = our_ssdlite(train)
     elif key == "tv_ssdlite":
         model = torchvision_ssdlite(train)
         model.transform.fixed_size = (image_size, image_size)  # its resize target, 320 natively
@@ -77,13 +79,17 @@ def _synced(fn: Callable[[], object], device: torch.device) -> Callable[[], None
     return call
 
 
-def _normalised(model: nn.Module, images01: torch.Tensor) -> torch.Tensor:
+def _normaliser(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     """Our SSDLite's input from [0, 1] images, on the device: torchvision's model normalises inside, so both start
-    from the same batch."""
+    from the same batch. The preset's mean and std are put on the device once; each call subtracts and divides."""
     preset = model.preset
-    mean = torch.tensor(preset.mean, device=images01.device).view(1, 3, 1, 1)
-    std = torch.tensor(preset.std, device=images01.device).view(1, 3, 1, 1)
-    return ((images01 - mean) / std).contiguous(memory_format=CL)
+    mean = torch.tensor(preset.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(preset.std, device=device).view(1, 3, 1, 1)
+
+    def normalised(images01: torch.Tensor) -> torch.Tensor:
+        return ((images01 - mean) / std).contiguous(memory_format=CL)
+
+    return normalised
 
 
 def _loss_fn(
@@ -102,20 +108,19 @@ def _loss_fn(
             return lambda: sum(model(images, targets).values())  # its transform, anchors, matcher and loss
         ssd_loss = SSDLiteLoss(model.preset.classification)
         anchors = model.anchors((image_size, image_size), device)
+        normalised = _normaliser(model, device)
 
         def ours() -> torch.Tensor:
             gt_boxes, gt_labels = pad_targets(boxes, labels, (image_size, image_size))
-            box_regression, class_logits = model(_normalised(model, images01))
+            box_regression, class_logits = model(normalised(images01))
             return ssd_loss(box_regression, class_logits, anchors, gt_boxes, gt_labels)["loss"]
 
         return ours
     x = torch.randn(batch, 3, image_size, image_size, generator=gen).to(device, memory_format=CL)
-    masks = torch.randint(0, classes, (batch, image_size, image_size), generator=gen)
-    masks[torch.rand(masks.shape, generator=gen) < 0.1] = 255
-    masks = masks.to(device)
+    masks = random_masks(gen, batch, image_size, classes).to(device)
     if key == "deeplab":
         return lambda: segmentation_loss(model(x), masks)
-    return lambda: F.cross_entropy(model(x)["out"], masks, ignore_index=255)
+    return lambda: F.cross_entropy(model(x)["out"], masks, ignore_index=IGNORE_INDEX)
 
 
 def training_images_per_s(
@@ -146,17 +151,17 @@ def _inference_fn(key: str, model: nn.Module, images01: torch.Tensor, postproces
         images = list(images01.unbind(0))
         if postprocess:
             return lambda: model(images)
-        return lambda: model.head(list(model.backbone(model.transform(images)[0].tensors).values()))
+        return lambda: torchvision_ssdlite_network(model, images)
     if key == "ssdlite":
         preset, anchors = model.preset, model.anchors((size, size), images01.device)
+        normalised = _normaliser(model, images01.device)
 
         def ours() -> object:
-            box_regression, class_logits = model(_normalised(model, images01))
+            box_regression, class_logits = model(normalised(images01))
             if not postprocess:
                 return class_logits
-            return ssdlite_postprocess(box_regression.float(), class_logits.float(), anchors,
-                                       [(size, size)] * batch, preset.classification, preset.score_threshold,
-                                       preset.nms_iou, preset.pre_nms_topk, preset.detections_per_image)  # fmt: skip
+            return postprocess_with_preset(box_regression.float(), class_logits.float(), anchors,
+                                           [(size, size)] * batch, preset)
 
         return ours
     if key == "deeplab":

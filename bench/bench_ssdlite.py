@@ -33,7 +33,7 @@ from bench.common import (
     training_comparison,
     training_step_runs,
 )
-from bench.models import engine_sgd, random_boxes, torchvision_ssdlite
+from bench.models import engine_sgd, our_ssdlite, random_boxes, torchvision_ssdlite, torchvision_ssdlite_network
 
 TITLE = "SSDLite: inference and training beside TensorFlow and torchvision"
 COMMAND = "python -m bench.run --only ssdlite"
@@ -176,17 +176,10 @@ def _pedestrian_section(quick: bool) -> list[str]:
 
 
 def _inference_section(quick: bool) -> list[str]:
-    from ssdlite import (
-        SSDLITE320_COCO,
-        build_ssdlite,
-        fuse_for_inference,
-        predict,
-        preprocess,
-    )
+    from ssdlite import fuse_for_inference, predict, preprocess
 
     image = _photo(320)
-    torch.manual_seed(0)
-    ours = build_ssdlite(SSDLITE320_COCO).eval().to(memory_format=CL)
+    ours = our_ssdlite(train=False)
     fused = fuse_for_inference(ours)
     tv_nchw = torchvision_ssdlite(train=False)
     tv_cl = copy.deepcopy(tv_nchw).to(memory_format=CL)
@@ -194,19 +187,13 @@ def _inference_section(quick: bool) -> list[str]:
     def tv_input() -> list[torch.Tensor]:  # uint8 HWC → float CHW in [0, 1]; its transform normalises and resizes
         return [torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)]
 
-    def tv_network(model: torch.nn.Module) -> Callable[[], object]:
-        def run() -> object:
-            batch, _ = model.transform(tv_input())
-            return model.head(list(model.backbone(batch.tensors).values()))
-        return run
-
     x, _ = preprocess([image], ours)
     candidates: dict[str, Callable[[], object]] = {
         "tv_nchw": lambda: tv_nchw(tv_input()),
         "tv_cl": lambda: tv_cl(tv_input()),
         "ours": lambda: predict(ours, [image]),
         "fused": lambda: predict(fused, [image]),
-        "tv_net": tv_network(tv_cl),
+        "tv_net": lambda: torchvision_ssdlite_network(tv_cl, tv_input()),  # no anchors, no post-processing
         "fused_net": lambda: fused(x),
     }
     rounds = 3 if quick else 25
@@ -258,7 +245,7 @@ def _inference_section(quick: bool) -> list[str]:
 def training_results(quick: bool, only: list[str] | None = None) -> dict:
     """Time training steps of `only` (default: all candidates) in this process; see time_training_steps. Called
     in fresh subprocesses by training_step_runs, so the result is JSON-able."""
-    from ssdlite import SSDLITE320_COCO, SSDLiteLoss, build_ssdlite, pad_targets
+    from ssdlite import SSDLITE320_COCO, SSDLiteLoss, pad_targets
 
     rng = torch.Generator().manual_seed(0)
     boxes = [random_boxes(rng, 3, 320) for _ in range(TRAIN_BATCH)]
@@ -266,8 +253,7 @@ def training_results(quick: bool, only: list[str] | None = None) -> dict:
     images01 = torch.rand(TRAIN_BATCH, 3, 320, 320, generator=rng)
 
     def ours(compiled: bool) -> Callable[[], None]:
-        torch.manual_seed(0)
-        model = build_ssdlite(SSDLITE320_COCO).train().to(memory_format=CL)
+        model = our_ssdlite(train=True)
         opt, loss_fn = engine_sgd(model), SSDLiteLoss(SSDLITE320_COCO.classification)
         forward = torch.compile(model) if compiled else model  # as train/ssdlite.py --compile runs it
         anchors = model.anchors(SSDLITE320_COCO.image_size)

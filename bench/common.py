@@ -38,7 +38,6 @@ def median_seconds(fn: Callable[[], object], repeats: int = 10, warmup: int = 2)
 def machine_summary() -> str:
     """Markdown lines naming the machine and library versions, so numbers are never read out of context."""
     import numpy
-    import torch
     import torchvision
 
     lines = [
@@ -157,8 +156,6 @@ def call_in_subprocess(module: str, function: str, env: dict[str, str], **kwargs
     import subprocess
     import sys
     from pathlib import Path
-
-    import torch
 
     marker = "BENCH-RESULT:"
     code = (f"import json, torch; torch.set_num_threads({torch.get_num_threads()}); "

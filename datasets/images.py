@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from os import PathLike
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -71,3 +72,13 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     if image.shape[2] == 1:
         return np.repeat(image, 3, axis=2)
     return image[..., :3]
+
+
+def resize_rgb_batch(images: Sequence[np.ndarray], size: tuple[int, int]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """In-memory images (any `as_rgb` input) stretched to `size` (h, w) with PIL bilinear, as TF's exporters
+    resize: a uint8 N×H×W×3 stack and each image's original (h, w)."""
+    height, width = size
+    rgb = [as_rgb(image) for image in images]
+    resized = [image if image.shape[:2] == (height, width)
+               else np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR)) for image in rgb]
+    return np.stack(resized), [image.shape[:2] for image in rgb]

@@ -45,36 +45,43 @@ def save_deeplab(
 def load_deeplab(
     path: str | os.PathLike, preset: str | None = None, num_classes: int | None = None, ema: bool = True
 ) -> tuple[MobileDeepLabV3, DeepLabPreset, list[str]]:
-    """Rebuild the model of a DeepLab checkpoint; `preset` / `num_classes` state what the caller expects.
+    """Rebuild the model of the DeepLab checkpoint file `path`; see `deeplab_from_checkpoint`."""
+    return deeplab_from_checkpoint(load_checkpoint(path), str(path), preset, num_classes, ema)
+
+
+def deeplab_from_checkpoint(
+    obj: Any, source: str, preset: str | None = None, num_classes: int | None = None, ema: bool = True
+) -> tuple[MobileDeepLabV3, DeepLabPreset, list[str]]:
+    """Rebuild the model a loaded checkpoint describes; `preset` / `num_classes` state what the caller expects, and
+    every mismatch is a WeightsError naming `source`.
 
     A training checkpoint with EMA weights yields those (`ema=False`: the raw weights): the engine evaluates and
     keeps `best.pt` by the EMA weights."""
-    obj = load_checkpoint(path)
     if not isinstance(obj, dict) or not {"arch", "config", "model"} <= obj.keys():
-        raise WeightsError(f"{path}: not a suite checkpoint (needs 'arch', 'config' and 'model' entries)")
+        raise WeightsError(f"{source}: not a suite checkpoint (needs 'arch', 'config' and 'model' entries)")
     if obj["arch"] != ARCH:
         raise WeightsError(
-            f"{path}: holds a {obj['arch']!r} model, not a Mobile DeepLabv3 segmentation model; "
+            f"{source}: holds a {obj['arch']!r} model, not a Mobile DeepLabv3 segmentation model; "
             "pass a checkpoint written by the DeepLab training or import tools"
         )
     saved = obj.get("preset_config")
     if not isinstance(saved, dict) or set(saved) != _PRESET_FIELDS:
         raise WeightsError(
-            f"{path}: DeepLab checkpoint without a valid 'preset_config' entry (written by another version?)"
+            f"{source}: DeepLab checkpoint without a valid 'preset_config' entry (written by another version?)"
         )
     found = DeepLabPreset(**saved)
     if preset is not None and found.name != preset:
-        raise WeightsError(f"{path}: a checkpoint of preset {found.name!r}, not the {preset!r} asked for")
+        raise WeightsError(f"{source}: a checkpoint of preset {found.name!r}, not the {preset!r} asked for")
     classes = obj["config"].get("num_classes")
     if num_classes is not None and classes != num_classes:
-        raise WeightsError(f"{path}: a {classes}-class model, not the {num_classes} classes asked for")
+        raise WeightsError(f"{source}: a {classes}-class model, not the {num_classes} classes asked for")
     try:
         model = MobileDeepLabV3(**obj["config"])
     except (TypeError, ValueError) as e:
-        raise WeightsError(f"{path}: its model config does not build a MobileDeepLabV3: {e}") from e
+        raise WeightsError(f"{source}: its model config does not build a MobileDeepLabV3: {e}") from e
     weights = obj["ema"] if ema and obj.get("ema") is not None else obj["model"]
-    load_state_dict_checked(model, weights, str(path))
+    load_state_dict_checked(model, weights, source)
     names = list(obj.get("class_names") or [])
     if len(names) != model.num_classes:
-        raise WeightsError(f"{path}: {len(names)} class names for a {model.num_classes}-class model")
+        raise WeightsError(f"{source}: {len(names)} class names for a {model.num_classes}-class model")
     return model, found, names

@@ -1,25 +1,45 @@
-"""Drawing on RGB uint8 frames for the video demo: boxes with class names and scores, a legend of the classes
-shown, the running FPS, and a contact sheet of frames.
+"""Drawing on RGB uint8 frames for the video demo and `make demo`: masks blended in, boxes with class names and
+scores, a legend of the classes shown, the running FPS, a contact sheet of frames, and atomic PNG writes.
 
-Colours come from the VOC palette that the masks (demo.showcase.blend) and eval's overlays use, so a class has
-the same colour on its mask, its box and in the legend, and the same colour here as in the evaluation reports.
+Colours come from one table, the VOC palette of eval's overlays (PALETTE), for masks (blend) and boxes alike, so a
+class has the same colour on its mask, its box and in the legend, and the same colour here as in the evaluation
+reports.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
 
-from demo.showcase import write_png
 from eval.segmentation_report import colourise
 
 PALETTE: np.ndarray = colourise(np.arange(256))  # 256×3 uint8, class index → RGB
 Colour = tuple[int, int, int]
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    """Atomic PNG write (temp file + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    os.replace(tmp, path)
+
+
+def colour_mask(mask: np.ndarray) -> np.ndarray:
+    """Class-index mask → RGB in the VOC palette."""
+    return PALETTE[mask]
+
+
+def blend(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The mask's colours over `image` at `alpha`, where it labels a class (not background 0 nor ignore 255)."""
+    coloured = colour_mask(mask)
+    labelled = ((mask > 0) & (mask < 255))[..., None]
+    return np.where(labelled, (image * (1 - alpha) + coloured * alpha).astype(np.uint8), image)
 
 
 def class_colours(names: Sequence[str], segmentation_names: Sequence[str] = ()) -> list[Colour]:

@@ -27,10 +27,12 @@ import torch
 from PIL import Image
 
 from datasets.images import read_image
-from datasets.segmentation import read_label_mask, voc_palette
+from datasets.segmentation import read_label_mask
 from datasets.sources import ensure_synthetic
 from datasets.synthetic import SYNTHETIC_CLASSES, synthetic_detection, synthetic_segmentation
+from demo.overlay import blend, colour_mask, write_png
 from eval.segmentation_metrics import ConfusionMatrix
+from eval.segmentation_report import write_atomic
 
 PHOTOS = ("cat.bmp", "parrot.jpg", "hot_dog.jpg", "bird.bmp", "grace_hopper.bmp")
 VOC_SAMPLES = ("vainf_1", "vainf_23", "vainf_114")
@@ -39,24 +41,6 @@ VOC_SAMPLES = ("vainf_1", "vainf_23", "vainf_114")
 def assets_dir() -> Path | None:
     path = Path(os.environ.get("MNV2_ASSETS", Path(__file__).resolve().parent.parent.parent / "shared" / "assets"))
     return path if path.is_dir() else None
-
-
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    """Atomic PNG write (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    os.replace(tmp, path)
-
-
-def colour_mask(mask: np.ndarray) -> np.ndarray:
-    palette = np.array(voc_palette(), np.uint8).reshape(-1, 3)
-    return palette[mask]
-
-
-def blend(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    coloured = colour_mask(mask)
-    labelled = ((mask > 0) & (mask < 255))[..., None]
-    return np.where(labelled, (image * (1 - alpha) + coloured * alpha).astype(np.uint8), image)
 
 
 def synthetic_sheet(root: Path, out: Path, count: int = 8) -> None:
@@ -121,11 +105,6 @@ class Recipe:
     deeplab_epochs: int = 15
     num_train: int = 1000
     num_val: int = 100
-
-
-def demo_dataset(root: Path, recipe: Recipe) -> Path:
-    """The synthetic dataset at the demo's small image size, drawn once (deterministic, a few seconds)."""
-    return ensure_synthetic(root, num_train=recipe.num_train, num_val=recipe.num_val, size=recipe.image_size)
 
 
 def best_checkpoint(run_dir: Path) -> Path:
@@ -197,9 +176,7 @@ def official_models_on_photos(assets: Path, out: Path) -> tuple[Path, float] | N
 
 
 def write_report(out: Path, lines: list[str]) -> Path:
-    tmp = out / ".REPORT.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out / "REPORT.md")
+    write_atomic(out / "REPORT.md", "\n".join(lines) + "\n")
     return out / "REPORT.md"
 
 
@@ -225,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     complexity(["--markdown", str(out / "complexity.md")])
 
     print("2/6 synthetic dataset", flush=True)
-    root = demo_dataset(args.data_root, recipe)
+    # at the demo's small image size, drawn once (deterministic, a few seconds)
+    root = ensure_synthetic(args.data_root, num_train=recipe.num_train, num_val=recipe.num_val, size=recipe.image_size)
     synthetic_sheet(root, out / "synthetic_sheet.png")
 
     print("3/6 training SSDLite and Mobile DeepLabv3 from scratch on the CPU", flush=True)

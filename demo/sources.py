@@ -43,7 +43,6 @@ def native_stderr_muted() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Frame:
-    index: int  # position in the source, counting the frames --stride skips
     name: str  # image file stem, or frame_NNNNNN for videos
     rgb: np.ndarray  # H×W×3 uint8
 
@@ -60,8 +59,7 @@ class VideoSource:
             capture.release()
             raise UserError(f"--source {description}: opened, but no frame could be decoded: check that it plays "
                             "(a damaged file, or a camera used by another program?)")  # fmt: skip
-        self._capture, self._first, self.stride = capture, first, stride
-        self.description, self.live = description, live
+        self._capture, self._first, self.stride, self.live = capture, first, stride, live
         fps = capture.get(cv2.CAP_PROP_FPS)
         # The rate of the frames it yields, so that a video of them plays at the source's speed.
         self.fps = (fps if math.isfinite(fps) and 0 < fps <= 1000 else DEFAULT_FPS) / stride
@@ -71,7 +69,7 @@ class VideoSource:
     def __iter__(self) -> Iterator[Frame]:
         bgr, index = self._first, 0
         while True:
-            yield Frame(index, f"frame_{index:06d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            yield Frame(f"frame_{index:06d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
             for _ in range(self.stride - 1):
                 if not self._capture.grab():
                     return
@@ -92,8 +90,7 @@ class ImageSource:
     live = False
     fps = IMAGE_FPS
 
-    def __init__(self, paths: list[Path], description: str, stride: int) -> None:
-        self.description, self.stride = description, stride
+    def __init__(self, paths: list[Path], stride: int) -> None:
         self._paths = paths[::stride]
         stems = [p.stem for p in self._paths]
         # Output images are named after their inputs; a.jpg beside a.png keeps its suffix in the name.
@@ -101,8 +98,8 @@ class ImageSource:
         self.total: int | None = len(self._paths)
 
     def __iter__(self) -> Iterator[Frame]:
-        for i, (path, name) in enumerate(zip(self._paths, self._names)):
-            yield Frame(i * self.stride, name, read_image(path))
+        for path, name in zip(self._paths, self._names):
+            yield Frame(name, read_image(path))
 
     def close(self) -> None:
         pass
@@ -119,10 +116,10 @@ def open_source(spec: str, stride: int = 1) -> Source:
         if not images:
             raise UserError(f"--source {spec}: no images ({' '.join(IMAGE_SUFFIXES)}) in this folder: "
                             "point it at a folder of images, one image, a video file or a webcam index")  # fmt: skip
-        return ImageSource(images, spec, stride)
+        return ImageSource(images, stride)
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            return ImageSource([path], spec, stride)
+            return ImageSource([path], stride)
         with native_stderr_muted():
             capture = cv2.VideoCapture(str(path))
         if not capture.isOpened():

@@ -36,8 +36,8 @@ from deeplab_mobile.checkpoint import load_deeplab
 from deeplab_mobile.inference import fuse_for_inference, predict_logits_batch
 from deeplab_mobile.model import MobileDeepLabV3
 from deeplab_mobile.presets import DeepLabPreset
-from demo.overlay import Colour, class_colours, draw_detections, draw_fps, draw_legend, save_contact_sheet
-from demo.showcase import blend, write_png
+from demo.overlay import (Colour, blend, class_colours, draw_detections, draw_fps, draw_legend, save_contact_sheet,
+                          write_png)
 from demo.sources import AtomicVideoWriter, Frame, Source, open_source
 from eval.cli import UserError, check_device_flag, new_parser, run_cli
 from ssdlite.checkpoint import load_ssdlite
@@ -92,7 +92,7 @@ class Annotator:
     def _draw(self, frame: np.ndarray, detections: Detections | None, mask: np.ndarray | None) -> Annotated:
         legend: dict[str, Colour] = {}  # name → colour, in drawing order
         image = frame.copy() if mask is None else blend(frame, mask)
-        for index in np.unique(mask) if mask is not None else ():
+        for index in np.flatnonzero(np.bincount(mask.ravel())) if mask is not None else ():  # classes present
             if index:  # not the background
                 legend[self.seg_names[index]] = self.seg_colours[index]
         if detections is not None:
@@ -155,7 +155,7 @@ class FrameSampler:
         if self._seen % self.step == 0:
             scale = THUMBNAIL_SIDE / max(image.shape[:2])
             small = image if scale >= 1 else cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-            self.frames.append(small.copy())
+            self.frames.append(small)
             if len(self.frames) > self.count:
                 self.frames, self.step = self.frames[::2], self.step * 2
         self._seen += 1

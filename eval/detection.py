@@ -19,7 +19,7 @@ from datasets.voc import VOCDetection
 from eval.coco_report import CocoResult, evaluate_coco, write_coco_report
 from eval.voc_ap import ImageDetections, ImageGroundTruth, voc_detection_ap
 from ssdlite.model import SSDLite
-from ssdlite.postprocess import Detections, postprocess
+from ssdlite.postprocess import Detections, postprocess_with_preset
 from train.distributed import DistInfo, gather_objects
 
 
@@ -38,9 +38,7 @@ def detect(model: SSDLite, loader: DataLoader, device: torch.device, progress: b
         images, targets = batch
         box_regression, class_logits = model(images.to(device, non_blocking=True))
         sizes = [tuple(int(v) for v in t["orig_size"]) for t in targets]
-        detections = postprocess(box_regression, class_logits, anchors, sizes, preset.classification,
-                                 preset.score_threshold, preset.nms_iou, preset.pre_nms_topk,
-                                 preset.detections_per_image)  # fmt: skip
+        detections = postprocess_with_preset(box_regression, class_logits, anchors, sizes, preset)
         for target, found in zip(targets, detections):
             yield target, {k: v.cpu() for k, v in found.items()}
 

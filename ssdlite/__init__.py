@@ -5,8 +5,9 @@ from ssdlite.checkpoint import checkpoint_dict, checkpoint_meta, load_ssdlite, s
 from ssdlite.loss import SSDLiteLoss, pad_targets
 from ssdlite.matcher import match_anchors
 from ssdlite.model import SSDLite, build_ssdlite
-from ssdlite.postprocess import Detections, postprocess
-from ssdlite.predict import as_rgb, fuse_for_inference, predict, preprocess
+from ssdlite.postprocess import Detections, postprocess, postprocess_with_preset
+from datasets.images import as_rgb  # re-exported: inference accepts any image it takes
+from ssdlite.predict import fuse_for_inference, predict, preprocess
 from ssdlite.presets import (
     PRESETS,
     SSDLITE320_COCO,
@@ -37,6 +38,7 @@ __all__ = [
     "match_anchors",
     "pad_targets",
     "postprocess",
+    "postprocess_with_preset",
     "predict",
     "preprocess",
     "save_ssdlite",

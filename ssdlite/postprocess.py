@@ -12,7 +12,7 @@ import torch
 from torchvision.ops import batched_nms
 
 from ssdlite import box_coder
-from ssdlite.presets import Classification
+from ssdlite.presets import Classification, SSDLitePreset
 
 Detections = dict[str, torch.Tensor]  # "boxes" [N, 4] float (x0, y0, x1, y1) pixels, "scores" [N], "labels" [N] int64
 
@@ -49,6 +49,18 @@ def postprocess(
     """
     boxes, scores = decode_outputs(box_regression, class_logits, anchors, classification)
     return select_detections(boxes, scores, image_sizes, score_threshold, nms_iou, pre_nms_topk, detections_per_image)
+
+
+def postprocess_with_preset(
+    box_regression: torch.Tensor,
+    class_logits: torch.Tensor,
+    anchors: torch.Tensor,
+    image_sizes: Sequence[tuple[int, int]],
+    preset: SSDLitePreset,
+) -> list[Detections]:
+    """`postprocess` with the classification, thresholds and limits of `preset` (evaluation, predict, benchmarks)."""
+    return postprocess(box_regression, class_logits, anchors, image_sizes, preset.classification,
+                       preset.score_threshold, preset.nms_iou, preset.pre_nms_topk, preset.detections_per_image)
 
 
 def select_detections(

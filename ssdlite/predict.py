@@ -3,31 +3,24 @@ detections in each original image's pixels. The one path the demo, evaluation an
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from backbone.fusion import fuse_for_inference  # noqa: F401  (re-exported for the demo and benchmarks)
-from datasets.images import as_rgb
+from datasets.images import resize_rgb_batch
 from ssdlite.model import SSDLite
-from ssdlite.postprocess import Detections, postprocess
+from ssdlite.postprocess import Detections, postprocess_with_preset
 
 
 def preprocess(images: Sequence[np.ndarray], model: SSDLite) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """A normalised [B, 3, H, W] batch at the preset's input size (PIL bilinear, aspect not kept, like TF's
     fixed-shape resizer) and the original (h, w) of each image."""
     preset = model.preset
-    height, width = preset.image_size
-    batch, sizes = [], []
-    for image in images:
-        rgb = as_rgb(image)
-        sizes.append(rgb.shape[:2])
-        if rgb.shape[:2] != (height, width):
-            rgb = np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
-        batch.append(rgb)
-    x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+    pixels, sizes = resize_rgb_batch(images, preset.image_size)
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(preset.mean).view(1, 3, 1, 1)
     std = torch.tensor(preset.std).view(1, 3, 1, 1)
     return (x - mean) / std, sizes
@@ -52,14 +45,7 @@ def predict(
     x, sizes = preprocess(images, model)
     model.eval()
     box_regression, class_logits = model(x.to(device))
-    return postprocess(
-        box_regression,
-        class_logits,
-        model.anchors(preset.image_size, device),
-        sizes,
-        preset.classification,
-        preset.score_threshold if score_threshold is None else score_threshold,
-        preset.nms_iou if nms_iou is None else nms_iou,
-        preset.pre_nms_topk,
-        preset.detections_per_image if detections_per_image is None else detections_per_image,
-    )
+    overrides = {"score_threshold": score_threshold, "nms_iou": nms_iou, "detections_per_image": detections_per_image}
+    settings = dataclasses.replace(preset, **{k: v for k, v in overrides.items() if v is not None})
+    return postprocess_with_preset(box_regression, class_logits, model.anchors(preset.image_size, device), sizes,
+                                   settings)  # fmt: skip

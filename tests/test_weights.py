@@ -52,6 +52,16 @@ def test_suite_checkpoint_round_trip(tmp_path):
     assert not list(path.parent.glob("*.tmp")), "the temporary file must be renamed away"
 
 
+def test_atomic_writes_are_readable_by_others(tmp_path):
+    """mkstemp's temporary files are 0600; a checkpoint or report must end up 0644 like any other output."""
+    from eval.segmentation_report import write_atomic
+
+    checkpoint = save_checkpoint({"model": {}}, tmp_path / "m.pt")
+    write_atomic(tmp_path / "report.md", "# report\n")
+    assert oct(checkpoint.stat().st_mode & 0o777) == oct(0o644)
+    assert oct((tmp_path / "report.md").stat().st_mode & 0o777) == oct(0o644)
+
+
 def test_interrupted_save_leaves_no_file(tmp_path):
     class Unpicklable:
         def __reduce__(self):

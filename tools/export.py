@@ -33,15 +33,14 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from backbone.checkpoint import WeightsError, load_checkpoint
 from backbone.fusion import fuse_for_inference
-from datasets.images import as_rgb, read_image
+from datasets.images import read_image, resize_rgb_batch
 from datasets.transforms import normalization_stats
 from deeplab_mobile.checkpoint import ARCH as DEEPLAB_ARCH
-from deeplab_mobile.checkpoint import load_deeplab
+from deeplab_mobile.checkpoint import deeplab_from_checkpoint
 from deeplab_mobile.inference import normalize
 from deeplab_mobile.model import MobileDeepLabV3
 from deeplab_mobile.presets import DeepLabPreset
@@ -155,11 +154,9 @@ class DeepLabGraph(nn.Module):
     def prepare(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Images stretched to the export size (PIL bilinear) and normalised; the preset's padding to keep the
         aspect ratio, if any, is the caller's business (docs/export.md)."""
-        h, w = self.image_size
-        rgb = [as_rgb(image) for image in images]
-        pixels = np.stack([np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR)) for image in rgb])
+        pixels, sizes = resize_rgb_batch(images, self.image_size)
         x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
-        return normalize(x, self.preset.normalization), [image.shape[:2] for image in rgb]
+        return normalize(x, self.preset.normalization), sizes
 
     def metadata(self) -> dict[str, Any]:
         mean, std = normalization_stats(self.preset.normalization)
@@ -242,7 +239,7 @@ def load_graph(path: Path, image_size: tuple[int, int] | None = None) -> ExportG
             model.preset = dataclasses.replace(model.preset, image_size=image_size)
         return SSDLiteGraph(model, checkpoint.get("class_names", [])).eval()
     if arch == DEEPLAB_ARCH:
-        model, preset, names = load_deeplab(path)
+        model, preset, names = deeplab_from_checkpoint(checkpoint, str(path))
         return DeepLabGraph(model, preset, names, image_size or (preset.crop_size, preset.crop_size)).eval()
     found = f"its arch is {arch!r}" if arch is not None else "no 'arch' entry"
     raise WeightsError(
