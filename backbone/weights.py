@@ -1,8 +1,8 @@
 """Pretrained MobileNetV2 weights: torchvision's ImageNet checkpoints, local files, and checks that name
 what does not fit.
 
-`load_pretrained(model, "IMAGENET1K_V1" | "IMAGENET1K_V2" | "path/to/file")` is the one entry point the
-training scripts call; `.tflite` files are converted first by tools/import_tflite.py.
+`load_pretrained(model, "IMAGENET1K_V1" | "IMAGENET1K_V2" | a weights name | "path/to/file")` is the one entry
+point the training scripts call; `.tflite` files are converted first by tools/import_tflite.py.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from torch import nn
 from torchvision.models import MobileNet_V2_Weights
 
-from backbone.checkpoint import WeightsError, load_checkpoint
+from backbone.checkpoint import load_checkpoint, load_state_dict_checked, model_from_checkpoint
 from backbone.mobilenetv2 import MobileNetV2
+from backbone.pretrained import resolve
+from common.errors import WeightsError
 
 TORCHVISION_WEIGHTS = tuple(w.name for w in MobileNet_V2_Weights)  # ("IMAGENET1K_V1", "IMAGENET1K_V2")
 
@@ -66,38 +67,6 @@ def from_torchvision(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load `state` into `model`, or raise one WeightsError that lists what is missing, extra or misshapen.
-
-    The classifier is optional on both sides: a classifier-less model takes classifier weights silently,
-    and a model whose class count differs keeps its own freshly initialised classifier.
-    """
-    own = model.state_dict()
-    state = {
-        k: v
-        for k, v in state.items()
-        if not k.startswith("classifier.") or (k in own and own[k].shape == v.shape)
-    }
-    missing = [k for k in own if k not in state and not k.startswith("classifier.") and "num_batches_tracked" not in k]
-    unexpected = [k for k in state if k not in own and "num_batches_tracked" not in k]
-    mismatched = [
-        f"{k}: file {list(state[k].shape)} vs model {list(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
-            if items:
-                parts.append(f"{len(items)} {label} (e.g. {', '.join(items[:2])})")
-        width = getattr(model, "config", {}).get("width_mult", "?")
-        raise WeightsError(
-            f"{source}: weights do not fit {type(model).__name__} (width {width}): {'; '.join(parts)}. "
-            "Is it a checkpoint of another architecture or width?"
-        )
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-
-
 def load_torchvision_imagenet(model: MobileNetV2, name: str = "IMAGENET1K_V1") -> None:
     """Load torchvision's ImageNet weights through its own download path (cached in $TORCH_HOME)."""
     if name not in TORCHVISION_WEIGHTS:
@@ -137,7 +106,8 @@ def load_weights_file(model: MobileNetV2, path: str | Path) -> None:
 
 
 def load_pretrained(model: MobileNetV2, spec: str) -> None:
-    """`spec` is a torchvision weights name (IMAGENET1K_V1/V2), a `.tflite` file or a PyTorch weights file."""
+    """`spec`: a torchvision weights name (IMAGENET1K_V1/V2), any other weights name (backbone/pretrained.py: the
+    backbone of a named detector or segmenter), or a PyTorch weights file (state dict or suite checkpoint)."""
     if spec in TORCHVISION_WEIGHTS:
         load_torchvision_imagenet(model, spec)
     elif Path(spec).suffix == ".tflite":
@@ -145,12 +115,8 @@ def load_pretrained(model: MobileNetV2, spec: str) -> None:
             f"{spec}: TFLite files are converted once, then loaded: "
             f"python -m tools.import_tflite {spec} --out {Path(spec).with_suffix('.pt')}"
         )
-    elif not Path(spec).exists() and Path(spec).suffix == "" and "/" not in spec:
-        raise WeightsError(
-            f"{spec}: neither a torchvision weights name ({', '.join(TORCHVISION_WEIGHTS)}) nor an existing file"
-        )
     else:
-        load_weights_file(model, spec)
+        load_weights_file(model, resolve(spec))
 
 
 def checkpoint_dict(model: MobileNetV2, **extra: object) -> dict[str, object]:
@@ -158,13 +124,12 @@ def checkpoint_dict(model: MobileNetV2, **extra: object) -> dict[str, object]:
     return {"arch": "mobilenet_v2", "config": dict(model.config), "model": model.state_dict(), **extra}
 
 
-def mobilenet_v2_from_checkpoint(path: str | Path) -> MobileNetV2:
-    """Rebuild a MobileNetV2 from a suite checkpoint written with `checkpoint_dict`."""
-    obj = load_checkpoint(path)
-    if not isinstance(obj, dict) or "config" not in obj or "model" not in obj:
-        raise WeightsError(f"{path}: not a suite checkpoint (needs 'arch', 'config' and 'model' entries)")
-    if obj.get("arch") != "mobilenet_v2":
-        raise WeightsError(f"{path}: holds a {obj.get('arch')!r} model, not a MobileNetV2 classifier/backbone")
-    model = MobileNetV2(**obj["config"])
-    load_state_dict_checked(model, obj["model"], str(path))
-    return model
+def mobilenet_v2_from_checkpoint(name_or_path: str | Path) -> MobileNetV2:
+    """Rebuild a MobileNetV2 from a suite checkpoint written with `checkpoint_dict` (a path or a weights name)."""
+    path = resolve(name_or_path)
+
+    def build(checkpoint: Mapping) -> MobileNetV2:
+        return MobileNetV2(**checkpoint["config"])
+
+    return model_from_checkpoint(load_checkpoint(path), str(path), "mobilenet_v2", "a MobileNetV2 classifier/backbone",
+                                 build)  # fmt: skip

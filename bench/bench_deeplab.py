@@ -5,8 +5,8 @@ step at crop 513 against deeplabv3_mobilenet_v3_large.
 Batch 1, fp32, eval mode and torch.inference_mode for latency; the thread count is bench.run's (2 by default).
 Our models run in channels_last with channels_last inputs; torchvision's are measured both in NCHW and
 channels_last (weights and input) and the faster one is the reference. Latency candidates are interleaved in this
-process; training steps run in fresh subprocesses that only train, with the default glibc allocator and with malloc
-keeping freed memory (see bench.common.training_step_runs).
+process; training steps run in fresh subprocesses that only train, with glibc's default malloc and after
+common.allocator.tune_allocator() (see bench.common.training_step_runs).
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def _inference_section(quick: bool) -> list[str]:
 def training_results(quick: bool, only: list[str] | None = None) -> dict:
     """Time training steps of `only` (default: all candidates) in this process; see time_training_steps. Called
     in fresh subprocesses by training_step_runs, so the result is JSON-able."""
-    from deeplab_mobile import IGNORE_INDEX, segmentation_loss
+    from common.labels import IGNORE_INDEX
+    from deeplab_mobile import segmentation_loss
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(TRAIN_BATCH, 3, SIZE, SIZE, generator=gen)
@@ -145,7 +146,7 @@ def training_results(quick: bool, only: list[str] | None = None) -> dict:
 
 
 def _training_section(quick: bool) -> list[str]:
-    default, kept = training_step_runs("bench_deeplab", ["ours", "tv_cl", "tv_nchw"], quick, TRAIN_BATCH)
+    default, tuned = training_step_runs("bench_deeplab", ["ours", "tv_cl", "tv_nchw"], quick, TRAIN_BATCH)
     tv = "torchvision deeplabv3_mobilenet_v3_large (aux_loss off), cross-entropy ignore 255"
     labels = {
         "tv_nchw": f"{tv}, NCHW",
@@ -155,7 +156,7 @@ def _training_section(quick: bool) -> list[str]:
     return [
         f"### 2. Training step, batch {TRAIN_BATCH}, crop {SIZE}×{SIZE}, CPU: forward + loss + backward + SGD step",
         "",
-        *training_comparison(default, kept, labels, ("ours",), 1.0,
+        *training_comparison(default, tuned, labels, ("ours",), ("tv_cl", "tv_nchw"), 1.0,
                              {"ours": "ours", "tv_cl": "torchvision, channels_last"}),  # fmt: skip
         "",
         "The reference is the faster torchvision format. Random normalised images, random masks with 10% ignored "

@@ -138,20 +138,12 @@ def minor_page_faults(fn: Callable[[], object]) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
-# glibc malloc told to keep freed memory: no mmap for large blocks (by default every block over 32 MiB is mapped
-# afresh and unmapped on free, so each training step page-faults its large activations in again) and no trimming.
-KEEP_MEMORY_MALLOC_ENV = {
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": str(8 << 30),
-    "MALLOC_TOP_PAD_": str(1 << 30),
-}
-KEEP_MEMORY_MALLOC_TEXT = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=8GiB MALLOC_TOP_PAD_=1GiB"
-
-
-def call_in_subprocess(module: str, function: str, env: dict[str, str], **kwargs: object) -> object:
-    """`bench.<module>.<function>(**kwargs)` in a fresh Python process with `env` added to the environment and this
-    process's torch thread count; its result must be JSON-serialisable. For settings (like the allocator's) that a
-    process reads only when it starts."""
+def call_in_subprocess(module: str, function: str, tuned: bool, env: dict[str, str] | None = None,
+                       **kwargs: object) -> object:  # fmt: skip
+    """`bench.<module>.<function>(**kwargs)` in a fresh Python process with this process's torch thread count and
+    `env` added to the environment, after common.allocator.tune_allocator() when `tuned` (as a training run does);
+    its result must be JSON-serialisable. A fresh process, because the allocator's state depends on everything a
+    process ran."""
     import json
     import subprocess
     import sys
@@ -159,10 +151,11 @@ def call_in_subprocess(module: str, function: str, env: dict[str, str], **kwargs
 
     marker = "BENCH-RESULT:"
     code = (f"import json, torch; torch.set_num_threads({torch.get_num_threads()}); "
-            f"from bench.{module} import {function}; "
+            + ("from common.allocator import tune_allocator; tune_allocator(); " if tuned else "")
+            + f"from bench.{module} import {function}; "
             f"print({marker!r} + json.dumps({function}(**json.loads({json.dumps(json.dumps(kwargs))}))))")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
-                            env={**os.environ, **env}, capture_output=True, text=True)  # fmt: skip
+                            env={**os.environ, **(env or {})}, capture_output=True, text=True)  # fmt: skip
     lines = [line for line in result.stdout.splitlines() if line.startswith(marker)]
     if result.returncode != 0 or not lines:
         tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
@@ -171,17 +164,18 @@ def call_in_subprocess(module: str, function: str, env: dict[str, str], **kwargs
 
 
 def training_comparison(
-    default: dict, kept: dict | str, labels: dict[str, str], ours: Sequence[str], target: float,
-    profiled: dict[str, str],
+    default: dict, tuned: dict | str, labels: dict[str, str], ours: Sequence[str], references: Sequence[str],
+    target: float, profiled: dict[str, str],
 ) -> list[str]:
-    """Markdown for a training-step comparison measured twice: with the default allocator (`default`) and in a
-    process whose malloc keeps memory (`kept`, or why it could not run). Each result holds "rate" (images/s per
-    candidate key), "breakdown" (op_time_breakdown per key of `profiled`) and "faults" (minor page faults of one
-    step per key of `profiled`). The reference is the fastest candidate not in `ours`; each of `ours` must reach
-    `target`×."""
+    """Markdown for a training-step comparison measured twice: with glibc's default malloc (`default`) and in
+    processes that called common.allocator.tune_allocator() (`tuned`, or why it could not run). Each result holds
+    "rate" (images/s per candidate key), "breakdown" (op_time_breakdown per key of `profiled`) and "faults" (minor
+    page faults of one step per key of `profiled`). The reference is the fastest of `references`; each of `ours`
+    must reach `target`× it; other keys are context."""
+    from common.allocator import DESCRIPTION
 
     def reference(result: dict) -> float:
-        return max(rate for key, rate in result["rate"].items() if key not in ours)
+        return max(result["rate"][key] for key in references)
 
     def cells(result: dict | str, key: str) -> list[str]:
         if isinstance(result, str):
@@ -196,43 +190,49 @@ def training_comparison(
 
     rows = []
     for key, label in labels.items():
-        fastest_ref = key not in ours and default["rate"][key] == reference(default)
-        rows.append([label + (" (reference)" if fastest_ref else ""), *cells(default, key), *cells(kept, key),
+        fastest_ref = key in references and default["rate"][key] == reference(default)
+        rows.append([label + (" (reference)" if fastest_ref else ""), *cells(default, key), *cells(tuned, key),
                      f"≥ {target:.1f}×" if key in ours else "—",
-                     f"{met(default, key)}; {met(kept, key)}" if key in ours else "—"])  # fmt: skip
+                     f"{met(default, key)}; {met(tuned, key)}" if key in ours else "—"])  # fmt: skip
     split = []
     for group in [*OP_GROUPS, "other", "total"]:
         row = [group]
-        for result in (default, kept):
+        for result in (default, tuned):
             for key in profiled:
                 b = None if isinstance(result, str) else result["breakdown"][key]
                 row.append("—" if b is None else f"{b[group]:.0f} ({b[group] / b['total']:.0%})")
         split.append(row)
     split.append(["minor page faults in the step", *[
-        "—" if isinstance(r, str) else str(r["faults"][k]) for r in (default, kept) for k in profiled]])  # fmt: skip
+        "—" if isinstance(r, str) else str(r["faults"][k]) for r in (default, tuned) for k in profiled]])  # fmt: skip
     names = list(profiled.values())
     return [
-        markdown_table(["what", "images/s", "ratio to reference", "images/s, malloc keeps memory", "ratio",
-                        "target", "met (default; malloc keeps memory)"], rows, "lrrrrll"),  # fmt: skip
+        markdown_table(["what", "images/s, default malloc", "ratio to reference", "images/s, tuned malloc", "ratio",
+                        "target", "met (default; tuned)"], rows, "lrrrrll"),  # fmt: skip
         "",
-        "Every candidate trains in a fresh process that only trains. The first column pair uses the default glibc "
-        "allocator (what a training run gets today); the \"malloc keeps memory\" pair is started with "
-        f"`{KEEP_MEMORY_MALLOC_TEXT}`, so freed activations are reused instead of being unmapped and "
-        "page-faulted in again every step"
-        + (f" (not measured: {kept})." if isinstance(kept, str) else ".")
+        "Every candidate trains in a fresh process that only trains. \"Default malloc\": glibc's defaults, which "
+        "unmap freed large blocks, so every step page-faults its activations in again. \"Tuned malloc\": the "
+        "process first calls `common.allocator.tune_allocator()` (" + DESCRIPTION + "), what a training run gets "
+        "from train/ once the engine calls it at start-up"
+        + (f" (not measured: {tuned})." if isinstance(tuned, str) else ".")
         + f" Repeats: {default['repeats']}"
-        + ("." if isinstance(kept, str) else f"; {kept['repeats']}."),
+        + ("." if isinstance(tuned, str) else f"; {tuned['repeats']}."),
         "",
         "Where one step's time goes (torch.profiler, self CPU ms of one step, forward and backward together; "
         "profiling adds some overhead):",
         "",
-        markdown_table(["op group", *names, *(f"{n}, malloc keeps memory" for n in names)], split,
+        markdown_table(["op group", *names, *(f"{n}, tuned malloc" for n in names)], split,
                        "l" + "r" * 2 * len(names)),  # fmt: skip
     ]
 
 
 # Training-step schedule: candidates whose steps are timed together (interleaved) and the slow ones timed on their own.
-SLOW_CANDIDATES = ("tv_nchw",)
+SLOW_CANDIDATES = ("tv_nchw", "ref_nchw")
+
+
+def _first_call_seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def time_training_steps(factories: dict[str, Callable[[], Callable[[], None]]], quick: bool,
@@ -240,7 +240,8 @@ def time_training_steps(factories: dict[str, Callable[[], Callable[[], None]]], 
     """Build the step functions of `only` (default: all of `factories`), time them and profile one step of each
     fast one. Several fast candidates are interleaved step by step; a candidate alone (one per process) gets more
     warm-up steps so its allocator settles; SLOW_CANDIDATES get fewer steps, on their own. JSON-able result:
-    "seconds" (per key), "breakdown" and "faults" (per fast key), "schedule" (words)."""
+    "seconds" (per key), "first" (seconds of each key's first step: one-time costs such as torch.compile),
+    "breakdown" and "faults" (per fast key), "schedule" (words)."""
     keys = list(only or factories)
     fast = [k for k in keys if k not in SLOW_CANDIDATES]
     slow = [k for k in keys if k in SLOW_CANDIDATES]
@@ -248,61 +249,73 @@ def time_training_steps(factories: dict[str, Callable[[], Callable[[], None]]], 
         warmup, rounds = (1, 2) if quick else (2, 5)
     else:
         warmup, rounds = (1, 1) if quick else (3, 3)
-    slow_warmup, slow_rounds = (0, 1) if quick else (1, 2)
+    slow_warmup, slow_rounds = (1, 1) if quick else (1, 2)
     seconds: dict[str, list[float]] = {}
+    first: dict[str, float] = {}
     breakdown: dict[str, dict[str, float]] = {}
     faults: dict[str, int] = {}
     if fast:
         steps = {k: factories[k]() for k in fast}
-        seconds |= interleaved_seconds(steps, rounds, warmup)
+        first |= {k: _first_call_seconds(step) for k, step in steps.items()}  # the first warm-up round
+        seconds |= interleaved_seconds(steps, rounds, warmup - 1)
         for k, step in steps.items():
             breakdown[k] = op_time_breakdown(step)
             faults[k] = minor_page_faults(step)
         del steps
     for k in slow:
-        seconds |= interleaved_seconds({k: factories[k]()}, slow_rounds, slow_warmup)
-    def steps(n: int) -> str:
+        step = factories[k]()
+        first[k] = _first_call_seconds(step)
+        seconds |= interleaved_seconds({k: step}, slow_rounds, slow_warmup - 1)
+
+    def steps_text(n: int) -> str:
         return f"{n} step" + ("s" if n != 1 else "")
 
-    schedule = (f"{steps(rounds)}{' interleaved' if len(fast) > 1 else ''} after {warmup} warm-up"
-                + (f"; {', '.join(slow)}: {steps(slow_rounds)} after {slow_warmup} warm-up" if slow else ""))  # fmt: skip
-    return {"seconds": seconds, "breakdown": breakdown, "faults": faults, "schedule": schedule}
+    schedule = (f"{steps_text(rounds)}{' interleaved' if len(fast) > 1 else ''} after {warmup} warm-up"
+                + (f"; {', '.join(slow)}: {steps_text(slow_rounds)} after {slow_warmup} warm-up" if slow else ""))  # fmt: skip
+    return {"seconds": seconds, "first": first, "breakdown": breakdown, "faults": faults, "schedule": schedule}
 
 
 def training_step_runs(module: str, keys: list[str], quick: bool, batch: int) -> tuple[dict, dict | str]:
     """Time the training candidates of `bench.<module>.training_results(quick, only)` twice, in fresh processes
     that only train (as a training run would):
 
-    - default glibc allocator: one process per candidate and pass, the passes alternating (A B, A B), because one
+    - glibc's default malloc: one process per candidate and pass, the passes alternating (A B, A B), because one
       model's allocations reshape the heap the other then page-faults through; medians pool the passes;
-    - malloc keeping memory (KEEP_MEMORY_MALLOC_ENV): one process, candidates interleaved step by step.
+    - after common.allocator.tune_allocator(): one process, candidates interleaved step by step.
 
-    Each result (or, for the second, why it could not run) holds "rate" (images/s), "seconds", "breakdown",
-    "faults" and "repeats"."""
+    All processes share a fresh inductor cache, so in "first" (seconds of each candidate's first step) a compiled
+    candidate compiles from scratch in the default result (its first pass) and from that warm cache in the tuned
+    one. Each result (or, for the second, why it could not run) holds "rate" (images/s), "seconds", "first",
+    "breakdown", "faults" and "repeats"."""
+    import tempfile
+
     passes = 1 if quick else 2
     fast = [k for k in keys if k not in SLOW_CANDIDATES]
     runs: list[dict] = []
-    for _ in range(passes):
-        for k in fast:
-            runs.append(call_in_subprocess(module, "training_results", {}, quick=quick, only=[k]))
-    for k in keys:
-        if k in SLOW_CANDIDATES:
-            runs.append(call_in_subprocess(module, "training_results", {}, quick=quick, only=[k]))
-    default: dict = {"seconds": {}, "breakdown": {}, "faults": {}}
-    for run in runs:  # pool the passes' steps; the profile and faults of the last pass
+    with tempfile.TemporaryDirectory() as cache:
+        env = {"TORCHINDUCTOR_CACHE_DIR": cache}
+        for _ in range(passes):
+            for k in fast:
+                runs.append(call_in_subprocess(module, "training_results", False, env, quick=quick, only=[k]))
+        for k in keys:
+            if k in SLOW_CANDIDATES:
+                runs.append(call_in_subprocess(module, "training_results", False, env, quick=quick, only=[k]))
+        try:
+            tuned: dict | str = call_in_subprocess(module, "training_results", True, env, quick=quick, only=keys)
+            tuned["repeats"] = f"tuned malloc: one process, {tuned['schedule']}"
+        except RuntimeError as error:
+            tuned = str(error)
+    default: dict = {"seconds": {}, "first": {}, "breakdown": {}, "faults": {}}
+    for run in runs:  # pool the passes' steps; the first step of the first pass, profile and faults of the last
         for k, times in run["seconds"].items():
             default["seconds"].setdefault(k, []).extend(times)
-        default["breakdown"] |= run["breakdown"]
-        default["faults"] |= run["faults"]
-    default["repeats"] = (f"default allocator: each candidate alone in its own process, {passes} alternating "
+        default["first"] = run["first"] | default["first"]
+        for part in ("breakdown", "faults"):
+            default[part] |= run[part]
+    default["repeats"] = (f"default malloc: each candidate alone in its own process, {passes} alternating "
                           f"process{'es' if passes > 1 else ''} per candidate, each {runs[0]['schedule']}; "
                           "median of the pooled steps")  # fmt: skip
-    try:
-        kept: dict | str = call_in_subprocess(module, "training_results", KEEP_MEMORY_MALLOC_ENV, quick=quick)
-        kept["repeats"] = f"malloc keeping memory: one process, {kept['schedule']}"
-    except RuntimeError as error:
-        kept = str(error)
-    for result in (default, kept):
+    for result in (default, tuned):
         if isinstance(result, dict):
             result["rate"] = {k: batch / statistics.median(t) for k, t in result["seconds"].items()}
-    return default, kept
+    return default, tuned

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
-import os
 import pkgutil
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 
 import bench
 from bench.common import machine_summary
+from common.files import write_atomic
 
 OUTPUT = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
@@ -73,9 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for title, body in kept.items():
         parts += [f"## {title}", "", body.strip(), ""]
-    tmp = args.output.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(parts))
-    os.replace(tmp, args.output)
+    write_atomic(args.output, "\n".join(parts))
     print(f"wrote {args.output}")
 
 

@@ -4,5 +4,5 @@ Import from the submodules (this package imports nothing itself, so `import data
 errors (DatasetError, SkipCounter), images (read_image), coco (CocoDetection), voc (VOCDetection,
 voc_detection_union), segmentation (SegmentationDataset and the VOC/SBD/trainaug/COCO sample builders),
 synthetic (generate, synthetic_detection, synthetic_segmentation), transforms (the albumentations pipelines,
-normalisation), loading (collate functions, pad_targets, seed_worker, make_loader). See docs/datasets.md.
+normalisation), loading (collate functions, pad_targets, Loader, make_loader). See docs/datasets.md.
 """

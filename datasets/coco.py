@@ -16,14 +16,15 @@ import json
 import os
 from os import PathLike
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 from pycocotools.coco import COCO
 
+from common.errors import DatasetError
 from datasets.detection import DetectionDataset, DetectionRecord, DetectionTransformFn, clip_box
-from datasets.errors import DatasetError, SkipCounter, handle
+from datasets.errors import SkipCounter, handle
 
 
 def load_coco(ann_file: str | PathLike[str]) -> COCO:
@@ -42,6 +43,13 @@ def load_coco(ann_file: str | PathLike[str]) -> COCO:
                            "It needs 'images', 'annotations' and 'categories' lists") from None
     if "categories" not in coco.dataset or not coco.dataset["categories"]:
         raise DatasetError(ann_file, "has no 'categories'", "List the classes as {'id': ..., 'name': ...}")
+    if len(coco.imgs) < len(coco.dataset.get("images", [])):  # pycocotools keeps the last image of an id
+        seen: dict[Any, list[str]] = {}
+        for image in coco.dataset["images"]:
+            seen.setdefault(image.get("id"), []).append(str(image.get("file_name")))
+        image_id, names = next((i, n) for i, n in seen.items() if len(n) > 1)
+        raise DatasetError(ann_file, f"image id {image_id} is given to {len(names)} images ({', '.join(names[:3])})",
+                           "Give every image its own id")
     return coco
 
 
@@ -98,6 +106,10 @@ class CocoDetection(DetectionDataset):
                 continue
             if len(record.boxes) or not drop_empty:
                 records.append(record)
+        if not records and self.coco.imgs and not self.coco.dataset.get("annotations"):
+            raise DatasetError(self.ann_file, f"contains no usable images: its {len(self.coco.imgs)} images have no "
+                               "annotations, and training uses only images with objects", "Add the boxes to "
+                               "'annotations', or check that this is the right file")  # fmt: skip
         super().__init__(records, class_names, transform, skip, self.ann_file)
 
     @property

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datasets.errors import DatasetError, SkipCounter, handle
-from datasets.images import read_image
+from common.errors import DatasetError
+from common.images import read_image
+from datasets.errors import SkipCounter, handle
 from datasets.transforms import to_tensors
 
 # Annotation tools round to whole pixels (coco8's boxes come from normalised YOLO labels: about ±1 px); a box that

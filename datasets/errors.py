@@ -9,30 +9,8 @@ from __future__ import annotations
 
 import multiprocessing
 import warnings
-from os import PathLike
-from typing import Literal
 
-SkipKind = Literal[
-    "missing image", "corrupt image", "size mismatch", "bad annotation", "bad box", "unknown category", "bad mask"
-]
-SKIP_KINDS: tuple[SkipKind, ...] = (
-    "missing image", "corrupt image", "size mismatch", "bad annotation", "bad box", "unknown category", "bad mask"
-)
-
-
-class DatasetError(ValueError):
-    """A problem with a dataset file: the message names the file, the problem and what to do about it."""
-
-    def __init__(self, path: str | PathLike[str], problem: str, fix: str = "", kind: SkipKind | None = None):
-        self.path = str(path)
-        self.problem = problem
-        self.fix = fix
-        self.kind = kind
-        super().__init__(f"{self.path}: {problem}" + (f". {fix}" if fix else ""))
-
-    def __reduce__(self):
-        """Rebuild from the fields, so the error crosses from a DataLoader worker to the main process intact."""
-        return type(self), (self.path, self.problem, self.fix, self.kind)
+from common.errors import SKIP_KINDS, DatasetError
 
 
 class SkippedSampleWarning(UserWarning):

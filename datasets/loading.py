@@ -1,16 +1,22 @@
-"""Batching: collate functions for variable box counts, seeded workers, and DataLoader settings."""
+"""Batching: collate functions for variable box counts, the suite's DataLoader (seeded, signal-proof workers that
+hand dataset errors back intact, per-sample random streams for exact resume) and its settings."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import random
-from typing import Callable, Sequence
+import signal
+import weakref
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
-from datasets.transforms import IGNORE_INDEX
+from common.errors import DatasetError
+from common.labels import IGNORE_INDEX
 
 
 def _present(batch: Sequence) -> list:
@@ -54,30 +60,129 @@ def collate_segmentation(batch: Sequence[tuple[torch.Tensor, torch.Tensor] | Non
             torch.stack([pad(mask, IGNORE_INDEX) for _, mask in batch]))
 
 
-def seed_worker(worker_id: int) -> None:
-    """worker_init_fn: seed Python's and NumPy's global generators from the worker's torch seed.
+def init_worker(worker_id: int) -> None:
+    """worker_init_fn: ignore SIGINT/SIGTERM, and seed Python's and NumPy's global generators from the worker's
+    torch seed.
 
-    The torch seed of worker k is base_seed + k, drawn from the main process generator, so `torch.manual_seed`
-    makes every worker repeatable. Our albumentations pipelines reseed themselves from the same seed.
+    systemd, Slurm and Kubernetes signal the whole process group: the main process decides how to stop (a
+    training run checkpoints first), and a worker killed under it would turn that into a crash. Workers still end
+    with the main process. The torch seed of worker k is base_seed + k, drawn from the loader's generator, so
+    seeding that generator makes every worker repeatable; our albumentations pipelines reseed from the same seed.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
 
 
+@contextlib.contextmanager
+def sample_random_state(seed: int, key: Sequence[int]) -> Iterator[None]:
+    """Seed torch, NumPy and Python from (seed, *key) for one sample, and restore the process's own streams after.
+
+    A sample's augmentation then depends on the run seed, the epoch and its index only, not on which worker drew
+    it or on what that worker drew before, so a resumed run augments exactly as an uninterrupted one."""
+    sample_seed = int(np.random.SeedSequence([seed % 2**63, *key]).generate_state(1, np.uint64)[0]) >> 1
+    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(sample_seed)
+    np.random.seed(sample_seed % 2**32)
+    torch.default_generator.manual_seed(sample_seed)  # the CPU generator only: CUDA streams are the model's
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
+
+
+class WorkerFailure:
+    """A DatasetError raised in a DataLoader worker, sent to the main process as the batch (it pickles intact)."""
+
+    def __init__(self, error: DatasetError) -> None:
+        self.error = error
+
+
+class Samples(Dataset):
+    """The dataset a `Loader` reads: a DatasetError in a worker comes back as a `WorkerFailure`; with `seed`, keys
+    are (*stream, index) tuples whose randomness is seeded per sample (`sample_random_state`)."""
+
+    def __init__(self, dataset: Dataset, seed: int | None = None) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            if self.seed is None:
+                return self.dataset[key]
+            with sample_random_state(self.seed, key):
+                return self.dataset[key[-1]]
+        except DatasetError as e:
+            if get_worker_info() is None:
+                raise
+            return WorkerFailure(e)
+
+
+class _CarryFailures:
+    """collate_fn wrapper: a batch holding a WorkerFailure becomes that failure."""
+
+    def __init__(self, collate: Callable) -> None:
+        self.collate = collate
+
+    def __call__(self, samples: list[Any]) -> Any:
+        failure = next((s for s in samples if isinstance(s, WorkerFailure)), None)
+        return failure if failure is not None else self.collate(samples)
+
+
+class Loader(DataLoader):
+    """The suite's DataLoader: workers ignore SIGINT/SIGTERM (`init_worker`), and a DatasetError raised in a worker
+    is raised again, intact, in the main process, so a bad sample gives the same one-line error with workers as
+    with `workers=0` (torch would turn it into a RuntimeError holding the worker's traceback). With `seed`, the
+    sampler yields (*stream, index) keys and each sample's augmentation is seeded from them (`Samples`)."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, collate_fn: Callable, seed: int | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(Samples(dataset, seed), batch_size, collate_fn=_CarryFailures(collate_fn),
+                         worker_init_fn=init_worker, **kwargs)  # fmt: skip
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        iterator = super().__iter__()
+        _ITERATORS.add(iterator)
+        for batch in iterator:
+            if isinstance(batch, WorkerFailure):
+                raise batch.error
+            yield batch
+
+
+_ITERATORS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register  # runs before multiprocessing's own exit hook (atexit is last-in, first-out)
+def _stop_workers() -> None:
+    """Stop the workers of loaders still alive at exit (an error left them running, or persistent workers).
+
+    Multiprocessing would end them with SIGTERM, which they ignore (`init_worker`), and then wait for ever; the
+    loader's own shutdown asks them to finish instead."""
+    for iterator in list(_ITERATORS):
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int = 2,
                 collate_fn: Callable = collate_detection, distributed: bool = False, seed: int = 0,
-                prefetch_factor: int = 4) -> DataLoader:
-    """A DataLoader that keeps a CPU or GPU step fed.
+                prefetch_factor: int = 4) -> Loader:
+    """A Loader that keeps a CPU or GPU step fed.
 
     Shuffled and dropping the last partial batch when training (BatchNorm dislikes tiny batches); workers stay
     alive between epochs and prefetch `prefetch_factor` batches each; memory is pinned only when CUDA is there.
     With `distributed`, a DistributedSampler shards the data: call `loader.sampler.set_epoch(epoch)` every epoch.
     """
     sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=train) if distributed else None
-    return DataLoader(
+    return Loader(
         dataset,
-        batch_size=batch_size,
+        batch_size,
         shuffle=train and sampler is None,
         sampler=sampler,
         num_workers=workers,
@@ -86,6 +191,5 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int 
         drop_last=train,
         persistent_workers=workers > 0,
         prefetch_factor=prefetch_factor if workers > 0 else None,
-        worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(seed),
     )

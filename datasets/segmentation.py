@@ -22,23 +22,19 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from common.errors import DatasetError
+from common.files import atomic_path
+from common.images import read_image
+from common.labels import IGNORE_INDEX, canonical_class_name
 from datasets.coco import image_files, image_path, load_coco
-from datasets.errors import DatasetError, SkipCounter, handle
-from datasets.images import read_image
-from datasets.transforms import IGNORE_INDEX, image_to_tensor
+from datasets.errors import SkipCounter, handle
+from datasets.transforms import image_to_tensor
 from datasets.voc import VOC_CLASSES, read_split
 
 VOC_SEG_CLASSES: tuple[str, ...] = ("background", *VOC_CLASSES)
 
 # COCO 2017 category names → VOC label (1..20); every other COCO category is background, as in VOC itself.
-COCO_TO_VOC: dict[str, int] = {
-    coco: VOC_SEG_CLASSES.index(voc) for coco, voc in {
-        "airplane": "aeroplane", "bicycle": "bicycle", "bird": "bird", "boat": "boat", "bottle": "bottle",
-        "bus": "bus", "car": "car", "cat": "cat", "chair": "chair", "cow": "cow", "dining table": "diningtable",
-        "dog": "dog", "horse": "horse", "motorcycle": "motorbike", "person": "person",
-        "potted plant": "pottedplant", "sheep": "sheep", "couch": "sofa", "train": "train", "tv": "tvmonitor",
-    }.items()
-}
+COCO_TO_VOC: dict[str, int] = {canonical_class_name(voc): label for label, voc in enumerate(VOC_SEG_CLASSES) if label}
 
 SegmentationTransformFn = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
@@ -246,9 +242,8 @@ def coco_voc_segmentation_samples(image_dir: str | PathLike[str], ann_file: str 
         if not sample.mask.is_file():
             to_build.append((sample, info, anns))
     for sample, info, anns in tqdm(to_build, desc="COCO→VOC masks", disable=not progress or not to_build):
-        tmp = sample.mask.with_name(f".{sample.mask.name}.{os.getpid()}.tmp")
-        write_label_png(tmp, _rasterise(coco, info, anns, labels))
-        os.replace(tmp, sample.mask)  # atomic: a run stopped midway never leaves a half-written mask behind
+        with atomic_path(sample.mask) as tmp:  # a run stopped midway never leaves a half-written mask behind
+            write_label_png(tmp, _rasterise(coco, info, anns, labels))
     return samples
 
 

@@ -13,12 +13,13 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from torch.utils.data import Dataset
 
+from common.errors import DatasetError, UserError
 from datasets.coco import CocoDetection
-from datasets.errors import DatasetError, SkipCounter
+from datasets.errors import SkipCounter
 from datasets.segmentation import (
     VOC_SEG_CLASSES,
     SegmentationDataset,
@@ -83,19 +84,39 @@ def ensure_synthetic(root: Path, **params: Any) -> Path:
     return root
 
 
-def _root(args: argparse.Namespace) -> Path:
+def data_root(args: argparse.Namespace) -> Path:
+    """--data-root, drawing the synthetic dataset first where needed; a missing or absent folder is a UserError."""
     if args.data == "synthetic":
         return ensure_synthetic(args.data_root or DEFAULT_SYNTHETIC_ROOT)
-    if args.data_root is None and args.data != "custom":
-        raise SystemExit(f"error: --data {args.data} needs --data-root (the dataset folder)")
+    if args.data_root is None:
+        raise UserError(f"--data {args.data} needs --data-root (the dataset folder)")
+    if not args.data_root.is_dir():
+        raise UserError(f"--data-root {args.data_root}: no such folder")
     return args.data_root
+
+
+def year_folder(root: Path, year: str) -> Path:
+    """root/VOC<year> for a VOCdevkit, or root itself when it already is a year folder."""
+    nested = root / f"VOC{year}"
+    return nested if nested.is_dir() or not (root / "ImageSets").is_dir() else root
 
 
 def detection_data(args: argparse.Namespace, train_transform: Callable, val_transform: Callable,
                    skip: SkipCounter | None = None) -> DataSplits:  # fmt: skip
     """Datasets for `--data`; training sets drop images without objects, validation sets keep them."""
-    root = _root(args)
     kw: dict[str, Any] = {"skip": skip}
+    if args.data == "custom":
+        missing = [f"--{n.replace('_', '-')}" for n in ("train_ann", "train_images", "val_ann", "val_images")
+                   if getattr(args, n) is None]  # fmt: skip
+        if missing:
+            raise UserError(f"--data custom needs {', '.join(missing)}")
+        train = CocoDetection(args.train_images, args.train_ann, train_transform, drop_empty=True, **kw)
+        val = CocoDetection(args.val_images, args.val_ann, val_transform, **kw)
+        if val.class_names != train.class_names:
+            raise DatasetError(args.val_ann, f"lists other categories than {args.train_ann}",
+                               "Give both splits the same categories")  # fmt: skip
+        return DataSplits(train, val, train.class_names)
+    root = data_root(args)
     if args.data == "synthetic":
         train = synthetic_detection(root, "train", train_transform, drop_empty=True, **kw)
         return DataSplits(train, synthetic_detection(root, "val", val_transform, **kw), train.class_names)
@@ -106,50 +127,45 @@ def detection_data(args: argparse.Namespace, train_transform: Callable, val_tran
 
         train = coco("train", train_transform, True)
         return DataSplits(train, coco("val", val_transform, False), train.class_names)
-    if args.data == "voc":
-        train = voc_detection_union(root, VOC0712_TRAINVAL, train_transform, keep_difficult=False, **kw)
-        val = VOCDetection(root / "VOC2007", "test", val_transform, **kw)
-        return DataSplits(train, val, ["background", *VOC_CLASSES])
-    missing = [f"--{n.replace('_', '-')}" for n in ("train_ann", "train_images", "val_ann", "val_images")
-               if getattr(args, n) is None]  # fmt: skip
-    if missing:
-        raise SystemExit(f"error: --data custom needs {', '.join(missing)}")
-    train = CocoDetection(args.train_images, args.train_ann, train_transform, drop_empty=True, **kw)
-    val = CocoDetection(args.val_images, args.val_ann, val_transform, **kw)
-    if val.class_names != train.class_names:
-        raise SystemExit(f"error: {args.val_ann} and {args.train_ann} list different categories")
-    return DataSplits(train, val, train.class_names)
+    train = voc_detection_union(root, VOC0712_TRAINVAL, train_transform, keep_difficult=False, **kw)
+    val = VOCDetection(year_folder(root, "2007"), "test", val_transform, **kw)
+    return DataSplits(train, val, ["background", *VOC_CLASSES])
+
+
+def segmentation_split(args: argparse.Namespace, split: str, transform: Callable, skip: SkipCounter | None = None,
+                       class_names: Sequence[str] = (), progress: bool = True,
+                       ) -> tuple[SegmentationDataset, list[str], str]:  # fmt: skip
+    """One split of `--data` for segmentation (class index masks, 0 = background, 255 = ignore), its class names
+    and a description. --data custom counts --num-classes classes, else those of `class_names` (a checkpoint's),
+    whose names it keeps when the counts agree."""
+    root = data_root(args)
+    if args.data == "synthetic":
+        return (synthetic_segmentation(root, split, transform, skip=skip), ["background", *SYNTHETIC_CLASSES],
+                f"{root / 'voc'} split {split}")  # fmt: skip
+    names = list(VOC_SEG_CLASSES)
+    if args.data == "coco":
+        if split not in ("train", "val"):
+            raise UserError(f"--data coco has the splits train and val (COCO's train2017, val2017), not {split}")
+        ann = root / "annotations" / f"instances_{split}2017.json"
+        samples = coco_voc_segmentation_samples(root / f"{split}2017", ann, root / "voc_masks_cache", skip=skip,
+                                                progress=progress)  # fmt: skip
+        source, description = ann, f"{ann}: the 20 VOC classes"
+    elif args.data == "voc":
+        source = year_folder(root, "2012")
+        sbd = getattr(args, "sbd_root", None)
+        samples = trainaug_samples(source, sbd) if split == "train" and sbd else voc_segmentation_samples(source, split)
+        description = f"{source} split {'trainaug' if split == 'train' and sbd else split}"
+    else:
+        count = args.num_classes or len(class_names)
+        names = (list(class_names) if count == len(class_names)
+                 else ["background", *(f"class{i}" for i in range(1, count))])  # fmt: skip
+        samples, source, description = voc_segmentation_samples(root, split), root, f"{root} split {split}"
+    return SegmentationDataset(samples, len(names), transform, skip=skip, source=source), names, description
 
 
 def segmentation_data(args: argparse.Namespace, train_transform: Callable, val_transform: Callable,
                       skip: SkipCounter | None = None) -> DataSplits:  # fmt: skip
-    """Datasets for `--data`: class index masks, 0 = background, 255 = ignore."""
-    root = _root(args)
-    if args.data == "synthetic":
-        names = ["background", *SYNTHETIC_CLASSES]
-        return DataSplits(synthetic_segmentation(root, "train", train_transform, skip=skip),
-                          synthetic_segmentation(root, "val", val_transform, skip=skip), names)  # fmt: skip
-    voc_names = list(VOC_SEG_CLASSES)
-    if args.data == "voc":
-        voc2012 = root / "VOC2012"
-        train_samples = (trainaug_samples(voc2012, args.sbd_root) if args.sbd_root
-                         else voc_segmentation_samples(voc2012, "train"))  # fmt: skip
-        val_samples = voc_segmentation_samples(voc2012, "val")
-        num_classes = len(voc_names)
-    elif args.data == "coco":
-        cache = root / "voc_masks_cache"
-        train_samples = coco_voc_segmentation_samples(root / "train2017", root / "annotations" /
-                                                      "instances_train2017.json", cache, skip=skip)  # fmt: skip
-        val_samples = coco_voc_segmentation_samples(root / "val2017", root / "annotations" /
-                                                    "instances_val2017.json", cache, skip=skip)  # fmt: skip
-        num_classes = len(voc_names)
-    else:
-        train_samples = voc_segmentation_samples(root, "train")
-        val_samples = voc_segmentation_samples(root, "val")
-        num_classes = args.num_classes
-        voc_names = ["background", *(f"class{i}" for i in range(1, num_classes))]
-    return DataSplits(
-        SegmentationDataset(train_samples, num_classes, train_transform, skip=skip, source=root),
-        SegmentationDataset(val_samples, num_classes, val_transform, skip=skip, source=root),
-        voc_names,
-    )
+    """Training and validation splits of `--data` for segmentation (see `segmentation_split`)."""
+    train, names, _ = segmentation_split(args, "train", train_transform, skip)
+    val, _, _ = segmentation_split(args, "val", val_transform, skip)
+    return DataSplits(train, val, names)

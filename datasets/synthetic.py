@@ -39,6 +39,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from common.labels import IGNORE_INDEX
 from datasets.coco import CocoDetection
 from datasets.detection import DetectionTransformFn
 from datasets.segmentation import (
@@ -47,7 +48,6 @@ from datasets.segmentation import (
     voc_segmentation_samples,
     write_label_png,
 )
-from datasets.transforms import IGNORE_INDEX
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring")
 SPLITS = ("train", "val")

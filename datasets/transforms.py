@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import albumentations as A
 import numpy as np
@@ -17,22 +17,8 @@ import torch
 from albumentations.augmentations.crops.transforms import BaseCrop
 from albumentations.pytorch import ToTensorV2
 
-IGNORE_INDEX = 255
-
-Normalization = Literal["tf", "imagenet"]
-# "tf": the official TensorFlow MobileNetV2/SSDLite/DeepLab weights see pixels scaled to [-1, 1];
-# "imagenet": torchvision's weights see ImageNet mean/std normalised pixels.
-NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "tf": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
-
-
-def normalization_stats(kind: Normalization) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """(mean, std) on the [0, 1] pixel scale for the weights in use."""
-    if kind not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {kind!r}: choose one of {sorted(NORMALIZATIONS)}")
-    return NORMALIZATIONS[kind]
+from common.images import Normalization, normalization_stats
+from common.labels import IGNORE_INDEX
 
 
 def mean_pixel(kind: Normalization) -> tuple[int, int, int]:
@@ -95,27 +81,27 @@ class MinIoURandomCrop(BaseCrop):
 
 
 class _Pipeline:
-    """Albumentations Composes whose random state is reseeded once in each process that calls them.
+    """Albumentations Composes whose random state is reseeded whenever the calling process's torch seed changes.
 
     DataLoader workers are forked with a copy of the parent's generator, so without this every worker would draw
-    the same augmentations. The seed is the worker's torch seed (or `torch.initial_seed()` in the main process),
-    so `torch.manual_seed` makes runs repeatable. One shared generator is installed rather than albumentations'
+    the same augmentations. The seed is `torch.initial_seed()`: the worker's seed in a worker, and per sample when
+    the training loader seeds each sample (`datasets.loading.sample_random_state`, exact resume), so
+    `torch.manual_seed` makes runs repeatable. One shared generator is installed rather than albumentations'
     `seed=`, which gives every transform an identically seeded generator and so correlates their decisions.
     """
 
     def __init__(self, *composes: A.Compose):
         self.composes = composes
-        self._seeded_pid: int | None = None
+        self._seeded: tuple[int, int] | None = None
 
     def _seed_for_this_process(self) -> None:
-        if self._seeded_pid == os.getpid():
+        seed = torch.initial_seed() % 2**63
+        if self._seeded == (os.getpid(), seed):
             return
-        info = torch.utils.data.get_worker_info()
-        seed = (info.seed if info is not None else torch.initial_seed()) % 2**63
         generator, py_random = np.random.default_rng(seed), random.Random(seed)
         for compose in self.composes:
             compose.set_random_state(generator, py_random)
-        self._seeded_pid = os.getpid()
+        self._seeded = (os.getpid(), seed)
 
 
 class DetectionTransform(_Pipeline):

@@ -15,9 +15,10 @@ from typing import Sequence
 import numpy as np
 from torch.utils.data import ConcatDataset
 
+from common.errors import DatasetError
 from datasets.coco import image_files, image_path
 from datasets.detection import DetectionDataset, DetectionRecord, DetectionTransformFn, clip_box
-from datasets.errors import DatasetError, SkipCounter, handle
+from datasets.errors import SkipCounter, handle
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",

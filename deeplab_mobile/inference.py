@@ -1,5 +1,5 @@
-"""Segment one image as a preset expects it: channels to RGB, size per `input_mode`, pixel normalisation, then
-logits back at the image's own size so the mask always covers every pixel, odd sizes included."""
+"""Segment images as the model's preset expects them: channels to RGB, size per `input_mode`, pixel normalisation,
+then logits back at each image's own size so the mask always covers every pixel, odd sizes included."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from backbone.fusion import fuse_for_inference  # noqa: F401  (re-exported for the demo and benchmarks)
-from datasets.images import as_rgb
-from datasets.transforms import normalization_stats
+from common.images import as_rgb, normalization_stats
 from deeplab_mobile.model import MobileDeepLabV3
 from deeplab_mobile.presets import DeepLabPreset, Normalization
 
@@ -42,32 +41,38 @@ def _network_input(pixels: torch.Tensor, preset: DeepLabPreset) -> tuple[torch.T
 
 
 @torch.inference_mode()
-def predict_logits(model: MobileDeepLabV3, image: np.ndarray, preset: DeepLabPreset) -> torch.Tensor:
-    """Class logits [C, H, W] at the size of `image` (uint8, any size and channel layout, see `as_rgb`)."""
-    return predict_logits_batch(model, [image], preset)[0]
+def predict_logits(model: MobileDeepLabV3, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+    """Class logits [C, H, W] at the size of each image (uint8, any size and channel layout, see `as_rgb`); images
+    of one size share a forward pass (video frames).
 
-
-@torch.inference_mode()
-def predict_logits_batch(model: MobileDeepLabV3, images: Sequence[np.ndarray], preset: DeepLabPreset) -> torch.Tensor:
-    """Class logits [B, C, H, W] for images of one size in one forward pass: the throughput path for video frames."""
+    Runs in eval mode and gives the model back in the mode it came in, as `ssdlite.predict` does.
+    """
+    preset = model.preset
+    if preset is None:
+        raise ValueError("a MobileDeepLabV3 without a preset: build it with build_deeplab or load_deeplab")
     rgb = [as_rgb(image) for image in images]
-    if len({image.shape[:2] for image in rgb}) != 1:
-        raise ValueError(f"a batch needs images of one size, got {sorted({image.shape[:2] for image in rgb})}")
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(rgb):
+        by_size.setdefault(image.shape[:2], []).append(i)
     device = next(model.parameters()).device
-    pixels = torch.from_numpy(np.stack(rgb)).to(device).permute(0, 3, 1, 2).float()
-    x, (h, w) = _network_input(pixels, preset)
+    out: list[torch.Tensor] = [torch.empty(0)] * len(rgb)
     was_training = model.training
     model.eval()
     try:
-        logits = model(x)[:, :, :h, :w]
+        for size, indices in by_size.items():
+            pixels = torch.from_numpy(np.stack([rgb[i] for i in indices])).to(device).permute(0, 3, 1, 2).float()
+            x, (h, w) = _network_input(pixels, preset)
+            logits = model(x)[:, :, :h, :w]
+            if (h, w) != size:
+                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            for i, one in zip(indices, logits):
+                out[i] = one
     finally:
         model.train(was_training)
-    if (h, w) != rgb[0].shape[:2]:
-        logits = F.interpolate(logits, size=rgb[0].shape[:2], mode="bilinear", align_corners=False)
-    return logits
+    return out
 
 
-def predict(model: MobileDeepLabV3, image: np.ndarray, preset: DeepLabPreset) -> np.ndarray:
-    """Class-id mask H×W (uint8 up to 256 classes, else int32) for an H×W(×C) uint8 image."""
-    mask = predict_logits(model, image, preset).argmax(0).cpu().numpy()
-    return mask.astype(np.uint8 if model.num_classes <= 256 else np.int32)
+def predict(model: MobileDeepLabV3, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """A class-id mask H×W per image (uint8 up to 256 classes, else int32), at that image's own size."""
+    dtype = np.uint8 if model.num_classes <= 256 else np.int32
+    return [logits.argmax(0).cpu().numpy().astype(dtype) for logits in predict_logits(model, images)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from common.labels import IGNORE_INDEX
 
 
 def check_target(target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:

@@ -24,6 +24,9 @@ class MobileDeepLabV3(nn.Module):
     `image_pooling="tf_fixed"` with `pool_kernel` reproduces TF's exported graphs (see ImagePooling);
     `align_corners=True` is TF's logit upsampling, exact on 16k+1 inputs where the corners of the map and of
     the image coincide. `divisible_by` rounds the backbone's channels (TF DeepLab: 8 at width 1.0, else 1).
+
+    Like SSDLite, the model owns its `preset` (a DeepLabPreset: how images are fed to it; set by `build_deeplab`
+    and `load_deeplab`) and its `class_names`, so checkpoints, predictors and exporters need nothing else.
     """
 
     def __init__(
@@ -70,6 +73,8 @@ class MobileDeepLabV3(nn.Module):
         )
         self.num_classes = num_classes
         self.align_corners = align_corners
+        self.preset: Any = None  # a DeepLabPreset (deeplab_mobile/presets.py builds models, so it is not imported here)
+        self.class_names = [f"class_{i}" for i in range(num_classes)]
         self.backbone = MobileNetV2(
             width_mult=width_mult,
             output_stride=output_stride,

@@ -5,10 +5,10 @@ how an image of another size is brought to the network); checkpoints record the 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal, Sequence
 
 from backbone.layers import PaddingMode
-from datasets.transforms import Normalization
+from common.images import Normalization
 from deeplab_mobile.model import MobileDeepLabV3
 
 # "any": the image at its own size; "pad": scale the long side to crop_size, pad bottom/right with the mean
@@ -119,10 +119,22 @@ def get_preset(name: str) -> DeepLabPreset:
     raise ValueError(f"unknown DeepLab preset {name!r}; choose one of {', '.join(p.name for p in PRESETS)}")
 
 
-def build_deeplab(preset: DeepLabPreset | str, num_classes: int | None = None) -> MobileDeepLabV3:
-    """The model of `preset` (a preset or its name), optionally with another class count."""
+def build_deeplab(
+    preset: DeepLabPreset | str, num_classes: int | None = None, class_names: Sequence[str] | None = None,
+    **overrides: Any,
+) -> MobileDeepLabV3:  # fmt: skip
+    """The model of `preset` (a preset or its name), optionally with another class count (`class_names` also sets
+    it); `overrides` replace constructor arguments the preset does not fix (an importer's `align_corners`, `bn_eps`)."""
     if isinstance(preset, str):
         preset = get_preset(preset)
+    if class_names is not None and num_classes is None:
+        num_classes = len(class_names)
     if num_classes is not None:
         preset = replace(preset, num_classes=num_classes)
-    return MobileDeepLabV3(**preset.model_kwargs())
+    model = MobileDeepLabV3(**{**preset.model_kwargs(), **overrides})
+    if class_names is not None:
+        if len(class_names) != preset.num_classes:
+            raise ValueError(f"{len(class_names)} class names for a {preset.num_classes}-class model")
+        model.class_names = list(class_names)
+    model.preset = preset
+    return model

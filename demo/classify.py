@@ -23,11 +23,12 @@ from PIL import Image
 from torchvision.models import MobileNet_V2_Weights
 from torchvision.transforms import InterpolationMode
 
-from backbone.checkpoint import WeightsError, load_checkpoint
+from backbone.checkpoint import load_checkpoint
 from backbone.mobilenetv2 import MobileNetV2
+from backbone.tf.classifier import PREPROCESSING as TF_PREPROCESSING
+from backbone.tf.classifier import mobilenet_v2_from_tflite
 from backbone.weights import TORCHVISION_WEIGHTS, load_pretrained, mobilenet_v2_from_checkpoint
-from tools.import_tflite import PREPROCESSING as TF_PREPROCESSING
-from tools.import_tflite import mobilenet_v2_from_tflite
+from common.errors import WeightsError
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
 IMAGENET_CATEGORIES: list[str] = MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]

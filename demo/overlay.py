@@ -9,13 +9,13 @@ reports.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
 
+from common.files import atomic_path
 from eval.segmentation_report import colourise
 
 PALETTE: np.ndarray = colourise(np.arange(256))  # 256×3 uint8, class index → RGB
@@ -25,9 +25,8 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 def write_png(path: Path, rgb: np.ndarray) -> None:
     """Atomic PNG write (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
 def colour_mask(mask: np.ndarray) -> np.ndarray:

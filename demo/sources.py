@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -18,9 +19,10 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from datasets.images import read_image
+from common.errors import UserError
+from common.files import atomic_path
+from common.images import read_image
 from demo.overlay import letterbox
-from eval.cli import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IMAGE_FPS = 5.0  # frame rate of a video made from images, with or without --stride: each shows for 0.2 s
@@ -60,6 +62,7 @@ class VideoSource:
             raise UserError(f"--source {description}: opened, but no frame could be decoded: check that it plays "
                             "(a damaged file, or a camera used by another program?)")  # fmt: skip
         self._capture, self._first, self.stride, self.live = capture, first, stride, live
+        self.description = description
         fps = capture.get(cv2.CAP_PROP_FPS)
         # The rate of the frames it yields, so that a video of them plays at the source's speed.
         self.fps = (fps if math.isfinite(fps) and 0 < fps <= 1000 else DEFAULT_FPS) / stride
@@ -67,16 +70,25 @@ class VideoSource:
         self.total: int | None = math.ceil(count / stride) if count > 0 else None  # frames it will yield
 
     def __iter__(self) -> Iterator[Frame]:
-        bgr, index = self._first, 0
+        bgr, index, yielded = self._first, 0, 0
         while True:
             yield Frame(f"frame_{index:06d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            yielded += 1
             for _ in range(self.stride - 1):
                 if not self._capture.grab():
-                    return
+                    return self._warn_if_short(yielded)
             index += self.stride
             ok, bgr = self._capture.read()
             if not ok:
-                return
+                return self._warn_if_short(yielded)
+
+    def _warn_if_short(self, yielded: int) -> None:
+        """A file that stops decoding before the frame count its header gives is truncated or damaged: the output
+        then covers only part of it, which must not pass unnoticed."""
+        if self.total is not None and yielded < self.total:
+            warnings.warn(f"--source {self.description}: only {yielded} of the {self.total} frames its header "
+                          "announces could be decoded (a truncated or damaged file?); the output covers those",
+                          stacklevel=2)  # fmt: skip
 
     def close(self) -> None:
         self._capture.release()
@@ -147,7 +159,7 @@ class AtomicVideoWriter:
         self.path, self.fps, self.codec = Path(path), fps, codec
         self.frames = 0
         self.size: tuple[int, int] | None = None  # (width, height)
-        self._tmp = self.path.with_name(f".{self.path.stem}.partial-{os.getpid()}{self.path.suffix}")
+        self._file = contextlib.ExitStack()  # holds common.files.atomic_path once the first frame opens the file
         self._writer: cv2.VideoWriter | None = None
 
     def __enter__(self) -> AtomicVideoWriter:
@@ -162,8 +174,9 @@ class AtomicVideoWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"{self.path}: cannot create its folder ({e.strerror})") from None
+        tmp = self._file.enter_context(atomic_path(self.path))
         with native_stderr_muted():
-            writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, self.size)
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, self.size)
         if not writer.isOpened():
             raise UserError(f"{self.path}: OpenCV cannot write a '{self.path.suffix}' video with codec "
                             f"{self.codec!r} here (unknown codec or container, or a read-only folder): write a "
@@ -183,11 +196,15 @@ class AtomicVideoWriter:
             raise UserError(f"{self.path}: no frames to write")
         self._writer.release()
         self._writer = None
-        os.replace(self._tmp, self.path)
+        self._file.close()  # atomic_path renames the finished file over `path`
         return self.path
 
     def discard(self) -> None:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-        self._tmp.unlink(missing_ok=True)
+        self._file.__exit__(_Discarded, _Discarded(), None)  # atomic_path deletes the temporary file
+
+
+class _Discarded(Exception):
+    """Passed to atomic_path's exit so that it deletes the unfinished video rather than renaming it."""

@@ -14,11 +14,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datasets.images import read_image
+from common.cli import new_parser, run_cli
+from common.errors import UserError
+from common.images import read_image
 from datasets.sources import DEFAULT_SYNTHETIC_ROOT, ensure_synthetic
 from datasets.synthetic import SyntheticPaths
 from demo.sources import AtomicVideoWriter
-from eval.cli import UserError, new_parser, run_cli
 
 ZOOM = 1.25  # how far each scene zooms in while it is on screen
 

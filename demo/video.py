@@ -31,20 +31,27 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from backbone.checkpoint import WeightsError
+from common.cli import check_device_flag, new_parser, run_cli
+from common.distributed import resolve_device
+from common.errors import UserError, WeightsError
 from deeplab_mobile.checkpoint import load_deeplab
-from deeplab_mobile.inference import fuse_for_inference, predict_logits_batch
+from deeplab_mobile.inference import fuse_for_inference, predict_logits
 from deeplab_mobile.model import MobileDeepLabV3
-from deeplab_mobile.presets import DeepLabPreset
-from demo.overlay import (Colour, blend, class_colours, draw_detections, draw_fps, draw_legend, save_contact_sheet,
-                          write_png)
+from demo.overlay import (
+    Colour,
+    blend,
+    class_colours,
+    draw_detections,
+    draw_fps,
+    draw_legend,
+    save_contact_sheet,
+    write_png,
+)
 from demo.sources import AtomicVideoWriter, Frame, Source, open_source
-from eval.cli import UserError, check_device_flag, new_parser, run_cli
 from ssdlite.checkpoint import load_ssdlite
 from ssdlite.model import SSDLite
 from ssdlite.postprocess import Detections
 from ssdlite.predict import predict as detect
-from train.distributed import resolve_device
 
 THUMBNAIL_SIDE = 320  # longest side of the frames kept for the contact sheet
 
@@ -63,7 +70,6 @@ class Annotator:
     detector: SSDLite | None = None
     det_names: Sequence[str] = ()
     segmenter: MobileDeepLabV3 | None = None
-    seg_preset: DeepLabPreset | None = None
     seg_names: Sequence[str] = ()
     score_threshold: float = 0.3
     half: bool = False
@@ -82,10 +88,10 @@ class Annotator:
         return [self._draw(frame, det, mask) for frame, det, mask in zip(frames, detections, masks)]
 
     def _masks(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
-        assert self.segmenter is not None and self.seg_preset is not None
+        assert self.segmenter is not None
         masks: list[np.ndarray] = []
         for _, same_size in itertools.groupby(frames, key=lambda frame: frame.shape):
-            logits = predict_logits_batch(self.segmenter, list(same_size), self.seg_preset)
+            logits = torch.stack(predict_logits(self.segmenter, list(same_size)))
             masks += list(logits.argmax(1).to(torch.uint8).cpu().numpy())  # VOC palette: at most 255 classes
         return masks
 
@@ -105,11 +111,11 @@ class Annotator:
         return Annotated(image, list(legend))
 
 
-def load_annotator(det: Path | None, seg: Path | None, device: torch.device, half: bool,
+def load_annotator(det: str | None, seg: str | None, device: torch.device, half: bool,
                    score_threshold: float) -> Annotator:  # fmt: skip
-    """Both models from their checkpoints, BatchNorm folded (fuse_for_inference), on `device`; a checkpoint that
-    cannot be used (missing, corrupt, the other head) is a UserError naming its flag and file."""
-    detector, det_names, segmenter, seg_preset, seg_names = None, [], None, None, []
+    """Both models from their checkpoints or weights names, BatchNorm folded (fuse_for_inference), on `device`; a
+    checkpoint that cannot be used (missing, corrupt, the other head) is a UserError naming its flag and file."""
+    detector, det_names, segmenter, seg_names = None, [], None, []
     try:
         if det is not None:
             model, checkpoint = load_ssdlite(det)
@@ -118,11 +124,12 @@ def load_annotator(det: Path | None, seg: Path | None, device: torch.device, hal
         raise UserError(f"--det {e}") from None
     try:
         if seg is not None:
-            model, seg_preset, seg_names = load_deeplab(seg)
+            model, _ = load_deeplab(seg)
+            seg_names = model.class_names
             segmenter = fuse_for_inference(model).to(device)
     except WeightsError as e:
         raise UserError(f"--seg {e}") from None
-    return Annotator(detector, det_names, segmenter, seg_preset, seg_names, score_threshold, half)
+    return Annotator(detector, det_names, segmenter, seg_names, score_threshold, half)
 
 
 class FpsMeter:
@@ -236,8 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize frames before inference and output: a scale factor up to 4 (0.5) or the longest side "
                    "in pixels (640)")  # fmt: skip
     g = parser.add_argument_group("models (at least one)")
-    g.add_argument("--det", type=Path, metavar="CKPT", help="SSDLite checkpoint: trained, or imported from TensorFlow")
-    g.add_argument("--seg", type=Path, metavar="CKPT", help="Mobile DeepLabv3 checkpoint: trained or imported")
+    g.add_argument("--det", metavar="CKPT", help="SSDLite checkpoint (trained or imported) or weights name, e.g. "
+                   "ssdlite_pedestrian")  # fmt: skip
+    g.add_argument("--seg", metavar="CKPT", help="Mobile DeepLabv3 checkpoint (trained or imported) or weights name, "
+                   "e.g. deeplab_coral_voc")  # fmt: skip
     g.add_argument("--score-threshold", type=float, default=0.3, metavar="T",
                    help="smallest detection score drawn (yolov5: --conf-thres) (default: 0.3)")  # fmt: skip
     g = parser.add_argument_group("run")

@@ -1,48 +1,33 @@
 """Command-line plumbing the evaluation entry points share (eval/coco_map.py, eval/voc_map.py, eval/voc_miou.py):
-the common flags, one-line errors with exit status 2, the results folder and the sharded loader."""
+the common flags, the results folder and the sharded loader (the parser and error handling are common.cli's)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
-import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from backbone.checkpoint import WeightsError
-from datasets.errors import DatasetError, SkipCounter
+from common.cli import check_flags
+from common.distributed import DistInfo, barrier, gather_objects, shard_dataset
+from common.files import write_atomic
+from common.runs import next_run_dir
+from datasets.errors import SkipCounter
 from datasets.loading import make_loader
-from datasets.sources import DEFAULT_SYNTHETIC_ROOT, ensure_synthetic
-from eval.segmentation_report import json_safe, write_atomic
-from train.distributed import DistInfo, barrier, cleanup, gather_objects, shard_dataset
+from eval.segmentation_report import json_safe, setup_section
 
 T = TypeVar("T")
-
-class UserError(ValueError):
-    """A problem the user can fix (flags, data, checkpoint): one `error:` line and exit status 2."""
-
-
-class EvalArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are one line, `error: ...`, exit status 2 (argparse's own prints the usage too)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def new_parser(prog: str, doc: str | None) -> EvalArgumentParser:
-    return EvalArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
     """--weights and the run flags every evaluation entry point takes."""
     g = parser.add_argument_group("model")
-    g.add_argument("--weights", type=Path, required=True, metavar="CKPT",
-                   help="checkpoint to evaluate: a training run's best.pt/last.pt or an imported model")  # fmt: skip
+    g.add_argument("--weights", required=True, metavar="CKPT",
+                   help="checkpoint to evaluate: a training run's best.pt/last.pt, an imported model or a weights "
+                        "name (README: Model zoo)")  # fmt: skip
     g.add_argument("--no-ema", action="store_true",
                    help="evaluate a training checkpoint's raw weights instead of its EMA weights")  # fmt: skip
     g = parser.add_argument_group("run")
@@ -61,22 +46,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, batch_size: int) -> No
 
 
 def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.workers < 0:
-        parser.error(f"--workers must be 0 or more, got {args.workers}")
-    if args.max_images is not None and args.max_images < 1:
-        parser.error(f"--max-images must be at least 1, got {args.max_images}")
-    check_device_flag(parser, args.device)
-
-
-def check_device_flag(parser: argparse.ArgumentParser, device: str) -> None:
-    """--device: auto or anything torch.device accepts; a typo fails here rather than deep inside a run."""
-    if device != "auto":
-        try:
-            torch.device(device)
-        except RuntimeError:
-            parser.error(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    check_flags(parser, args)  # the rules training shares, in common.cli
 
 
 def record_skipped(skip: SkipCounter | None, details: dict[str, Any]) -> None:
@@ -84,44 +54,6 @@ def record_skipped(skip: SkipCounter | None, details: dict[str, Any]) -> None:
     if skip is not None and skip.total:
         details["skipped"] = skip.summary()
         print(skip.summary())
-
-
-def _one_line(text: str) -> str:
-    text = " ".join(text.split())
-    return text[len("error: "):] if text.startswith("error: ") else text
-
-
-def fail(message: str) -> None:
-    print(f"error: {_one_line(message)}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-            check: Callable[[argparse.ArgumentParser, argparse.Namespace], None],
-            body: Callable[[argparse.Namespace], T]) -> T:  # fmt: skip
-    """Parse, check and run `body`; user errors become one `error:` line and exit status 2, never a traceback.
-    The process group torchrun set up is left cleanly either way."""
-    args = parser.parse_args(argv)
-    check(parser, args)
-    try:
-        return body(args)
-    except (WeightsError, DatasetError, UserError) as e:
-        fail(str(e))
-    except RuntimeError as e:
-        # A DatasetError raised in a DataLoader worker comes back as a RuntimeError holding its traceback
-        # (DatasetError cannot be rebuilt from the message alone); its last line is the original message.
-        text = str(e)
-        if text.startswith("Caught DatasetError"):
-            last = [line for line in text.splitlines() if line.strip()][-1]
-            fail(last.split("DatasetError: ", 1)[-1])
-        raise
-    except SystemExit as e:
-        if isinstance(e.code, str):  # SystemExit("error: ...") from datasets.sources / train.distributed
-            fail(e.code)
-        raise
-    finally:
-        cleanup()
-    raise AssertionError("unreachable")
 
 
 def main_first(dist: DistInfo, build: Callable[[], T]) -> T:
@@ -141,17 +73,6 @@ def main_first(dist: DistInfo, build: Callable[[], T]) -> T:
     return result if dist.is_main else build()  # type: ignore[return-value]
 
 
-def data_root(args: argparse.Namespace) -> Path:
-    """--data-root, drawing the synthetic dataset first where needed."""
-    if args.data == "synthetic":
-        return ensure_synthetic(args.data_root or DEFAULT_SYNTHETIC_ROOT)
-    if args.data_root is None:
-        raise UserError(f"--data {args.data} needs --data-root (the dataset folder)")
-    if not args.data_root.is_dir():
-        raise UserError(f"--data-root {args.data_root}: no such folder")
-    return args.data_root
-
-
 def first_images(dataset: Dataset, max_images: int | None) -> Dataset:
     """The first `max_images` samples (all without it), as a Subset so the reader's metadata stays reachable."""
     if max_images is None or max_images >= len(dataset):
@@ -167,8 +88,6 @@ def eval_loader(dataset: Dataset, args: argparse.Namespace, dist: DistInfo, coll
 
 def results_dir(args: argparse.Namespace) -> Path:
     """runs/eval/<name>, or <name>2, <name>3... if taken (call on rank 0 only: it creates the folder)."""
-    from train.engine import next_run_dir
-
     out = next_run_dir(args.project, args.name, args.exist_ok)
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -183,8 +102,7 @@ def amend_report(out_dir: Path, setup: Mapping[str, Any]) -> None:
     """Add a "Setup" list under the title of report.md and a "setup" entry to metrics.json."""
     report = out_dir / "report.md"
     head, _, rest = report.read_text().partition("\n")
-    items = "\n".join(f"- {key.replace('_', ' ')}: {value}" for key, value in setup.items())
-    write_atomic(report, f"{head}\n\n## Setup\n\n{items}\n{rest}")
+    write_atomic(report, "\n".join([head, "", *setup_section(setup), rest]))
     metrics_path = out_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
     metrics["setup"] = dict(setup)

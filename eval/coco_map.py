@@ -8,12 +8,16 @@
 Results go to runs/eval/<name>/ (exp, exp2, ...): report.md (the 12 COCOeval numbers, per-class AP, the setup),
 metrics.json, pr_curve.png and detections.json (COCO result format with the file's category ids).
 
-Label spaces, decided from the checkpoint's class count against the annotation file:
+Label spaces, decided from the checkpoint's class count and class names against the annotation file:
   - K + 1 classes for a file with K categories: contiguous labels 1..K in sorted category-id order (how this
     suite trains on COCO-format data); detections are mapped back to the category ids.
   - max category id + 1 classes (91 for COCO): labels are the category ids themselves (TF Object Detection API
     and torchvision COCO models, e.g. tools/import_tf_detection.py output); detections of ids the file does not
     define ("N/A" slots) are dropped.
+  - otherwise, or where the names at those labels disagree: the checkpoint's classes matched to the file's
+    categories by name (any case; VOC and COCO spellings such as aeroplane/airplane are the same class). Only the
+    categories both know are scored; the report lists those left out on either side. So a person-only detector
+    is scored on COCO's person category.
 
 The input size, normalisation and post-processing come from the checkpoint's preset (--score-threshold and
 --nms-iou override the latter). Under torchrun every process evaluates a contiguous share of the images and
@@ -31,31 +35,29 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from common.cli import OneLineArgumentParser, new_parser, run_cli
+from common.distributed import DistInfo, gather_objects, init_distributed
+from common.errors import UserError
+from common.labels import canonical_class_name
 from datasets.coco import CocoDetection
 from datasets.errors import SkipCounter
 from datasets.loading import collate_detection
-from datasets.sources import add_data_arguments
+from datasets.sources import add_data_arguments, data_root
 from datasets.transforms import DetectionTransform, detection_eval_transform
-from eval.coco_report import evaluate_coco, write_coco_report
-from eval.detection import detect
-from ssdlite.checkpoint import load_ssdlite
-from ssdlite.model import SSDLite
 from eval.cli import (
-    EvalArgumentParser,
-    UserError,
     add_common_arguments,
     amend_report,
     check_common_arguments,
-    data_root,
     eval_loader,
     first_images,
     main_first,
-    new_parser,
     record_skipped,
     results_dir,
-    run_cli,
 )
-from train.distributed import DistInfo, gather_objects, init_distributed
+from eval.coco_report import evaluate_coco, write_coco_report
+from eval.detection import LabelMatch, detect, match_labels
+from ssdlite.checkpoint import load_ssdlite
+from ssdlite.model import SSDLite
 
 # ------------------------------------------------------------------------------------------- detection plumbing
 
@@ -103,11 +105,23 @@ def detector_setup(args: argparse.Namespace, model: SSDLite, checkpoint: Mapping
     }  # fmt: skip
 
 
-def class_name_warning(checkpoint: Mapping[str, Any], dataset_names: Sequence[str]) -> str | None:
+def report_class_names(setup: dict[str, Any], model_names: Sequence[str], dataset_names: Sequence[str],
+                       match: LabelMatch | None) -> None:  # fmt: skip
+    """Add to the report the classes a by-name match scored and left out, or a warning when labels read as they
+    are carry other names."""
+    if match is not None:
+        setup.update(match.describe(dataset_names))
+        print(f"classes matched by name: {len(match.to_dataset)} scored, {len(match.dataset_only)} of the data's and "
+              f"{len(match.model_only)} of the checkpoint's left out (listed in the report)")  # fmt: skip
+    elif warning := class_name_warning(model_names, dataset_names):
+        setup["warning"] = warning
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def class_name_warning(names: Sequence[str], dataset_names: Sequence[str]) -> str | None:
     """A warning when the checkpoint's class names differ from the dataset's at the same labels."""
-    names = list(checkpoint.get("class_names") or [])
     pairs = [(i, a, b) for i, (a, b) in enumerate(zip(names, dataset_names))
-             if i > 0 and b != "N/A" and a.lower() != b.lower()]  # fmt: skip
+             if i > 0 and b != "N/A" and canonical_class_name(a) != canonical_class_name(b)]  # fmt: skip
     if not pairs or len(names) != len(dataset_names):
         return None
     shown = ", ".join(f"{i}: {a!r} vs {b!r}" for i, a, b in pairs[:5])
@@ -145,28 +159,38 @@ LABEL_SPACE_TEXT = {
     "category_id": "COCO category ids: the checkpoint's {n} classes are the background and category ids 1..{m} "
                    "(TF Object Detection API / imported models); detections of ids the file does not define are "
                    "dropped",
+    "class_name": "by class name: the checkpoint's {n} classes matched onto the file's {k} categories by name (any "
+                  "case, COCO/VOC spellings); only the categories both know are scored",
 }  # fmt: skip
 
 
 def coco_dataset_for(model: SSDLite, args: argparse.Namespace, transform: DetectionTransform,
-                     skip: SkipCounter | None) -> tuple[CocoDetection, str]:  # fmt: skip
-    """The COCO-format set in the label space the checkpoint's class count implies, or a UserError naming both."""
+                     skip: SkipCounter | None) -> tuple[CocoDetection, str, LabelMatch | None]:  # fmt: skip
+    """The COCO-format set in the label space the checkpoint fits: its class count read as contiguous labels or
+    category ids where its names agree (or it has none), else its classes matched to the file's by name."""
     images, ann = coco_source(args)
     dataset = CocoDetection(images, ann, transform, skip=skip)
+    match = match_labels(model.class_names, dataset.class_names)
     categories = len(dataset.class_names) - 1
-    if model.num_classes == categories + 1:
-        return dataset, "contiguous"
+    if model.num_classes == categories + 1 and (match is None or match.positional):
+        return dataset, "contiguous", None
     ids = dataset.coco.getCatIds()
     if min(ids) >= 1 and model.num_classes == max(ids) + 1:
-        return CocoDetection(images, ann, transform, label_space="category_id", skip=skip), "category_id"
+        by_id = CocoDetection(images, ann, transform, label_space="category_id", skip=skip)
+        by_id_match = match_labels(model.class_names, by_id.class_names)
+        if by_id_match is None or by_id_match.positional:
+            return by_id, "category_id", None
+    if match is not None:
+        return dataset, "class_name", match
     raise UserError(
         f"--weights {args.weights} has {model.num_classes} classes (background included) but {ann} has "
-        f"{categories} categories (ids {min(ids)}..{max(ids)}): the checkpoint needs {categories + 1} classes "
-        f"(contiguous labels) or {max(ids) + 1} (labels = category ids); evaluate it on the data it was trained for"
+        f"{categories} categories (ids {min(ids)}..{max(ids)}), and none of its class names is one of the file's: "
+        f"the checkpoint needs {categories + 1} classes (contiguous labels) or {max(ids) + 1} (labels = category "
+        "ids), or class names to match; evaluate it on the data it was trained for"
     )
 
 
-def build_parser() -> EvalArgumentParser:
+def build_parser() -> OneLineArgumentParser:
     parser = new_parser("python eval/coco_map.py", __doc__)
     add_common_arguments(parser, batch_size=32)
     g = parser.add_argument_group("COCO-format set (instead of --data)")
@@ -181,7 +205,11 @@ def evaluate(args: argparse.Namespace) -> Path | None:
     dist = init_distributed(args.device)
     model, checkpoint = load_detector(args, dist)
     skip = SkipCounter() if args.skip_bad_samples else None
-    dataset, label_space = main_first(dist, lambda: coco_dataset_for(model, args, detector_transform(model), skip))
+    dataset, label_space, match = main_first(dist, lambda: coco_dataset_for(model, args,
+                                                                          detector_transform(model), skip))
+    if not dataset.coco.dataset.get("annotations"):  # COCOeval would report 0.000, which reads as a score
+        raise UserError(f"{dataset.ann_file}: has no annotations, so mAP is undefined (nothing to find): evaluate "
+                        "on a file with ground-truth boxes")  # fmt: skip
     subset = first_images(dataset, args.max_images)
     loader = eval_loader(subset, args, dist, collate_detection)
     start = time.perf_counter()
@@ -189,6 +217,7 @@ def evaluate(args: argparse.Namespace) -> Path | None:
     with torch.inference_mode():
         for target, found in detect(model, loader, dist.device, progress=dist.is_main and not args.quiet):
             image_ids.append(int(target["image_id"]))
+            found = match.apply(found) if match else found
             known = torch.tensor([int(v) in dataset.label_to_cat for v in found["labels"].tolist()], dtype=torch.bool)
             dropped += int((~known).sum())
             results += dataset.to_coco_results(target["image_id"], found["boxes"][known],
@@ -200,10 +229,11 @@ def evaluate(args: argparse.Namespace) -> Path | None:
     image_ids = sorted({i for _, ids, _ in gathered for i in ids})
     dropped = sum(d for _, _, d in gathered)
     seconds = time.perf_counter() - start
-    result = evaluate_coco(dataset.coco, results, image_ids)
+    scored = [dataset.label_to_cat[label] for label in sorted(match.to_dataset.values())] if match else None
+    result = evaluate_coco(dataset.coco, results, image_ids, scored)
 
     out_dir = results_dir(args)
-    write_coco_report(result, out_dir, f"COCO box mAP of {args.weights.name}", detections=results)
+    write_coco_report(result, out_dir, f"COCO box mAP of {Path(args.weights).name}", detections=results)
     k = len(dataset.class_names) - 1
     setup = detector_setup(args, model, checkpoint, dist)
     setup.update({
@@ -213,14 +243,11 @@ def evaluate(args: argparse.Namespace) -> Path | None:
                   + (f"; {dropped} detections of undefined ids dropped" if dropped else ""),
         "time": f"{seconds:.1f} s ({len(image_ids) / max(seconds, 1e-9):.1f} images/s)",
     })  # fmt: skip
-    warning = class_name_warning(checkpoint, dataset.class_names)
-    if warning:
-        setup["warning"] = warning
-        print(f"warning: {warning}", file=sys.stderr)
+    report_class_names(setup, model.class_names, dataset.class_names, match)
     record_skipped(skip, setup)
     amend_report(out_dir, setup)
     print(f"COCO mAP@[.5:.95] {result.stats['AP']:.3f}, AP50 {result.stats['AP50']:.3f} on {len(image_ids)} images "
-          f"({label_space} labels); report: {out_dir / 'report.md'}")  # fmt: skip
+          f"({label_space.replace('_', ' ')} labels); report: {out_dir / 'report.md'}")  # fmt: skip
     return out_dir
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from common.files import write_atomic
 
 STAT_NAMES = (
     "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
@@ -46,14 +47,10 @@ class CocoResult:
     num_detections: int = 0
 
 
-def _write_atomic(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
-def evaluate_coco(coco_gt: COCO, detections: list[dict], image_ids: list[int] | None = None) -> CocoResult:
-    """Run COCOeval (bbox) on `detections` in COCO result format (COCO category ids, xywh boxes)."""
+def evaluate_coco(coco_gt: COCO, detections: list[dict], image_ids: list[int] | None = None,
+                  category_ids: list[int] | None = None) -> CocoResult:  # fmt: skip
+    """Run COCOeval (bbox) on `detections` in COCO result format (COCO category ids, xywh boxes), over
+    `category_ids` only when given (the categories a detector knows)."""
     image_ids = sorted(coco_gt.getImgIds()) if image_ids is None else image_ids
     if not detections:
         return CocoResult({name: 0.0 for name in STAT_NAMES}, num_images=len(image_ids))
@@ -61,6 +58,8 @@ def evaluate_coco(coco_gt: COCO, detections: list[dict], image_ids: list[int] | 
         coco_dt = coco_gt.loadRes(detections)
         evaluator = COCOeval(coco_gt, coco_dt, "bbox")
         evaluator.params.imgIds = image_ids
+        if category_ids is not None:
+            evaluator.params.catIds = sorted(category_ids)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -104,15 +103,15 @@ def plot_precision_recall(result: CocoResult, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    _write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
 
 
 def write_coco_report(result: CocoResult, out_dir: Path, title: str, detections: list[dict] | None = None) -> Path:
     """report.md, metrics.json, pr_curve.png (and detections.json when given) in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if detections is not None:
-        _write_atomic(out_dir / "detections.json", json.dumps(detections))
-    _write_atomic(out_dir / "metrics.json", json.dumps(
+        write_atomic(out_dir / "detections.json", json.dumps(detections))
+    write_atomic(out_dir / "metrics.json", json.dumps(
         {"stats": result.stats, "per_class": result.per_class, "num_images": result.num_images,
          "num_detections": result.num_detections}, indent=2))  # fmt: skip
     plot_precision_recall(result, out_dir / "pr_curve.png")
@@ -135,5 +134,5 @@ def write_coco_report(result: CocoResult, out_dir: Path, title: str, detections:
           for c in sorted(result.per_class, key=lambda c: -c["AP"])),  # fmt: skip
     ]
     report = out_dir / "report.md"
-    _write_atomic(report, "\n".join(lines) + "\n")
+    write_atomic(report, "\n".join(lines) + "\n")
     return report

@@ -7,20 +7,22 @@ COCO-format sets are scored by pycocotools (eval/coco_report.py); VOC sets by th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from common.distributed import DistInfo, gather_objects
+from common.labels import UNUSED_CLASS, canonical_class_name, match_class_names
 from datasets.coco import CocoDetection
 from datasets.voc import VOCDetection
 from eval.coco_report import CocoResult, evaluate_coco, write_coco_report
 from eval.voc_ap import ImageDetections, ImageGroundTruth, voc_detection_ap
 from ssdlite.model import SSDLite
 from ssdlite.postprocess import Detections, postprocess_with_preset
-from train.distributed import DistInfo, gather_objects
 
 
 @torch.inference_mode()
@@ -41,6 +43,55 @@ def detect(model: SSDLite, loader: DataLoader, device: torch.device, progress: b
         detections = postprocess_with_preset(box_regression, class_logits, anchors, sizes, preset)
         for target, found in zip(targets, detections):
             yield target, {k: v.cpu() for k, v in found.items()}
+
+
+@dataclass(frozen=True)
+class LabelMatch:
+    """A detector's labels on a dataset's, matched by class name: model label → dataset label, and the classes
+    only one side has (left out of the score)."""
+
+    to_dataset: dict[int, int]
+    model_only: list[str]
+    dataset_only: list[str]
+
+    @property
+    def positional(self) -> bool:
+        """Every class of the dataset found at the model's same label: labels can be read as they are."""
+        return not self.dataset_only and all(i == j for i, j in self.to_dataset.items())
+
+    def apply(self, found: Detections) -> Detections:
+        """The detections of the classes both know, relabelled to the dataset's labels."""
+        labels = found["labels"].tolist()
+        keep = torch.tensor([label in self.to_dataset for label in labels], dtype=torch.bool)
+        mapped = [self.to_dataset[label] for label in labels if label in self.to_dataset]
+        return {**{key: value[keep] for key, value in found.items()}, "labels": torch.tensor(mapped, dtype=torch.int64)}
+
+    def describe(self, dataset_names: Sequence[str]) -> dict[str, str]:
+        """Report lines: the classes scored and those left out on either side."""
+        scored = [dataset_names[j] for j in sorted(self.to_dataset.values())]
+
+        def listed(names: list[str], what: str) -> str:
+            return f"{len(names)} {what}: {', '.join(names)}" if names else "none"
+
+        return {
+            "classes_scored": listed(scored, "known to both"),
+            "left_out_of_the_data": listed(self.dataset_only, "the checkpoint does not know"),
+            "left_out_of_the_checkpoint": listed(self.model_only, "the data does not have"),
+        }
+
+
+def match_labels(model_names: Sequence[str], dataset_names: Sequence[str]) -> LabelMatch | None:
+    """Match a detector's class names (index 0 = background) onto a dataset's by name (common.labels: any case,
+    COCO↔VOC aliases); None when they share no class."""
+    pairs = {i: j for i, j in match_class_names(model_names, dataset_names).items() if i > 0 and j > 0}
+    if not pairs:
+        return None
+
+    def unmatched(names: Sequence[str], matched: set[int]) -> list[str]:
+        return [name for k, name in enumerate(names)
+                if k > 0 and k not in matched and canonical_class_name(name) != UNUSED_CLASS]  # fmt: skip
+
+    return LabelMatch(pairs, unmatched(model_names, set(pairs)), unmatched(dataset_names, set(pairs.values())))
 
 
 def base_dataset(dataset: Dataset) -> Dataset:

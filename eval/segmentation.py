@@ -11,8 +11,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from common.distributed import DistInfo
 from eval.segmentation_metrics import ConfusionMatrix
-from train.distributed import DistInfo
 
 PAPER_MF_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # DeepLabv3's multi-scale inputs; with flip this is "MF"
 

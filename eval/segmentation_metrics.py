@@ -9,9 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from train.distributed import all_reduce_sum
-
-IGNORE_INDEX = 255
+from common.distributed import all_reduce_sum
+from common.labels import IGNORE_INDEX
 
 
 class ConfusionMatrix:
@@ -30,7 +29,8 @@ class ConfusionMatrix:
         target, prediction = target[valid].long(), prediction[valid].long()
         if target.numel() and (int(target.max()) >= self.num_classes or int(target.min()) < 0):
             bad = sorted(set(target.unique().tolist()) - set(range(self.num_classes)))
-            raise ValueError(f"ground-truth class ids {bad} are outside 0..{self.num_classes - 1} and not {IGNORE_INDEX}")
+            raise ValueError(f"ground-truth class ids {bad} are outside 0..{self.num_classes - 1} "
+                             f"and not {IGNORE_INDEX}")  # fmt: skip
         index = target * self.num_classes + prediction
         self.matrix += torch.bincount(index, minlength=self.num_classes**2).view(
             self.num_classes, self.num_classes

@@ -15,7 +15,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -23,8 +22,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from common.files import write_atomic
+from common.labels import IGNORE_INDEX
 from datasets.segmentation import voc_palette
-from datasets.transforms import IGNORE_INDEX
 
 DASH = "–"
 _PALETTE = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
@@ -38,19 +38,6 @@ class Overlay:
     truth: np.ndarray
     prediction: np.ndarray
     name: str = ""
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o644)  # mkstemp makes it 0600; results are read by others, like any written file
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def json_safe(value: Any) -> Any:
@@ -214,7 +201,7 @@ def write_segmentation_report(
         f"Pixels labelled {IGNORE_INDEX} (object borders, padding) are not counted.",
     ]
     if details:
-        lines += ["", "## Setup", "", *(f"- {key.replace('_', ' ')}: {_text(value)}" for key, value in details.items())]
+        lines += ["", *setup_section(details)]
     lines += [
         "",
         "## Per-class IoU",
@@ -233,6 +220,11 @@ def write_segmentation_report(
     report = out_dir / "report.md"
     write_atomic(report, "\n".join(lines) + "\n")
     return report
+
+
+def setup_section(setup: Mapping[str, Any]) -> list[str]:
+    """The "## Setup" list every evaluation report carries: one `- key: value` line per entry."""
+    return ["## Setup", "", *(f"- {key.replace('_', ' ')}: {_text(value)}" for key, value in setup.items())]
 
 
 def _text(value: Any) -> str:

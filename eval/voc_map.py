@@ -8,6 +8,8 @@ metrics from one pass, with `difficult` objects neither rewarded nor penalised (
 --data voc evaluates VOC2007 test (4,952 images), the set behind the 68.6 VOC07 mAP that pytorch-ssd publishes
 for its mb2-ssd-lite; --data synthetic the synthetic dataset's VOC files; --data custom any VOC-layout folder
 (Annotations/, JPEGImages/, ImageSets/Main/<split>.txt) whose class names are the checkpoint's.
+A checkpoint with other classes (a COCO detector on VOC, a person-only one) is scored on the classes it shares with
+the data, matched by name (COCO and VOC spellings alike); the report lists those left out on either side.
 Results go to runs/eval/<name>/: report.md (both mAPs, per-class AP), metrics.json and detections.json.
 """
 
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -23,70 +24,64 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from common.cli import new_parser, run_cli
+from common.distributed import gather_objects, init_distributed
+from common.errors import UserError
+from common.files import write_atomic
 from datasets.errors import SkipCounter
 from datasets.loading import collate_detection
-from datasets.sources import add_data_arguments
+from datasets.sources import add_data_arguments, data_root, year_folder
 from datasets.synthetic import SYNTHETIC_CLASSES
 from datasets.transforms import DetectionTransform
 from datasets.voc import VOC_CLASSES, VOCDetection
 from eval.cli import (
-    UserError,
     add_common_arguments,
-    data_root,
     eval_loader,
     first_images,
     main_first,
-    new_parser,
     record_skipped,
     results_dir,
-    run_cli,
 )
 from eval.coco_map import (
     add_detection_arguments,
     check_detection_arguments,
-    class_name_warning,
     detector_setup,
     detector_transform,
     load_detector,
+    report_class_names,
 )
-from eval.detection import detect
-from eval.segmentation_report import DASH, json_safe, write_atomic
+from eval.detection import LabelMatch, detect, match_labels
+from eval.segmentation_report import DASH, json_safe, setup_section
 from eval.voc_ap import ImageDetections, ImageGroundTruth, voc_detection_ap
 from ssdlite.model import SSDLite
-from train.distributed import gather_objects, init_distributed
 
 PYTORCH_SSD_MB2_SSDLITE_VOC07 = 68.6  # github.com/qfgaohao/pytorch-ssd README: mb2-ssd-lite, VOC2007 test
 
 
-def _year_folder(root: Path, year: str) -> Path:
-    """root/VOC<year> for a VOCdevkit, or root itself when it already is a year folder."""
-    nested = root / f"VOC{year}"
-    return nested if nested.is_dir() or not (root / "ImageSets").is_dir() else root
-
-
-def voc_dataset(args: argparse.Namespace, model: SSDLite, checkpoint: dict, transform: DetectionTransform,
-                skip: SkipCounter | None) -> VOCDetection:  # fmt: skip
-    """The VOC-layout set the flags name, `difficult` objects kept (flagged) for the evaluation."""
+def voc_dataset(args: argparse.Namespace, model: SSDLite, transform: DetectionTransform,
+                skip: SkipCounter | None) -> tuple[VOCDetection, LabelMatch | None]:  # fmt: skip
+    """The VOC-layout set the flags name, `difficult` objects kept (flagged) for the evaluation, and how the
+    checkpoint's labels match its classes: as they are where count and names agree, else by class name."""
     if args.data == "coco":
         raise UserError("--data coco is not in VOC format: use eval/coco_map.py for COCO mAP")
     root = data_root(args)
+    names = model.class_names
     if args.data == "voc":
-        dataset = VOCDetection(_year_folder(root, "2007"), args.split or "test", transform, skip=skip)
+        dataset = VOCDetection(year_folder(root, "2007"), args.split or "test", transform, skip=skip)
     elif args.data == "synthetic":
         dataset = VOCDetection(root / "voc", args.split or "val", transform, classes=SYNTHETIC_CLASSES, skip=skip)
     else:
-        names = list(checkpoint.get("class_names") or [])[1:]
-        if len(names) != model.num_classes - 1:
-            raise UserError(f"--weights {args.weights} lists no class names: --data custom reads the VOC XML class "
-                            "names through them")  # fmt: skip
-        dataset = VOCDetection(root, args.split or "val", transform, classes=names, skip=skip)
-    if len(dataset.class_names) != model.num_classes:
+        dataset = VOCDetection(root, args.split or "val", transform, classes=names[1:], skip=skip)
+    match = match_labels(names, dataset.class_names)
+    if len(dataset.class_names) == model.num_classes and (match is None or match.positional):
+        return dataset, None
+    if match is None:
         raise UserError(
             f"--weights {args.weights} has {model.num_classes} classes (background included) but the dataset "
-            f"{dataset.root} has {len(dataset.class_names)} ({', '.join(dataset.class_names[1:4])}, ...): "
-            "evaluate the checkpoint on the data it was trained for"
+            f"{dataset.root} has {len(dataset.class_names)} ({', '.join(dataset.class_names[1:4])}, ...), and none "
+            "of its class names is one of the dataset's: evaluate the checkpoint on the data it was trained for"
         )
-    return dataset
+    return dataset, match
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,7 +136,7 @@ def write_voc_report(out_dir: Path, title: str, class_names: Sequence[str], ap07
     if reference:
         lines += ["", f"For comparison: pytorch-ssd publishes {PYTORCH_SSD_MB2_SSDLITE_VOC07} VOC07 mAP for its "
                   "mb2-ssd-lite on VOC2007 test (the same 11-point metric)."]  # fmt: skip
-    lines += ["", "## Setup", "", *(f"- {k.replace('_', ' ')}: {v}" for k, v in setup.items())]
+    lines += ["", *setup_section(setup)]
     lines += [
         "",
         "## Per-class AP",
@@ -161,7 +156,7 @@ def evaluate(args: argparse.Namespace) -> Path | None:
     dist = init_distributed(args.device)
     model, checkpoint = load_detector(args, dist)
     skip = SkipCounter() if args.skip_bad_samples else None
-    dataset = main_first(dist, lambda: voc_dataset(args, model, checkpoint, detector_transform(model), skip))
+    dataset, match = main_first(dist, lambda: voc_dataset(args, model, detector_transform(model), skip))
     subset = first_images(dataset, args.max_images)
     loader = eval_loader(subset, args, dist, collate_detection)
     records = {r.image_id: r for r in dataset.records}
@@ -172,6 +167,7 @@ def evaluate(args: argparse.Namespace) -> Path | None:
             record = records[target["image_id"]]  # the file's boxes, not the resized ones of the target
             truth = ImageGroundTruth(torch.from_numpy(record.boxes), torch.from_numpy(record.labels),
                                      torch.from_numpy(record.extra["difficult"]))  # fmt: skip
+            found = match.apply(found) if match else found
             pairs.append((record.image_id, truth, ImageDetections(found["boxes"], found["scores"], found["labels"])))
     pairs = [p for part in gather_objects(pairs) for p in part]
     if not dist.is_main:
@@ -185,6 +181,9 @@ def evaluate(args: argparse.Namespace) -> Path | None:
                 "bbox_xyxy": [round(float(v), 2) for v in box.tolist()], "score": round(float(score), 5)}
                for image_id, _, d in pairs for box, score, label in zip(d.boxes, d.scores, d.labels)]  # fmt: skip
     positives = [sum(int(((g.labels == c) & ~g.difficult).sum()) for g in truths) for c in range(1, num_classes)]
+    scored = sorted(match.to_dataset.values()) if match else range(1, num_classes)  # the classes both know
+    class_names = ["background", *(dataset.class_names[c] for c in scored)]
+    ap07, ap10, positives = ([values[c - 1] for c in scored] for values in (ap07, ap10, positives))
 
     out_dir = results_dir(args)
     setup = detector_setup(args, model, checkpoint, dist)
@@ -194,13 +193,10 @@ def evaluate(args: argparse.Namespace) -> Path | None:
         "match_iou": args.iou,
         "time": f"{seconds:.1f} s ({len(pairs) / max(seconds, 1e-9):.1f} images/s)",
     })  # fmt: skip
-    warning = class_name_warning(checkpoint, dataset.class_names)
-    if warning:
-        setup["warning"] = warning
-        print(f"warning: {warning}", file=sys.stderr)
+    report_class_names(setup, model.class_names, dataset.class_names, match)
     record_skipped(skip, setup)
     reference = args.data == "voc" and list(dataset.class_names[1:]) == list(VOC_CLASSES) and len(subset) == 4952
-    report = write_voc_report(out_dir, f"VOC detection mAP of {args.weights.name}", dataset.class_names, ap07, ap10,
+    report = write_voc_report(out_dir, f"VOC detection mAP of {Path(args.weights).name}", class_names, ap07, ap10,
                               positives, setup, len(pairs), results, reference)  # fmt: skip
     print(f"VOC07 mAP {_ap(nanmean(ap07))}, VOC2010+ mAP {_ap(nanmean(ap10))} on {len(pairs)} "
           f"images; report: {report}")  # fmt: skip

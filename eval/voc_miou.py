@@ -35,39 +35,30 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from backbone.checkpoint import load_checkpoint
+from common.cli import new_parser, run_cli
+from common.distributed import DistInfo, all_reduce_sum, init_distributed
+from common.errors import UserError
+from common.labels import IGNORE_INDEX
 from datasets.errors import SkipCounter
 from datasets.loading import collate_segmentation
-from datasets.segmentation import (
-    VOC_SEG_CLASSES,
-    SegmentationDataset,
-    coco_voc_segmentation_samples,
-    voc_segmentation_samples,
-)
-from datasets.sources import add_data_arguments
-from datasets.synthetic import SYNTHETIC_CLASSES, synthetic_segmentation
+from datasets.sources import add_data_arguments, segmentation_split
 from datasets.transforms import normalization_stats, segmentation_eval_transform
 from deeplab_mobile.checkpoint import load_deeplab
 from deeplab_mobile.head import ImagePooling
 from deeplab_mobile.presets import DeepLabPreset
 from eval.cli import (
-    UserError,
     add_common_arguments,
     check_common_arguments,
-    data_root,
     eval_loader,
     first_images,
     main_first,
-    new_parser,
     process_count,
     record_skipped,
     results_dir,
-    run_cli,
 )
 from eval.segmentation import PAPER_MF_SCALES, predict_probabilities, predicted_masks
-from eval.segmentation_metrics import IGNORE_INDEX, ConfusionMatrix
+from eval.segmentation_metrics import ConfusionMatrix
 from eval.segmentation_report import Overlay, write_segmentation_report
-from train.distributed import DistInfo, all_reduce_sum, init_distributed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,19 +96,15 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     bad = [s for s in args.scales if not 0.0 < s <= 8.0]
     if bad:
         parser.error(f"--scales must lie in (0, 8], got {' '.join(f'{s:g}' for s in bad)}")
-    if args.crop_size is not None and args.crop_size < 16:
-        parser.error(f"--crop-size must be at least 16, got {args.crop_size}")
     if args.overlays < 0:
         parser.error(f"--overlays must be 0 or more, got {args.overlays}")
-    if args.num_classes is not None and args.num_classes < 2:
-        parser.error(f"--num-classes counts the background, so it must be at least 2, got {args.num_classes}")
 
 
 def load_model(args: argparse.Namespace) -> tuple[nn.Module, DeepLabPreset, list[str], dict[str, Any]]:
     """The checkpoint's model (EMA weights of a training checkpoint unless --no-ema), its preset, class names and
     the notes the report shows about it."""
-    model, preset, names = load_deeplab(args.weights, ema=not args.no_ema)
-    raw = load_checkpoint(args.weights)  # the training flags live here
+    model, raw = load_deeplab(args.weights, ema=not args.no_ema)  # raw: the training flags live here
+    preset, names = model.preset, model.class_names
     has_ema = isinstance(raw.get("ema"), Mapping)
     notes: dict[str, Any] = {"weights": (", raw weights" if args.no_ema else ", EMA weights") if has_ema else ""}
     trained = raw.get("args") if isinstance(raw.get("args"), Mapping) else {}
@@ -127,34 +114,6 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module, DeepLabPreset, list
         module.kernel = None  # global over the padded input: TF eval.py (see the module docstring)
     notes["fixed_pooling"] = bool(pooling)
     return model, preset, names, notes
-
-
-def segmentation_dataset(args: argparse.Namespace, num_classes: int, class_names: Sequence[str], transform,
-                         skip: SkipCounter | None, progress: bool) -> tuple[SegmentationDataset, list[str], str]:
-    """The evaluation split the flags name (only it: no training set is read), its class names and a
-    description."""
-    root = data_root(args)
-    split = args.split or "val"
-    if args.data == "synthetic":
-        dataset = synthetic_segmentation(root, split, transform, skip=skip)
-        return dataset, ["background", *SYNTHETIC_CLASSES], f"{root / 'voc'} split {split}"
-    if args.data == "voc":
-        voc = root / "VOC2012" if (root / "VOC2012").is_dir() or not (root / "ImageSets").is_dir() else root
-        samples = voc_segmentation_samples(voc, split)
-        return (SegmentationDataset(samples, len(VOC_SEG_CLASSES), transform, skip=skip, source=voc),
-                list(VOC_SEG_CLASSES), f"{voc} split {split}")  # fmt: skip
-    if args.data == "coco":
-        if args.split:
-            raise UserError("--split does not apply to --data coco (the COCO val2017 images are evaluated)")
-        ann = root / "annotations" / "instances_val2017.json"
-        samples = coco_voc_segmentation_samples(root / "val2017", ann, root / "voc_masks_cache", skip=skip,
-                                                progress=progress)  # fmt: skip
-        return (SegmentationDataset(samples, len(VOC_SEG_CLASSES), transform, skip=skip, source=ann),
-                list(VOC_SEG_CLASSES), f"{ann}: the 20 VOC classes")  # fmt: skip
-    count = args.num_classes or num_classes
-    names = list(class_names) if count == len(class_names) else ["background", *(f"class{i}" for i in range(1, count))]
-    samples = voc_segmentation_samples(root, split)
-    return SegmentationDataset(samples, count, transform, skip=skip, source=root), names, f"{root} split {split}"
 
 
 def resized_predictions(model: nn.Module, loader: DataLoader, device: torch.device, size: int,
@@ -204,8 +163,10 @@ def evaluate(args: argparse.Namespace) -> Path | None:
     crop = preset.crop_size if resize else (args.crop_size or notes["training_crop"] or preset.crop_size)
     transform = segmentation_eval_transform(1 if resize else crop, preset.normalization)  # 1: no padding
     skip = SkipCounter() if args.skip_bad_samples else None
-    dataset, class_names, source = main_first(dist, lambda: segmentation_dataset(
-        args, model.num_classes, ckpt_names, transform, skip, dist.is_main and not args.quiet))  # fmt: skip
+    if args.data == "coco" and args.split:
+        raise UserError("--split does not apply to --data coco (the COCO val2017 images are evaluated)")
+    dataset, class_names, source = main_first(dist, lambda: segmentation_split(
+        args, args.split or "val", transform, skip, ckpt_names, dist.is_main and not args.quiet))  # fmt: skip
     if len(class_names) != model.num_classes:
         raise UserError(f"--weights {args.weights} has {model.num_classes} classes (background included) but the "
                         f"dataset {source} has {len(class_names)}: evaluate the checkpoint on the data it was "
@@ -257,7 +218,7 @@ def evaluate(args: argparse.Namespace) -> Path | None:
     }  # fmt: skip
     record_skipped(skip, details)
     out_dir = results_dir(args)
-    title = f"Segmentation mIoU of {args.weights.name}" + (" (MF)" if args.mf else "")
+    title = f"Segmentation mIoU of {Path(args.weights).name}" + (" (MF)" if args.mf else "")
     report = write_segmentation_report(metrics, class_names, matrix, out_dir, title, overlays, details)
     print(f"mIoU {100 * metrics['mIoU']:.2f}% (pixel accuracy {100 * metrics['pixel_accuracy']:.2f}%) on {count} "
           f"images, {mode}{' + flip' if args.flip else ''}; report: {report}")  # fmt: skip

@@ -1,12 +1,15 @@
-"""SSDLite object detection on the shared MobileNetV2 backbone (MobileNetV2 paper, Section 6.2)."""
+"""SSDLite object detection on the shared MobileNetV2 backbone (MobileNetV2 paper, Section 6.2).
 
+`Detector.from_pretrained(name_or_path)` is the public entry point; `SSDLITE_WEIGHTS` lists the named weights."""
+
+from common.images import as_rgb  # re-exported: inference accepts any image it takes
 from ssdlite.anchors import AnchorGenerator, feature_map_sizes
-from ssdlite.checkpoint import checkpoint_dict, checkpoint_meta, load_ssdlite, save_ssdlite, ssdlite_from_checkpoint
+from ssdlite.api import DetectionResult, Detector
+from ssdlite.checkpoint import checkpoint_dict, load_ssdlite, save_ssdlite, ssdlite_from_checkpoint
 from ssdlite.loss import SSDLiteLoss, pad_targets
 from ssdlite.matcher import match_anchors
 from ssdlite.model import SSDLite, build_ssdlite
 from ssdlite.postprocess import Detections, postprocess, postprocess_with_preset
-from datasets.images import as_rgb  # re-exported: inference accepts any image it takes
 from ssdlite.predict import fuse_for_inference, predict, preprocess
 from ssdlite.presets import (
     PRESETS,
@@ -16,21 +19,24 @@ from ssdlite.presets import (
     SSDLitePreset,
     get_preset,
 )
+from ssdlite.weights import SSDLITE_WEIGHTS
 
 __all__ = [
     "PRESETS",
     "SSDLITE320_COCO",
     "SSDLITE320_VOC",
     "SSDLITE_TF_COCO300",
+    "SSDLITE_WEIGHTS",
     "AnchorGenerator",
+    "DetectionResult",
     "Detections",
+    "Detector",
     "SSDLite",
     "SSDLiteLoss",
     "SSDLitePreset",
     "as_rgb",
     "build_ssdlite",
     "checkpoint_dict",
-    "checkpoint_meta",
     "feature_map_sizes",
     "fuse_for_inference",
     "get_preset",

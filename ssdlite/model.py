@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -81,11 +81,18 @@ class SSDLite(nn.Module):
 
     forward(images [B, 3, H, W], normalised per `preset`) → (box_regression [B, A, 4] as (tx, ty, tw, th),
     class_logits [B, A, C] with column 0 the background). `anchors(image_size)` gives the matching [A, 4] anchors.
+    The model owns its preset (input size, normalisation, post-processing) and its `class_names` (background first),
+    so a checkpoint, a predictor or an exporter needs nothing else.
     """
 
-    def __init__(self, preset: SSDLitePreset) -> None:
+    def __init__(self, preset: SSDLitePreset, class_names: Sequence[str] | None = None) -> None:
         super().__init__()
         self.preset = preset
+        if class_names is None:
+            class_names = ["background", *(f"class_{i}" for i in range(1, preset.num_classes))]
+        if len(class_names) != preset.num_classes:
+            raise ValueError(f"{len(class_names)} class names for a model with {preset.num_classes} classes")
+        self.class_names = list(class_names)
         norm = NormSpec(eps=preset.bn_eps, momentum=preset.bn_momentum)
         self.backbone = MobileNetV2(
             width_mult=preset.width_mult,
@@ -146,8 +153,13 @@ class SSDLite(nn.Module):
         return self.anchor_generator(image_size, device)
 
 
-def build_ssdlite(preset: SSDLitePreset, num_classes: int | None = None) -> SSDLite:
-    """The model of `preset`, optionally with another class count (background included), e.g. 2 for one class."""
+def build_ssdlite(
+    preset: SSDLitePreset, num_classes: int | None = None, class_names: Sequence[str] | None = None
+) -> SSDLite:
+    """The model of `preset`, optionally with another class count (background included), e.g. 2 for one class;
+    `class_names` (background first) also sets the count."""
+    if class_names is not None and num_classes is None:
+        num_classes = len(class_names)
     if num_classes is not None:
         preset = dataclasses.replace(preset, num_classes=num_classes)
-    return SSDLite(preset)
+    return SSDLite(preset, class_names)

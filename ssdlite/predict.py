@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from backbone.fusion import fuse_for_inference  # noqa: F401  (re-exported for the demo and benchmarks)
-from datasets.images import resize_rgb_batch
+from common.images import resize_rgb_batch
 from ssdlite.model import SSDLite
 from ssdlite.postprocess import Detections, postprocess_with_preset
 
@@ -36,15 +36,20 @@ def predict(
 ) -> list[Detections]:
     """Detections for each image, boxes (x0, y0, x1, y1) in its own pixels; thresholds default to the preset's.
 
-    Puts the model in eval mode: BatchNorm must use its running statistics for single images.
+    Runs in eval mode (BatchNorm must use its running statistics for single images) and gives the model back in
+    the mode it came in, as `deeplab_mobile.predict` does.
     """
     if not len(images):
         return []
     preset = model.preset
     device = next(model.parameters()).device
     x, sizes = preprocess(images, model)
+    was_training = model.training
     model.eval()
-    box_regression, class_logits = model(x.to(device))
+    try:
+        box_regression, class_logits = model(x.to(device))
+    finally:
+        model.train(was_training)
     overrides = {"score_threshold": score_threshold, "nms_iou": nms_iou, "detections_per_image": detections_per_image}
     settings = dataclasses.replace(preset, **{k: v for k, v in overrides.items() if v is not None})
     return postprocess_with_preset(box_regression, class_logits, model.anchors(preset.image_size, device), sizes,

@@ -10,10 +10,18 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
+from torchvision.models.detection import SSDLite320_MobileNet_V3_Large_Weights
+
 from backbone.layers import PaddingMode
-from datasets.transforms import Normalization, normalization_stats
+from common.images import Normalization, normalization_stats
 
 Classification = Literal["sigmoid", "softmax"]
+
+# The 91 COCO names (with "N/A" for the unused category ids) so that label index == COCO category id, index 0
+# named "background" as datasets.coco names it with label_space="category_id".
+COCO_CLASS_NAMES: tuple[str, ...] = (
+    "background", *SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.meta["categories"][1:]
+)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from common.errors import DatasetError
 from datasets.coco import CocoDetection
-from datasets.errors import DatasetError, SkipCounter, SkippedSampleWarning
+from datasets.errors import SkipCounter, SkippedSampleWarning
 
 # Non-contiguous ids on purpose: labels must be 1..K and map back.
 CATEGORIES = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}, {"id": 12, "name": "zebra"}]

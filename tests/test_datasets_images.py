@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets.errors import DatasetError, SkipCounter, SkippedSampleWarning
-from datasets.images import read_image
+from common.errors import DatasetError
+from common.images import read_image
+from datasets.errors import SkipCounter, SkippedSampleWarning
 
 
 def gradient(height: int = 6, width: int = 8) -> np.ndarray:

@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from common.labels import IGNORE_INDEX
 from datasets.errors import SkipCounter, SkippedSampleWarning
 from datasets.loading import collate_detection, collate_segmentation, make_loader
 from datasets.synthetic import SyntheticPaths, synthetic_detection, synthetic_segmentation
-from datasets.transforms import IGNORE_INDEX, detection_train_transform, segmentation_train_transform
+from datasets.transforms import detection_train_transform, segmentation_train_transform
 
 
 def target(n: int) -> dict:
@@ -101,9 +102,44 @@ def test_dataset_error_survives_a_worker_process_boundary():
     """DataLoader workers pickle exceptions; the error must arrive with its file, problem and kind."""
     import pickle
 
-    from datasets.errors import DatasetError
+    from common.errors import DatasetError
 
     error = pickle.loads(pickle.dumps(DatasetError("a/b.jpg", "image file is truncated", "Re-download it",
                                                    kind="corrupt image")))  # fmt: skip
     assert str(error) == "a/b.jpg: image file is truncated. Re-download it"
     assert (error.path, error.kind) == ("a/b.jpg", "corrupt image")
+
+
+def test_data_flags_fail_as_typed_errors_naming_the_flag_or_file(synthetic_root, tmp_path):
+    """datasets.sources raises UserError / DatasetError (the entry points print them); it never exits."""
+    import argparse
+    import json
+    import shutil
+
+    from common.errors import DatasetError, UserError
+    from datasets.sources import data_root, detection_data, segmentation_data
+
+    def flags(**kw) -> argparse.Namespace:
+        return argparse.Namespace(**{"data": "voc", "data_root": None, "sbd_root": None, "num_classes": None,
+                                     "train_ann": None, "train_images": None, "val_ann": None, "val_images": None,
+                                     **kw})  # fmt: skip
+
+    with pytest.raises(UserError, match="--data voc needs --data-root"):
+        data_root(flags())
+    with pytest.raises(UserError, match=f"--data-root {tmp_path / 'none'}: no such folder"):
+        segmentation_data(flags(data_root=tmp_path / "none"), None, None)
+    with pytest.raises(UserError, match="--data custom needs --train-images, --val-ann, --val-images"):
+        detection_data(flags(data="custom", train_ann=tmp_path / "a.json"), None, None)
+    coco = synthetic_root / "coco"
+    other = json.loads((coco / "annotations/instances_val.json").read_text())
+    other["categories"][0]["name"] = "hexagon"
+    (tmp_path / "val.json").write_text(json.dumps(other))
+    custom = flags(data="custom", train_ann=coco / "annotations/instances_train.json", train_images=coco / "train",
+                   val_ann=tmp_path / "val.json", val_images=coco / "val")  # fmt: skip
+    with pytest.raises(DatasetError, match=f"{tmp_path / 'val.json'}: lists other categories than"):
+        detection_data(custom, None, None)
+    # A VOC-layout folder is found whether --data-root is the devkit or its VOC2012 folder.
+    shutil.copytree(synthetic_root / "voc", tmp_path / "devkit" / "VOC2012")
+    for root in (tmp_path / "devkit", tmp_path / "devkit" / "VOC2012"):
+        splits = segmentation_data(flags(data_root=root), None, None)
+        assert (len(splits.train), len(splits.val)) == (12, 4) and splits.class_names[0] == "background"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import DatasetError
 from datasets.coco import CocoDetection
-from datasets.errors import DatasetError
 from datasets.segmentation import SegmentationDataset, coco_voc_segmentation_samples, voc_segmentation_samples
 from datasets.transforms import detection_train_transform, segmentation_train_transform
 

@@ -11,7 +11,8 @@ import scipy.io
 import torch
 from PIL import Image
 
-from datasets.errors import DatasetError, SkipCounter, SkippedSampleWarning
+from common.errors import DatasetError
+from datasets.errors import SkipCounter, SkippedSampleWarning
 from datasets.segmentation import (
     COCO_TO_VOC,
     SegmentationDataset,

@@ -108,7 +108,7 @@ def test_hue_tells_the_class_but_does_not_find_objects(tmp_path):
     """Format 2: an object's hue band names its class, yet background and clutter wear the same hues, so a head
     must still learn where objects are."""
     paths = generate(tmp_path / "d", num_train=40, num_val=1, seed=0, size=96, workers=1, progress=False)
-    from datasets.images import read_image
+    from common.images import read_image
 
     centres = np.arange(len(SYNTHETIC_CLASSES)) * 180 // len(SYNTHETIC_CLASSES)  # OpenCV hue, 0..180
 

@@ -11,6 +11,7 @@ import torch
 from datasets.transforms import (
     IGNORE_INDEX,
     MinIoURandomCrop,
+    _Pipeline,
     boxes_to_original,
     detection_eval_transform,
     detection_train_transform,
@@ -19,7 +20,6 @@ from datasets.transforms import (
     segmentation_eval_transform,
     segmentation_train_transform,
 )
-from datasets.transforms import _Pipeline
 
 
 def grey_boxes_scene() -> tuple[np.ndarray, dict[str, np.ndarray]]:

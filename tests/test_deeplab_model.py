@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from backbone.checkpoint import WeightsError, save_checkpoint
+from backbone.checkpoint import save_checkpoint
+from backbone.layers import NormSpec
+from common.errors import WeightsError
 from deeplab_mobile import (
     PRESETS,
     VOC_CLASSES,
@@ -16,11 +20,11 @@ from deeplab_mobile import (
     get_preset,
     load_deeplab,
     predict,
+    predict_logits,
     save_deeplab,
     segmentation_loss,
 )
 from deeplab_mobile.head import ImagePooling
-from backbone.layers import NormSpec
 
 
 def complexity(model: torch.nn.Module, size: int) -> tuple[int, int]:
@@ -136,14 +140,15 @@ def test_loss_ignores_255_and_rejects_other_out_of_range_ids() -> None:
 @pytest.fixture(scope="module")
 def small_model() -> MobileDeepLabV3:
     torch.manual_seed(0)
-    return build_deeplab("mnv2_os16", num_classes=4).eval()
+    return build_deeplab("mnv2_os16", class_names=["bg", "a", "b", "c"]).eval()
 
 
 def test_checkpoint_round_trip_and_wrong_files(small_model: MobileDeepLabV3, tmp_path) -> None:
     preset = get_preset("mnv2_os16")
-    path = save_deeplab(tmp_path / "d.pt", small_model, preset, ["bg", "a", "b", "c"], epoch=3)
-    model, found, names = load_deeplab(path, preset="mnv2_os16", num_classes=4)
-    assert found == preset and names == ["bg", "a", "b", "c"]
+    path = save_deeplab(small_model, tmp_path / "d.pt", epoch=3)
+    model, checkpoint = load_deeplab(path, preset="mnv2_os16", num_classes=4)
+    assert model.preset == dataclasses.replace(preset, num_classes=4) and model.class_names == ["bg", "a", "b", "c"]
+    assert checkpoint["epoch"] == 3 and not model.training
     x = torch.randn(1, 3, 45, 37)
     with torch.no_grad():
         assert torch.equal(model.eval()(x), small_model(x))
@@ -160,7 +165,7 @@ def test_checkpoint_round_trip_and_wrong_files(small_model: MobileDeepLabV3, tmp
     with pytest.raises(WeightsError, match=r"broken\.pt: weights do not fit.*head\.classifier\.weight"):
         load_deeplab(tmp_path / "broken.pt")
     with pytest.raises(ValueError, match="3 class names for a 4-class model"):
-        save_deeplab(tmp_path / "e.pt", small_model, preset, ["a", "b", "c"])
+        build_deeplab(preset, num_classes=4, class_names=["a", "b", "c"])
 
 
 @pytest.mark.parametrize(
@@ -176,16 +181,32 @@ def test_predict_gives_a_full_size_mask_for_any_image(small_model, preset_name, 
     preset = get_preset(preset_name)
     model = small_model if preset_name == "mnv2_os16" else build_deeplab(preset, num_classes=4).eval()
     image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
-    mask = predict(model, image, preset)
+    (mask,) = predict(model, [image])
     assert mask.shape == shape[:2] and mask.dtype == np.uint8 and mask.max() < 4
 
 
+def test_predict_batches_images_of_any_size_like_one_by_one(small_model) -> None:
+    """A list of images of several sizes gives each the logits it gets alone; the model's mode is restored."""
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, s, dtype=np.uint8) for s in [(40, 30, 3), (33, 47), (40, 30, 4), (21, 21, 1)]]
+    small_model.train()
+    batched = predict_logits(small_model, images)
+    assert small_model.training
+    small_model.eval()
+    for image, logits in zip(images, batched):
+        (alone,) = predict_logits(small_model, [image])
+        assert logits.shape == (4, *image.shape[:2])
+        torch.testing.assert_close(logits, alone, atol=1e-4, rtol=1e-4)
+    assert predict(small_model, []) == []
+
+
 def test_predict_rejects_non_images(small_model) -> None:
-    preset = get_preset("mnv2_os16")
     with pytest.raises(ValueError, match="8-bit image"):
-        predict(small_model, np.zeros((8, 8, 3), np.float32), preset)
+        predict(small_model, [np.zeros((8, 8, 3), np.float32)])
     with pytest.raises(ValueError, match=r"got \[8, 8, 2\]"):
-        predict(small_model, np.zeros((8, 8, 2), np.uint8), preset)
+        predict(small_model, [np.zeros((8, 8, 2), np.uint8)])
+    with pytest.raises(ValueError, match="without a preset"):
+        predict(MobileDeepLabV3(num_classes=2), [np.zeros((8, 8, 3), np.uint8)])
 
 
 def test_presets_are_named_and_buildable() -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from backbone.checkpoint import load_checkpoint
-from train.engine import lr_factor, parameter_groups
+from backbone.checkpoint import load_checkpoint, save_checkpoint
+from train.optim import lr_factor, parameter_groups
 
 TOY = Path(__file__).resolve().parent / "toy_task.py"
 
@@ -111,3 +111,88 @@ def test_schedules_warm_up_then_decay(schedule, end):
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
     assert factors[100] == pytest.approx(end)
+
+
+# --------------------------------------------------------------------------- bad input, in-process
+
+
+def run_toy(tmp_path: Path, *flags: str) -> Path:
+    """The toy entry point in this process (fast: no interpreter start); SystemExit on errors, as the CLI."""
+    import toy_task
+
+    return toy_task.main(["--project", str(tmp_path), "--workers", "0", "--no-progress", "--device", "cpu", *flags])
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--device", "nonsense", "--device nonsense: expected auto, cpu, cuda or cuda:N"),
+    ("--batch-size", "0", "--batch-size must be at least 1, got 0"),
+    ("--batch-size", "1", "--batch-size 1: BatchNorm needs at least 2 samples per batch"),
+    ("--lr", "-1", "--lr must be a positive number, got -1.0"),
+    ("--workers", "-1", "--workers must be 0 or more, got -1"),
+    ("--log-interval", "0", "--log-interval must be at least 1"),
+    ("--ema-decay", "2", "--ema-decay must be in [0, 1)"),
+    ("--bn-recalibration", "-1", "--bn-recalibration must be 0 (off) or more, got -1"),
+    ("--epochs", "-1", "--epochs must be at least 1, got -1"),
+    ("--eval-interval", "0", "--eval-interval must be at least 1"),
+])  # fmt: skip
+def test_bad_training_flags_are_one_line_errors(tmp_path, capsys, flag, value, says):
+    with pytest.raises(SystemExit) as stop:
+        run_toy(tmp_path, "--name", "f", flag, value)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {says}"), err
+    assert not (tmp_path / "f").exists()  # checked before anything is written
+
+
+def test_bad_resume_files_are_one_line_errors(tmp_path, capsys):
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(bytes(range(256)) * 20)
+    weights_only = tmp_path / "weights.pt"
+    torch.save({"arch": "toy", "config": {}, "model": {}}, weights_only)  # a model file, not a training state
+    for path, says in ((noise, "not a readable PyTorch checkpoint"), (weights_only, "not a training checkpoint")):
+        with pytest.raises(SystemExit) as stop:
+            run_toy(tmp_path, "--resume", str(path))
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and len(err.strip().splitlines()) == 1 and says in err, err
+        assert "weights_only=False" not in err and "weights_only` set to `False" not in err
+
+
+def test_a_fresh_run_removes_what_a_killed_save_left_and_restarts_its_metrics(tmp_path):
+    run = run_toy(tmp_path, "--name", "s", "--epochs", "1", "--log-interval", "1")
+    stale = run / ".last.pt.deadbeef.tmp.pt"
+    stale.write_bytes(b"PK half a checkpoint")
+    run_toy(tmp_path, "--name", "s", "--exist-ok", "--epochs", "1", "--log-interval", "1")
+    assert not stale.exists()
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8, 8]  # one run's rows, not two runs' interleaved
+
+
+def test_a_full_disk_says_what_survived(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import train.engine
+
+    saves = []
+
+    def save(obj, path):
+        saves.append(path.name)
+        if saves.count("last.pt") > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save_checkpoint(obj, path)
+
+    monkeypatch.setattr(train.engine, "save_checkpoint", save)
+    with pytest.raises(SystemExit) as stop:
+        run_toy(tmp_path, "--name", "d", "--epochs", "2", "--ema-decay", "0")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and err[-1].startswith("error: disk full writing to"), err
+    assert f"--resume {tmp_path / 'd' / 'last.pt'}" in err[-1]
+    assert load_checkpoint(tmp_path / "d" / "last.pt")["epoch"] == 1  # the first save survived whole
+
+
+def test_a_dataset_error_in_a_worker_is_the_same_one_line_error(tmp_path):
+    messages = []
+    for workers in ("0", "2"):
+        result = toy(tmp_path, "--name", f"w{workers}", "--epochs", "1", "--corrupt-at-index", "5", "--workers", workers)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        messages.append(result.stderr.strip().splitlines()[-1])
+    assert messages[0] == messages[1] == "error: toy/5.jpg: cannot decode image. Replace or remove the file"

@@ -95,3 +95,13 @@ def test_confusion_matrix_rejects_unknown_ids_and_shape_mismatch():
         cm.update(torch.zeros(2, 2, dtype=torch.long), torch.tensor([[0, 7], [1, 255]]))
     with pytest.raises(ValueError, match="shape"):
         cm.update(torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_class_names_match_by_name_across_coco_and_voc_spellings():
+    from common.labels import match_class_names
+
+    voc = ["background", "aeroplane", "Person", "tvmonitor", "pottedplant", "cow", "N/A"]
+    coco = ["background", "person", "airplane", "N/A", "potted  plant", "tv", "giraffe"]
+    assert match_class_names(voc, coco) == {0: 0, 1: 2, 2: 1, 3: 5, 4: 4}  # cow and the N/A slots stay out
+    assert match_class_names(coco, voc) == {0: 0, 1: 2, 2: 1, 4: 4, 5: 3}
+    assert match_class_names(["background", "dog", "dog"], ["background", "dog"]) == {0: 0, 1: 1}

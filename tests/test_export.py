@@ -1,10 +1,12 @@
 """tools/export.py: ONNX and TorchScript files of imported real models (the pedestrian SSDLite graph, picamera2's
 DeepLab) and of freshly built ones agree with eager PyTorch on real photos, at batch 1 and 3; a wrong file is
-refused in one line; a failed verification writes nothing."""
+refused in one line; a failed verification writes nothing; reading a file's metadata never runs the file."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +14,14 @@ import pytest
 import torch
 from torch import nn
 
-from datasets.images import read_image
+from common.images import read_image
 from deeplab_mobile import build_deeplab, get_preset, save_deeplab
+from deeplab_mobile.tf_import import deeplab_from_tflite
 from ssdlite import SSDLITE320_VOC, build_ssdlite, predict, save_ssdlite
+from ssdlite.tf_import import import_graph
+from ssdlite.weights import pedestrian_graph
 from tools import export as export_tool
-from tools.import_tf_detection import import_graph, pedestrian_graph
-from tools.import_tf_segmentation import deeplab_from_tflite
+from tools import export_formats
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install -e '.[export]'")
 
@@ -64,7 +68,7 @@ def assert_verified(checks: list[export_tool.Check], post: str) -> None:
 @pytest.fixture(scope="module")
 def pedestrian_export(tmp_path_factory, photos):
     folder = tmp_path_factory.mktemp("pedestrian")
-    checkpoint = save_ssdlite(import_graph(PEDESTRIAN), folder / "pedestrian.pt", ["background", "person"])
+    checkpoint = save_ssdlite(import_graph(PEDESTRIAN, labels=["person"]), folder / "pedestrian.pt")
     graph = export_tool.load_graph(checkpoint)
     paths, checks = export_tool.export(graph, export_tool.FORMATS, folder, "pedestrian", images=photos)
     return graph, paths, checks
@@ -75,7 +79,7 @@ def test_pedestrian_ssdlite_exports_verified(pedestrian_export) -> None:
     _, paths, checks = pedestrian_export
     assert [p.name for p in paths] == ["pedestrian.onnx", "pedestrian.torchscript"]
     assert_verified(checks, "same")
-    assert not [p for p in paths[0].parent.iterdir() if p.suffix == ".tmp"]
+    assert not [p for p in paths[0].parent.iterdir() if p.name.startswith(".")]  # no temporary left
 
 
 @needs_pedestrian
@@ -96,8 +100,8 @@ def test_onnx_runtime_plus_separate_nms_gives_the_suites_detections(pedestrian_e
 
 
 def test_picamera2_deeplab_exports_with_identical_masks(tmp_path, assets_dir, voc_images) -> None:
-    model, settings = deeplab_from_tflite(asset(assets_dir, "picamera2/deeplabv3.tflite"))
-    checkpoint = save_deeplab(tmp_path / "picamera2.pt", model, settings.preset, [f"c{i}" for i in range(21)])
+    model, _ = deeplab_from_tflite(asset(assets_dir, "picamera2/deeplabv3.tflite"))
+    checkpoint = save_deeplab(model, tmp_path / "picamera2.pt")
     graph = export_tool.load_graph(checkpoint)
     assert graph.image_size == (257, 257)
     _, checks = export_tool.export(graph, export_tool.FORMATS, tmp_path, "picamera2", images=voc_images)
@@ -122,8 +126,8 @@ def _random_statistics(model: nn.Module) -> nn.Module:
 
 
 def test_fresh_ssdlite_through_the_cli_at_another_size(tmp_path, assets_dir, capsys) -> None:
-    model = _random_statistics(build_ssdlite(SSDLITE320_VOC, num_classes=3))
-    checkpoint = save_ssdlite(model, tmp_path / "tiny.pt", ["bg", "a", "b"])
+    model = _random_statistics(build_ssdlite(SSDLITE320_VOC, class_names=["bg", "a", "b"]))
+    checkpoint = save_ssdlite(model, tmp_path / "tiny.pt")
     photos = [str(asset(assets_dir, name)) for name in PHOTOS]
     out = tmp_path / "out"
     assert export_tool.main([str(checkpoint), "--out", str(out), "--imgsz", "128", "160", "--images", *photos]) == 0
@@ -139,7 +143,8 @@ def test_fresh_ssdlite_through_the_cli_at_another_size(tmp_path, assets_dir, cap
 
 def test_fresh_deeplab_verified(tmp_path, voc_images) -> None:
     preset = dataclasses.replace(get_preset("mnv2_os16"), name="tiny", width_mult=0.35, num_classes=3, crop_size=129)
-    checkpoint = save_deeplab(tmp_path / "tiny.pt", _random_statistics(build_deeplab(preset)), preset, ["a", "b", "c"])
+    model = _random_statistics(build_deeplab(preset, class_names=["a", "b", "c"]))
+    checkpoint = save_deeplab(model, tmp_path / "tiny.pt")
     graph = export_tool.load_graph(checkpoint)
     paths, checks = export_tool.export(graph, export_tool.FORMATS, tmp_path, "tiny", images=voc_images)
     assert_verified(checks, "argmax identical")
@@ -164,12 +169,48 @@ def test_a_file_that_is_no_checkpoint_is_named_in_one_line(tmp_path, capsys) -> 
 
 def test_failed_verification_writes_nothing(tmp_path, monkeypatch, assets_dir, capsys) -> None:
     preset = dataclasses.replace(get_preset("mnv2_os16"), name="tiny", width_mult=0.35, num_classes=3, crop_size=65)
-    checkpoint = save_deeplab(tmp_path / "tiny.pt", build_deeplab(preset).eval(), preset, ["a", "b", "c"])
+    checkpoint = save_deeplab(build_deeplab(preset).eval(), tmp_path / "tiny.pt")
     (tmp_path / "tiny.onnx").write_bytes(b"previous export")
-    monkeypatch.setattr(export_tool, "ATOL", -1.0)  # every difference, even 0, is now too large
+    monkeypatch.setattr(export_formats, "ATOL", -1.0)  # every difference, even 0, is now too large
     image = asset(assets_dir, f"voc_samples/JPEGImages/{VOC_SAMPLES[0]}.png")
     assert export_tool.main([str(checkpoint), "--images", str(image)]) == 1
     captured = capsys.readouterr()
     assert "FAIL" in captured.out and "nothing was written" in captured.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx", "tiny.pt"]  # no .torchscript, no temp file
     assert (tmp_path / "tiny.onnx").read_bytes() == b"previous export"
+
+
+class Payload(nn.Module):
+    """A TorchScript module whose loading runs code: torch.jit.load calls its scripted __setstate__, which raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[bool, bool]:
+        return (True, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[bool, bool]) -> None:
+        self.training = state[1]
+        self.armed = state[0]
+        if self.armed:
+            raise RuntimeError("payload ran")
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch 2.15 deprecates TorchScript
+def test_read_metadata_never_runs_the_torchscript_file(tmp_path) -> None:
+    path = tmp_path / "payload.torchscript"
+    metadata = {"arch": "deeplab", "class_names": ["a", "b"]}
+    torch.jit.save(torch.jit.script(Payload()), str(path), _extra_files={"config.txt": json.dumps(metadata)})
+    with pytest.raises(torch.jit.Error, match="payload ran"):  # what loading the file would do
+        torch.jit.load(str(path))
+    assert export_tool.read_metadata(path) == metadata
+    bad = tmp_path / "bad.torchscript"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(export_tool.ExportError, match=re.escape(f"{bad}: not a readable TorchScript file")):
+        export_tool.read_metadata(bad)

@@ -16,7 +16,6 @@ from ssdlite.loss import SSDLiteLoss, object_mask, pad_targets
 from ssdlite.matcher import match_anchors
 from ssdlite.postprocess import postprocess
 
-
 # ---------------------------------------------------------------- anchors
 
 

@@ -1,8 +1,9 @@
 """SSDLite under torchrun: two gloo processes train to the same weights as one process on the same global batch.
 
 BatchNorm is frozen (CPU has no SyncBatchNorm, and per-process batch statistics would differ by design) and
-augmentation is off (each process's workers draw their own random numbers); what is left to check is SSDLite's
-own part of data parallelism: the loss normalised by the positives of the global batch, and gradient averaging.
+augmentation is off (with it, the classification biases differ by up to 6e-3, see docs/training.md); what is
+left to check is SSDLite's own part of data parallelism: the loss normalised by the positives of the global
+batch, and gradient averaging.
 """
 
 from __future__ import annotations

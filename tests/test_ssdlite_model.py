@@ -10,12 +10,14 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from backbone import MobileNetV2, WeightsError, save_checkpoint
+from backbone import MobileNetV2, save_checkpoint
 from backbone.weights import load_weights_file
+from common.errors import WeightsError
 from ssdlite import (
     PRESETS,
     SSDLITE320_COCO,
     SSDLITE_TF_COCO300,
+    SSDLite,
     SSDLiteLoss,
     build_ssdlite,
     load_ssdlite,
@@ -32,7 +34,19 @@ TINY = dataclasses.replace(SSDLITE320_COCO, name="tiny", num_classes=4, image_si
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    return build_ssdlite(TINY).eval()
+    return build_ssdlite(TINY, class_names=["bg", "a", "b", "c"]).eval()
+
+
+@pytest.fixture(scope="module")
+def decisive_model():
+    """The tiny model with class predictors far from the prior, so its scores do not nearly tie and the order of
+    its detections is a property of the model, not of float rounding."""
+    torch.manual_seed(1)
+    model = build_ssdlite(TINY).eval()
+    with torch.no_grad():
+        for branch in [*model.head.cls, *model.head.box]:
+            branch.conv.weight.normal_(0, 0.5)
+    return model
 
 
 @pytest.mark.parametrize("preset, anchors", [(SSDLITE_TF_COCO300, 1917), (SSDLITE320_COCO, 2034)])
@@ -86,9 +100,10 @@ def test_preset_names_and_config_round_trip():
 
 
 def test_checkpoint_round_trip_keeps_preset_weights_and_names(tiny_model, tmp_path):
-    path = save_ssdlite(tiny_model, tmp_path / "tiny.pt", ["bg", "a", "b", "c"], epoch=3)
+    path = save_ssdlite(tiny_model, tmp_path / "tiny.pt", epoch=3)
     model, checkpoint = load_ssdlite(path, preset="tiny", num_classes=4)
-    assert model.preset == TINY and checkpoint["class_names"] == ["bg", "a", "b", "c"] and checkpoint["epoch"] == 3
+    assert model.preset == TINY and model.class_names == ["bg", "a", "b", "c"] and checkpoint["epoch"] == 3
+    assert not model.training
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         for a, b in zip(model.eval()(x), tiny_model(x)):
@@ -107,7 +122,7 @@ def test_checkpoint_round_trip_keeps_preset_weights_and_names(tiny_model, tmp_pa
 
 
 def test_checkpoint_errors_name_file_and_mismatch(tiny_model, tmp_path):
-    path = save_ssdlite(tiny_model, tmp_path / "tiny.pt", ["bg", "a", "b", "c"])
+    path = save_ssdlite(tiny_model, tmp_path / "tiny.pt")
     before = path.read_bytes()
     with pytest.raises(WeightsError, match=r"tiny\.pt: made with preset 'tiny', not 'ssdlite320_coco'"):
         load_ssdlite(path, preset=SSDLITE320_COCO)
@@ -120,14 +135,14 @@ def test_checkpoint_errors_name_file_and_mismatch(tiny_model, tmp_path):
     with pytest.raises(WeightsError, match=r"broken\.pt"):
         load_ssdlite(tmp_path / "broken.pt")
     other = build_ssdlite(dataclasses.replace(TINY, width_mult=0.5))
-    other_path = save_ssdlite(other, tmp_path / "other.pt", ["bg", "a", "b", "c"])
+    other_path = save_ssdlite(other, tmp_path / "other.pt")
     checkpoint = torch.load(other_path, weights_only=True)
     checkpoint["config"] = TINY.to_config()  # config claims width 0.35, weights are width 0.5
     save_checkpoint(checkpoint, other_path)
     with pytest.raises(WeightsError, match="shape mismatches"):
         load_ssdlite(other_path)
     with pytest.raises(ValueError, match="3 class names for a model with 4 classes"):
-        save_ssdlite(tiny_model, path, ["bg", "a", "b"])
+        SSDLite(TINY, ["bg", "a", "b"])
     assert path.read_bytes() == before  # nothing overwritten by any failure
 
 
@@ -143,14 +158,22 @@ def test_predict_any_size_and_channel_count(tiny_model, shape):
     assert float(det["boxes"][:, 2].max()) <= w and float(det["boxes"][:, 3].max()) <= h
 
 
-def test_predict_batches_images_of_different_sizes(tiny_model):
+def test_predict_batches_images_of_different_sizes(decisive_model):
+    """A batch gives each image the detections it gets alone: the same boxes, labels and scores, in order; the
+    model comes back in the mode it was in."""
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, s, dtype=np.uint8) for s in [(50, 70, 3), (120, 40), (64, 64, 4)]]
-    batched = predict(tiny_model, images, score_threshold=0.0)
-    alone = [predict(tiny_model, [im], score_threshold=0.0)[0] for im in images]
-    for a, b in zip(batched, alone):  # an untrained model's scores nearly tie, so compare the sorted scores
+    decisive_model.train()
+    batched = predict(decisive_model, images, score_threshold=0.0, detections_per_image=20)
+    assert decisive_model.training
+    decisive_model.eval()
+    alone = [predict(decisive_model, [im], score_threshold=0.0, detections_per_image=20)[0] for im in images]
+    for a, b in zip(batched, alone):
+        assert len(a["scores"]) == 20
         torch.testing.assert_close(a["scores"], b["scores"], atol=1e-5, rtol=1e-4)
-    assert predict(tiny_model, []) == []
+        assert torch.equal(a["labels"], b["labels"])
+        torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-3, rtol=1e-4)
+    assert predict(decisive_model, []) == []
 
 
 @pytest.mark.parametrize(

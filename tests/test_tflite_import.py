@@ -15,12 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from backbone.checkpoint import WeightsError
+from backbone.tf import classifier as tflite_classifier
+from backbone.tf.classifier import mobilenet_v2_from_tflite
+from backbone.tf.tflite import Operator, Tensor, TFLiteModel, read_tflite
 from backbone.weights import mobilenet_v2_from_checkpoint
+from common.errors import WeightsError
 from demo.classify import classify, tf_preprocess
-from tools import import_tflite
-from tools.import_tflite import main, mobilenet_v2_from_tflite
-from tools.tflite_reader import Operator, Tensor, TFLiteModel, read_tflite
+from tools.import_tflite import main
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(os.environ.get("MNV2_ASSETS", ROOT.parent / "shared" / "assets"))
@@ -184,12 +185,12 @@ def _keras_style(path: Path, paddings: list[list[int]]):
 def test_explicit_pad_and_valid_as_in_keras_exports(monkeypatch) -> None:
     path = coral("mobilenet_v2_1.0_224_quant.tflite")
     same = mobilenet_v2_from_tflite(path)
-    monkeypatch.setattr(import_tflite, "read_tflite", lambda p: _keras_style(path, [[0, 0], [0, 1], [0, 1], [0, 0]]))
+    monkeypatch.setattr(tflite_classifier, "read_tflite", lambda p: _keras_style(path, [[0, 0], [0, 1], [0, 1], [0, 0]]))
     keras = mobilenet_v2_from_tflite(path)
     for key, value in same.state_dict().items():
         torch.testing.assert_close(keras.state_dict()[key], value)
 
-    monkeypatch.setattr(import_tflite, "read_tflite", lambda p: _keras_style(path, [[0, 0], [1, 1], [1, 1], [0, 0]]))
+    monkeypatch.setattr(tflite_classifier, "read_tflite", lambda p: _keras_style(path, [[0, 0], [1, 1], [1, 1], [0, 0]]))
     with pytest.raises(WeightsError, match=r"fit MobileNetV2 width 1\.0, but at layer 0 \(stem.*where TF SAME pads"):
         mobilenet_v2_from_tflite(path)
 
@@ -202,7 +203,7 @@ def test_leftover_weights_are_refused(monkeypatch) -> None:
         data=np.zeros((8, 8), np.float32),
     )  # fmt: skip
     with_extra = dataclasses.replace(graph, tensors=(*graph.tensors, extra))
-    monkeypatch.setattr(import_tflite, "read_tflite", lambda p: with_extra)
+    monkeypatch.setattr(tflite_classifier, "read_tflite", lambda p: with_extra)
     with pytest.raises(WeightsError, match=r"quant\.tflite: at width 1\.0 1 weight tensors are left over .*extra/w"):
         mobilenet_v2_from_tflite(path)
 

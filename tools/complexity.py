@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from backbone.mobilenetv2 import OUTPUT_STRIDES, MobileNetV2
+from common.files import write_atomic
 from deeplab_mobile.presets import build_deeplab
 from ssdlite.model import build_ssdlite
 from ssdlite.presets import SSDLITE320_COCO, SSDLITE_TF_COCO300
@@ -160,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
     for path, content in ((args.markdown, report), (args.json, json.dumps(records, indent=2))):
         if path:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(content)
-            os.replace(tmp, path)
+            write_atomic(path, content)
     return 0
 
 

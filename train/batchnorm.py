@@ -11,7 +11,7 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from train.distributed import all_reduce_sum
+from common.distributed import all_reduce_sum
 
 
 def freeze_batchnorm(module: nn.Module) -> nn.Module:
@@ -46,7 +46,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], device: torc
     def images() -> Iterator[torch.Tensor]:
         nonlocal used
         for batch in batches:
-            if batch is not None:  # every sample of the batch was skipped
+            if batch is not None and len(batch[0]) > 1:  # a skip policy may leave none or one (BatchNorm needs 2)
                 used += 1
                 yield batch[0].to(device, non_blocking=True)
 

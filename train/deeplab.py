@@ -20,6 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from common.cli import new_parser
+from common.distributed import DistInfo
+from common.labels import IGNORE_INDEX
 from datasets.loading import collate_segmentation
 from datasets.sources import add_data_arguments, segmentation_data
 from datasets.transforms import (
@@ -27,12 +30,15 @@ from datasets.transforms import (
     segmentation_train_transform,
 )
 from deeplab_mobile.checkpoint import checkpoint_dict
-from deeplab_mobile.loss import IGNORE_INDEX, segmentation_loss
+from deeplab_mobile.loss import segmentation_loss
 from deeplab_mobile.presets import PRESETS, build_deeplab, get_preset
 from eval.segmentation import evaluate_segmentation
-from train.distributed import DistInfo
-from train.engine import add_engine_arguments, global_batch_share, train_main
+from train.flags import add_engine_arguments
+from train.freeze import add_freeze_argument
 from train.head_task import HeadTask
+from train.main import train_main
+from train.task import global_batch_share
+from train.transfer import preset_like_source, source_conventions
 
 
 class DeepLabTask(HeadTask):
@@ -42,7 +48,11 @@ class DeepLabTask(HeadTask):
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
-        preset = get_preset(args.preset)
+        preset = get_preset(args.preset or "mnv2_os16")
+        self.bn_eps = None  # the builder's default, unless fine-tuning keeps the source's (not a preset field)
+        if self.source is not None and args.preset is None:  # fine-tuning keeps the source's conventions
+            preset = preset_like_source(preset, self.source)
+            self.bn_eps = source_conventions(self.source).get("bn_eps")
         if args.width_mult is not None:
             preset = dataclasses.replace(preset, width_mult=args.width_mult)
         crop = args.crop_size or preset.crop_size
@@ -54,7 +64,8 @@ class DeepLabTask(HeadTask):
         self.preset = dataclasses.replace(preset, num_classes=self.num_classes, crop_size=crop)  # what was trained
 
     def new_model(self) -> nn.Module:
-        return build_deeplab(self.preset)
+        extra = {} if self.bn_eps is None else {"bn_eps": self.bn_eps}
+        return build_deeplab(self.preset, class_names=self.data.class_names, **extra)
 
     def collate(self, samples: list[Any]):
         return collate_segmentation(samples)
@@ -72,20 +83,21 @@ class DeepLabTask(HeadTask):
         return {"score": metrics["mIoU"], "mIoU": metrics["mIoU"], "pixel_accuracy": metrics["pixel_accuracy"]}
 
     def head_checkpoint(self) -> dict[str, Any]:
-        return checkpoint_dict(self.model, self.preset, self.data.class_names)
+        return checkpoint_dict(self.model)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python train/deeplab.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = new_parser("python train/deeplab.py", __doc__)
     g = parser.add_argument_group("model")
-    g.add_argument("--preset", default="mnv2_os16", choices=[p.name for p in PRESETS],
-                   help="architecture and input conventions (default: mnv2_os16, the paper's row); the class "
-                        "count comes from the dataset")  # fmt: skip
+    g.add_argument("--preset", default=None, choices=[p.name for p in PRESETS],
+                   help="architecture and input conventions (default: mnv2_os16, the paper's row, padding and "
+                        "normalising like --weights); the class count comes from the dataset")  # fmt: skip
     g.add_argument("--width-mult", type=float, default=None, help="override the preset's width multiplier")
     g.add_argument("--weights", default=None,
-                   help="backbone initialisation: IMAGENET1K_V1, IMAGENET1K_V2, a weights/checkpoint file, or none "
-                        "(default: IMAGENET1K_V1; none for --data synthetic)")  # fmt: skip
+                   help="start from: a weights name (e.g. IMAGENET1K_V1, a named segmenter or detector: its "
+                        "backbone), a checkpoint file, or none; whatever fits is kept, class rows by class name, and "
+                        "a transfer report says what (default: IMAGENET1K_V1; none for --data synthetic)")  # fmt: skip
+    add_freeze_argument(g)
     g = parser.add_argument_group("augmentation")
     g.add_argument("--crop-size", type=int, default=None, help="training crop (default: the preset's, 513)")
     g.add_argument("--min-scale", type=float, default=0.5, help="random scale lower bound (default: 0.5)")

@@ -19,6 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from common.cli import new_parser
+from common.distributed import DistInfo
+from common.errors import WeightsError
 from datasets.loading import collate_detection
 from datasets.sources import add_data_arguments, detection_data
 from datasets.transforms import detection_eval_transform, detection_train_transform
@@ -30,12 +33,23 @@ from eval.detection import (
 from ssdlite.checkpoint import checkpoint_dict
 from ssdlite.loss import SSDLiteLoss, pad_targets
 from ssdlite.model import build_ssdlite
-from ssdlite.presets import PRESETS, get_preset
-from train.distributed import DistInfo
-from train.engine import add_engine_arguments, global_batch_share, train_main
+from ssdlite.presets import PRESETS, SSDLITE320_COCO, SSDLitePreset, get_preset
+from train.flags import add_engine_arguments
+from train.freeze import add_freeze_argument
 from train.head_task import HeadTask
+from train.main import train_main
+from train.task import global_batch_share
+from train.transfer import preset_like_source
 
 REFERENCE_BATCH, REFERENCE_LR = 192, 0.15  # torchvision ssdlite320_mobilenet_v3_large: 8 GPUs × 24, lr 0.15
+
+
+def source_preset(checkpoint: dict[str, Any], source: str) -> SSDLitePreset:
+    """The preset an SSDLite checkpoint was made with: its anchors, padding, normalisation and scoring."""
+    try:
+        return SSDLitePreset.from_config(checkpoint["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"{source}: unreadable SSDLite configuration: {e}") from e
 
 
 class SSDLiteTask(HeadTask):
@@ -45,7 +59,10 @@ class SSDLiteTask(HeadTask):
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
-        preset = get_preset(args.preset)
+        preset = get_preset(args.preset or SSDLITE320_COCO.name)
+        if self.source is not None and args.preset is None:  # fine-tuning keeps the source's conventions
+            preset = (source_preset(self.source, args.weights) if self.source.get("arch") == "ssdlite"
+                      else preset_like_source(preset, self.source))  # fmt: skip
         if args.image_size is not None:
             preset = dataclasses.replace(preset, image_size=(args.image_size, args.image_size))
         if args.width_mult is not None:
@@ -57,7 +74,7 @@ class SSDLiteTask(HeadTask):
         self.loss = SSDLiteLoss(self.preset.classification)
 
     def new_model(self) -> nn.Module:
-        return build_ssdlite(self.preset)
+        return build_ssdlite(self.preset, class_names=self.data.class_names)
 
     def collate(self, samples: list[Any]):
         return collate_detection(samples)
@@ -81,21 +98,22 @@ class SSDLiteTask(HeadTask):
         return None if voc is None else {"score": voc["mAP"], "mAP_voc07": voc["mAP"]}
 
     def head_checkpoint(self) -> dict[str, Any]:
-        return checkpoint_dict(self.model, self.data.class_names)
+        return checkpoint_dict(self.model)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python train/ssdlite.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = new_parser("python train/ssdlite.py", __doc__)
     g = parser.add_argument_group("model")
-    g.add_argument("--preset", default="ssdlite320_coco", choices=sorted(PRESETS),
-                   help="architecture, input size, anchors and normalisation (default: ssdlite320_coco); the class "
-                        "count comes from the dataset")  # fmt: skip
+    g.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="architecture, input size, anchors and normalisation (default: the preset of an SSDLite "
+                        "--weights, else ssdlite320_coco); the class count comes from the dataset")  # fmt: skip
     g.add_argument("--image-size", type=int, default=None, help="override the preset's square input size")
     g.add_argument("--width-mult", type=float, default=None, help="override the preset's width multiplier")
     g.add_argument("--weights", default=None,
-                   help="backbone initialisation: IMAGENET1K_V1, IMAGENET1K_V2, a weights/checkpoint file, or none "
-                        "(default: IMAGENET1K_V1; none for --data synthetic)")  # fmt: skip
+                   help="start from: a weights name (e.g. IMAGENET1K_V1, a named detector or segmenter), a "
+                        "checkpoint file, or none; whatever fits is kept, class rows by class name, and a transfer "
+                        "report says what (default: IMAGENET1K_V1; none for --data synthetic)")  # fmt: skip
+    add_freeze_argument(g)
     add_data_arguments(parser, segmentation=False)
     add_engine_arguments(parser, lr=REFERENCE_LR * 32 / REFERENCE_BATCH, epochs=600, batch_size=32,
                          weight_decay=4e-5, optimizer="sgd", schedule="cosine")  # fmt: skip

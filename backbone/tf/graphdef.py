@@ -19,7 +19,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import graph_pb2, node_def_pb2, tensor_pb2
 
-from backbone.checkpoint import WeightsError
+from common.errors import WeightsError
 
 FROZEN_GRAPH_NAME = "frozen_inference_graph.pb"
 
@@ -136,7 +136,7 @@ class GraphWeights:
         for node in graph.node:
             for slot in WEIGHT_SLOTS.get(node.op, ()):
                 if slot < len(node.input):
-                    const = self._resolve(node.input[slot])
+                    const = self.const_name(node.input[slot])
                     if const is not None:
                         self.weight_names.add(const)
         self._taken: set[str] = set()
@@ -145,12 +145,12 @@ class GraphWeights:
     def from_file(cls, path: str | PathLike[str]) -> "GraphWeights":
         return cls(parse_graph(read_graph_bytes(path), str(path)), str(path))
 
-    def _resolve(self, ref: str) -> str | None:
-        """The Const behind an input reference, following Identity nodes; None if it is computed."""
-        node = self.nodes[_node_name(ref)]
-        while node.op == "Identity" and node.input:
-            node = self.nodes[_node_name(node.input[0])]
-        return node.name if node.op == "Const" else None
+    def const_name(self, ref: str) -> str | None:
+        """The Const behind a node input, following Identity nodes (TF's `.../read`); None if it is computed."""
+        node = self.nodes.get(_node_name(ref))
+        while node is not None and node.op == "Identity" and node.input:
+            node = self.nodes.get(_node_name(node.input[0]))
+        return node.name if node is not None and node.op == "Const" else None
 
     def __contains__(self, name: str) -> bool:
         return name in self.weight_names

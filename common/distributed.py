@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Subset
 
+from common.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -36,7 +38,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name}: CUDA is not available on this machine; use --device cpu")
+        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     return device
 
 

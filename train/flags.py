@@ -1,0 +1,102 @@
+"""The flags every training entry point shares: definitions, checks, and their restoration on --resume."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from common.cli import check_flags
+from train.state import read_training_checkpoint
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, *, lr: float, epochs: int, batch_size: int,
+                         weight_decay: float, optimizer: str, schedule: str) -> None:  # fmt: skip
+    """Flags every training entry point shares; the task passes its recipe's defaults."""
+    g = parser.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default: {epochs})")
+    g.add_argument("--batch-size", type=int, default=batch_size,
+                   help=f"total batch size over all processes (default: {batch_size})")  # fmt: skip
+    g.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default: {lr})")
+    g.add_argument("--optimizer", choices=("sgd", "rmsprop", "adamw"), default=optimizer,
+                   help=f"(default: {optimizer})")  # fmt: skip
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD/RMSProp momentum (default: 0.9)")
+    g.add_argument("--weight-decay", type=float, default=weight_decay,
+                   help=f"on conv/linear weights only, never on BN or biases (default: {weight_decay})")  # fmt: skip
+    g.add_argument("--schedule", choices=("cosine", "poly"), default=schedule, help=f"(default: {schedule})")
+    g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup length (default: 1)")
+    g.add_argument("--clip-grad", type=float, default=10.0, help="max gradient norm, 0 disables (default: 10)")
+    g.add_argument("--ema-decay", type=float, default=0.9998,
+                   help="EMA of weights used for evaluation, 0 disables; ramped up over the first ~2000 steps so "
+                        "short runs are not stuck near the initial weights (default: 0.9998)")  # fmt: skip
+    g.add_argument("--frozen-bn", action="store_true", help="freeze every BatchNorm (small batches, fine-tuning)")
+    g.add_argument("--no-augment", action="store_true",
+                   help="train on the evaluation transform (resize/pad only): the sanity check that a model can "
+                        "fit a few images before a long run")  # fmt: skip
+    g.add_argument("--bn-recalibration", type=int, default=20, metavar="N",
+                   help="before each evaluation, recompute BatchNorm statistics of the evaluated weights on N "
+                        "training batches (precise BN); running averages lag the weights in short runs; 0 disables "
+                        "(default: 20)")  # fmt: skip
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (default: on for CUDA, off on CPU)")  # fmt: skip
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last memory format (default: on; on CPU, NCHW depthwise backward is ~17× slower)")  # fmt: skip
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the training forward (inductor; the first steps compile for a few seconds, "
+                        "then each step runs faster: 1.3× for an SSDLite 320 CPU step, see BENCHMARKS.md)")  # fmt: skip
+    g = parser.add_argument_group("run")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="data loading processes per training process")  # fmt: skip
+    g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    g.add_argument("--project", type=Path, default=None, help="results root (default: runs/<task>)")
+    g.add_argument("--name", default="exp", help="run folder name under --project (default: exp)")
+    g.add_argument("--exist-ok", action="store_true",
+                   help="reuse runs/<task>/<name> instead of making name2, name3… (refused while a run uses it)")  # fmt: skip
+    g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="LAST_PT",
+                   help="continue a run: its last.pt, or runs/<task>/<name>/last.pt when no path is given")  # fmt: skip
+    g.add_argument("--eval-interval", type=int, default=1, help="evaluate every N epochs (default: 1)")
+    g.add_argument("--log-interval", type=int, default=10, help="TensorBoard scalars every N steps (default: 10)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+
+
+def check_training_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The shared rules (common.cli.check_flags), and what only training needs: BatchNorm in train mode needs
+    two samples per batch."""
+    check_flags(parser, args)
+    if args.batch_size < 2 and not args.frozen_bn:
+        parser.error(f"--batch-size {args.batch_size}: BatchNorm needs at least 2 samples per batch to train; "
+                     "raise it or add --frozen-bn")  # fmt: skip
+
+
+# Flags a resumed run takes from the command line rather than from the interrupted run.
+RUNTIME_FLAGS = frozenset({"resume", "device", "workers", "no_progress"})
+
+
+def restore_resumed_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, task_name: str) -> None:
+    """With --resume, every flag but RUNTIME_FLAGS comes back from the interrupted run's checkpoint, converted by
+    the flag's own type (checkpoints keep paths as strings)."""
+    if not args.resume:
+        return
+    if args.resume == "auto":
+        args.resume = str((args.project or Path("runs") / task_name) / args.name / "last.pt")
+    saved = read_training_checkpoint(args.resume, task_name)["args"]
+    types = {a.dest: a.type for a in parser._actions if callable(a.type)}
+    for key, value in saved.items():
+        if key not in RUNTIME_FLAGS:
+            setattr(args, key, _typed(value, types.get(key)))
+
+
+def _typed(value: Any, kind: Any) -> Any:
+    if kind is None or value is None:
+        return value
+    if isinstance(value, list):
+        return [kind(v) if isinstance(v, str) else v for v in value]
+    return kind(value) if isinstance(value, str) else value
+
+
+def saved_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags as a checkpoint and args.json keep them (paths as strings)."""
+    return {k: [str(x) if isinstance(x, Path) else x for x in v] if isinstance(v, list) else
+            str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}  # fmt: skip
