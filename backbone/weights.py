@@ -110,13 +110,17 @@ def load_pretrained(model: MobileNetV2, spec: str) -> None:
     backbone of a named detector or segmenter), or a PyTorch weights file (state dict or suite checkpoint)."""
     if spec in TORCHVISION_WEIGHTS:
         load_torchvision_imagenet(model, spec)
-    elif Path(spec).suffix == ".tflite":
-        raise WeightsError(
-            f"{spec}: TFLite files are converted once, then loaded: "
-            f"python -m tools.import_tflite {spec} --out {Path(spec).with_suffix('.pt')}"
-        )
     else:
-        load_weights_file(model, resolve(spec))
+        load_weights_file(model, resolve_pytorch_weights(spec))
+
+
+def resolve_pytorch_weights(spec: str) -> Path:
+    """The PyTorch file a weights name or path stands for; a TFLite file is refused with its import command."""
+    path = resolve(spec)
+    if path.suffix == ".tflite":
+        raise WeightsError(f"{spec}: TFLite files are converted once, then loaded: "
+                           f"python -m tools.import_tflite {spec} --out {path.with_suffix('.pt')}")  # fmt: skip
+    return path
 
 
 def checkpoint_dict(model: MobileNetV2, **extra: object) -> dict[str, object]:

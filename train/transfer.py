@@ -21,13 +21,13 @@ import deeplab_mobile  # noqa: F401  (registers the named segmenters, so --weigh
 import ssdlite  # noqa: F401  (registers the named detectors)
 from backbone.checkpoint import load_checkpoint
 from backbone.mobilenetv2 import MobileNetV2
-from backbone.pretrained import resolve
 from backbone.weights import (
     TORCHVISION_WEIGHTS,
     checkpoint_dict,
     from_torchvision,
     is_torchvision_state_dict,
     load_torchvision_imagenet,
+    resolve_pytorch_weights,
 )
 from common.errors import WeightsError
 from common.labels import UNUSED_CLASS, canonical_class_name, match_class_names
@@ -77,10 +77,7 @@ def load_source(spec: str) -> dict[str, Any]:
         body = MobileNetV2()
         load_torchvision_imagenet(body, spec)
         return checkpoint_dict(body)
-    path = resolve(spec)
-    if path.suffix == ".tflite":
-        raise WeightsError(f"{spec}: TFLite files are converted once, then loaded: "
-                           f"python -m tools.import_tflite {spec} --out {path.with_suffix('.pt')}")  # fmt: skip
+    path = resolve_pytorch_weights(spec)
     checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, Mapping):
         raise WeightsError(f"{spec}: neither a checkpoint with a 'model' entry nor a state dict")
