@@ -19,12 +19,11 @@ import cv2
 import numpy as np
 import torch
 
-from bench.common import Section, call_in_subprocess, markdown_table, median_seconds
+from bench.common import ASSETS, Section, call_in_subprocess, markdown_table, median_seconds
 from bench.models import engine_sgd
 
 TITLE = "Data pipeline: does the loader keep a step fed, and images per second per worker"
 COMMAND = "python -m bench.run --only data"
-ASSETS = Path(os.environ.get("MNV2_ASSETS", Path(__file__).resolve().parent.parent.parent / "shared" / "assets"))
 KEEP_UP_BATCH = 32
 KEEP_UP_TARGET = 1.05  # issue 15: a step fed by the loader costs at most 5% more than one on ready tensors
 
@@ -79,8 +78,8 @@ def keep_up_results(quick: bool, root: str) -> dict:
     return {"seconds": seconds, "workers": args.workers, "images": len(train_set), "schedule": schedule}
 
 
-def _keep_up_section(quick: bool) -> tuple[list[str], float | None]:
-    """Section 1's Markdown and the step's images/s (None if it could not run)."""
+def _keep_up_section(quick: bool) -> tuple[list[str], dict[str, float] | None]:
+    """Section 1's Markdown and the median ms of the ready and the loader-fed step (None if it could not run)."""
     import tempfile
 
     from datasets.synthetic import generate
@@ -112,7 +111,7 @@ def _keep_up_section(quick: bool) -> tuple[list[str], float | None]:
         f"persistent workers) and SGD; torch threads {torch.get_num_threads()} in the step while the workers "
         "decode and augment on the same CPUs. Fresh process, allocator tuned as in a training run. "
         f"{result['schedule']}.",
-    ], KEEP_UP_BATCH * 1000 / ms["ready"]
+    ], ms
 
 
 def _pipelines(coco8: Path) -> tuple[dict[str, tuple[str, Callable[[], None]]], int]:
@@ -180,7 +179,7 @@ def _pipelines(coco8: Path) -> tuple[dict[str, tuple[str, Callable[[], None]]], 
 
 
 def run(quick: bool) -> Section:
-    keep_up, step_rate = _keep_up_section(quick)
+    keep_up, step_ms = _keep_up_section(quick)
     coco8 = ASSETS / "coco8"
     if not (coco8 / "instances_train.json").is_file():
         return Section(TITLE, "\n".join([*keep_up, "", "### 2. Images per second per worker", "",
@@ -226,9 +225,15 @@ def run(quick: bool) -> Section:
         "colour jitter and normalisation. Our decoder (Pillow, which refuses truncated files) runs at "
         f"{rate['decode'] / rate['tv_decode']:.2f}× torchvision's decode_jpeg.",
     ]
-    if step_rate is not None:
+    if step_ms is not None:
+        step_rate = KEEP_UP_BATCH * 1000 / step_ms["ready"]
+        worker_ms = KEEP_UP_BATCH * 1000 / rate["ssd"]  # CPU time the workers spend on one batch
         lines += ["", f"The training step of (1) consumes {step_rate:.1f} images/s, so one worker of our SSD pipeline "
                       f"supplies {rate['ssd'] / step_rate:.1f}× that and one DeepLab worker "
-                      f"{rate['deeplab'] / step_rate:.1f}× (on coco8's larger photos; the CPUs are shared with the "
-                      "step)."]  # fmt: skip
+                      f"{rate['deeplab'] / step_rate:.1f}× (on coco8's larger photos). The workers spend about "
+                      f"{worker_ms:.0f} ms of CPU on a batch of {KEEP_UP_BATCH} ({KEEP_UP_BATCH} × "
+                      f"{1000 / rate['ssd']:.1f} ms); with {os.cpu_count()} CPUs and {torch.get_num_threads()} busy "
+                      "step threads there is no spare core, so a loader-fed step may cost up to that much more than "
+                      "a ready one (here: "
+                      f"{step_ms['loader'] - step_ms['ready']:+.0f} ms)."]  # fmt: skip
     return Section(TITLE, "\n".join(lines), COMMAND)

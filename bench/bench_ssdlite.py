@@ -13,17 +13,15 @@ the reference. Latency candidates are interleaved in this process; training step
 from __future__ import annotations
 
 import copy
-import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from bench.common import Section, cpu_section, interleaved_seconds, markdown_table
+from bench.common import ASSETS, Section, cpu_section, interleaved_seconds, markdown_table, tensorflow_runner
 from bench.models import (
     TORCHVISION_ANCHOR_RATIOS,
     our_ssdlite,
@@ -35,7 +33,6 @@ from bench.ssdlite_training import training_parts
 
 TITLE = "SSDLite: inference and training beside TensorFlow and torchvision"
 COMMAND = "python -m bench.run --only ssdlite"
-ASSETS = Path(os.environ.get("MNV2_ASSETS", Path(__file__).resolve().parent.parent.parent / "shared" / "assets"))
 CL = torch.channels_last
 INFERENCE_TARGET = 1.2  # issue 15: ours with post-processing ≥ 1.2× the same-architecture reference's speed
 
@@ -52,27 +49,6 @@ def _photo(size: int) -> np.ndarray:
     if path.is_file():
         return np.array(Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR))  # writable copy
     return np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
-
-
-def _tensorflow_runner(graph_path: Path, image: np.ndarray) -> Callable[[], object] | str:
-    """TF running the frozen graph (its own preprocessing and post-processing included), or why it cannot."""
-    try:
-        import tensorflow as tf
-    except ImportError:
-        return "not measured: pip install tensorflow-cpu to compare"
-    graph_def = tf.compat.v1.GraphDef()
-    graph_def.ParseFromString(graph_path.read_bytes())
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(graph_def, name="")
-    config = tf.compat.v1.ConfigProto(
-        intra_op_parallelism_threads=torch.get_num_threads(), inter_op_parallelism_threads=1
-    )
-    session = tf.compat.v1.Session(graph=graph, config=config)
-    fetches = [graph.get_tensor_by_name(f"{name}:0")
-               for name in ("detection_boxes", "detection_scores", "detection_classes", "num_detections")]  # fmt: skip
-    feed = {graph.get_tensor_by_name("image_tensor:0"): image[None]}
-    return lambda: session.run(fetches, feed)
 
 
 def _compiled(
@@ -116,7 +92,7 @@ def _pedestrian_section(quick: bool) -> list[str]:
     plain = import_graph(graph_path, labels=["person"]).eval().to(memory_format=CL)
     fused = fuse_for_inference(plain)  # eval copy, BN folded, channels_last
     compiled, compile_note = _compiled(fused, lambda m: predict(m, [image]))
-    tf_run = _tensorflow_runner(graph_path, image)
+    tf_run = tensorflow_runner(graph_path, image)
 
     # predict(): uint8 image → normalised batch (channels_last, as the HWC→CHW permute leaves it) → network →
     # decode + per-class NMS + top 100, the preset's TF settings (score > 1e-8, IoU 0.6); the TF graph does the same.

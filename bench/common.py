@@ -7,9 +7,14 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
+
+# The real test files (shared/assets/README.md): photos, Google's TFLite models, VOC samples.
+ASSETS = Path(os.environ.get("MNV2_ASSETS", Path(__file__).resolve().parent.parent.parent / "shared" / "assets"))
 
 
 @dataclass
@@ -71,15 +76,19 @@ def interleaved_seconds(
     return times
 
 
-def cpu_section(title: str, command: str, quick: bool, parts: Callable[[], list[str]]) -> Section:
+MODEL_CONDITIONS = ("fp32, CPU. Our models run channels_last with channels_last inputs; torchvision's are measured in "
+                    "both memory formats and the faster is the reference.")  # fmt: skip
+
+
+def cpu_section(title: str, command: str, quick: bool, parts: Callable[[], list[str]],
+                conditions: str = MODEL_CONDITIONS) -> Section:  # fmt: skip
     """A CPU side-by-side section: the shared conditions first, then `parts()` (measured now), then the machine
     load before and after, since this machine is shared and the load explains noisy rows."""
     load_before = load_average()
     started = time.perf_counter()
     lines = [
-        f"Threads: {torch.get_num_threads()}, fp32, CPU. Our models run channels_last with channels_last inputs; "
-        "torchvision's are measured in both memory formats and the faster is the reference. Candidates run "
-        "interleaved (A B A B ...), so load changes hit both.",
+        f"Threads: {torch.get_num_threads()}, {conditions} Candidates run interleaved (A B A B ...), so load changes "
+        "hit all of them alike.",
         "",
         *parts(),
         f"Machine load: {load_before} at the start, {load_average()} at the end "
@@ -319,3 +328,24 @@ def training_step_runs(module: str, keys: list[str], quick: bool, batch: int) ->
         if isinstance(result, dict):
             result["rate"] = {k: batch / statistics.median(t) for k, t in result["seconds"].items()}
     return default, tuned
+
+
+def tensorflow_runner(graph_path: Path, image: np.ndarray) -> Callable[[], object] | str:
+    """TF running the frozen graph (its own preprocessing and post-processing included), or why it cannot."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return "not measured: pip install tensorflow-cpu to compare"
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(graph_path.read_bytes())
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+    config = tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=torch.get_num_threads(), inter_op_parallelism_threads=1
+    )
+    session = tf.compat.v1.Session(graph=graph, config=config)
+    fetches = [graph.get_tensor_by_name(f"{name}:0")
+               for name in ("detection_boxes", "detection_scores", "detection_classes", "num_detections")]  # fmt: skip
+    feed = {graph.get_tensor_by_name("image_tensor:0"): image[None]}
+    return lambda: session.run(fetches, feed)

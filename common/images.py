@@ -16,6 +16,8 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from common.errors import DatasetError
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # what a folder of images may hold
+
 Normalization = Literal["tf", "imagenet"]
 # "tf": the official TensorFlow MobileNetV2/SSDLite/DeepLab weights see pixels scaled to [-1, 1];
 # "imagenet": torchvision's weights see ImageNet mean/std normalised pixels.

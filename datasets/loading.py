@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import random
 import signal
+import sys
 import weakref
 from typing import Any, Callable, Iterator, Sequence
 
@@ -71,9 +73,23 @@ def init_worker(worker_id: int) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when the main process dies, even by kill -9 or the OOM killer.
+    Otherwise an orphaned worker lives on until torch's watchdog notices, holding the run's memory and the
+    pipes of whoever started it (a test or a job script waiting for the output to close)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @contextlib.contextmanager

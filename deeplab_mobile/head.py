@@ -50,7 +50,10 @@ class ImagePooling(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         if self.kernel is None or (h <= self.kernel[0] and w <= self.kernel[1]):
-            return self.conv(x.mean((2, 3), keepdim=True)).expand(-1, -1, h, w)
+            # Broadcast by resizing the 1×1 map rather than .expand: the same numbers, and litert-torch 0.10
+            # converts expand to a BROADCAST_TO that the LiteRT runtime then refuses.
+            pooled = self.conv(x.mean((2, 3), keepdim=True))
+            return F.interpolate(pooled, size=(h, w), mode="bilinear", align_corners=True)
         window = (min(self.kernel[0], h), min(self.kernel[1], w))
         pooled = self.conv(F.avg_pool2d(x, window, stride=1))
         return F.interpolate(pooled, size=(h, w), mode="bilinear", align_corners=True)

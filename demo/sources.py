@@ -21,10 +21,9 @@ import numpy as np
 
 from common.errors import UserError
 from common.files import atomic_path
-from common.images import read_image
+from common.images import IMAGE_SUFFIXES, read_image
 from demo.overlay import letterbox
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IMAGE_FPS = 5.0  # frame rate of a video made from images, with or without --stride: each shows for 0.2 s
 DEFAULT_FPS = 30.0  # for cameras and files that do not say
 

