@@ -3,8 +3,8 @@
 Compiling costs a fixed time up front (inductor generates and builds C++ on the CPU, Triton kernels on CUDA) and
 pays only if each step then runs faster, over enough steps. `auto` (the default) follows the measurements in
 BENCHMARKS.md ("`--compile` on the CPU", `python -m bench.run --only ssdlite`): with torch 2.14 on the CPU a
-compiled SSDLite training step ran at 0.74-0.84× the eager step's speed, after 91 s of compiling, so it never
-pays and `auto` stays eager there. On CUDA (not measured yet: no GPU has been lent) `auto` compiles runs of at
+compiled SSDLite training step ran at 0.74-1.00× the eager step's speed (two runs), after 85-91 s of compiling,
+so it never pays and `auto` stays eager there. On CUDA (not measured yet: no GPU has been lent) `auto` compiles runs of at
 least AUTO_MIN_IMAGES["cuda"] images (epochs × training images), where a compile of a minute is small beside the
 run. `on` compiles anyway (and says so if no compiler is here).
 """
