@@ -43,6 +43,7 @@ class Annotator:
     segmenter: Segmenter | None = None
     seg_names: Sequence[str] = ()
     score_threshold: float = 0.3
+    runtimes: dict[str, str] = field(default_factory=dict)  # flag → what runs it, for the run's summary line
     det_colours: list[Colour] = field(init=False)
     seg_colours: list[Colour] = field(init=False)
 
@@ -81,11 +82,19 @@ def _on_device(path: str, head: str, half: bool) -> LiteRTModel:
     return model
 
 
-def load_detector(spec: str, device: torch.device, half: bool) -> tuple[Detector, list[str]]:
-    """SSDLite from a checkpoint, weights name or .tflite: (frames, threshold → detections, class names)."""
+def _pytorch(device: torch.device, half: bool) -> str:
+    return f"PyTorch, {device}, {'fp16' if half else 'fp32'}"
+
+
+def _litert(model: LiteRTModel) -> str:
+    return f"LiteRT {'int8' if model.is_int8 else 'fp32'}, CPU"
+
+
+def load_detector(spec: str, device: torch.device, half: bool) -> tuple[Detector, list[str], str]:
+    """SSDLite from a checkpoint, weights name or .tflite: (frames, threshold → detections, class names, runtime)."""
     if Path(spec).suffix == ".tflite":
         model = _on_device(spec, "det", half)
-        return model.detect, model.class_names
+        return model.detect, model.class_names, _litert(model)
     network, checkpoint = load_ssdlite(spec)
     network = fuse_for_inference(network).to(device)
 
@@ -94,14 +103,14 @@ def load_detector(spec: str, device: torch.device, half: bool) -> tuple[Detector
         with torch.autocast("cuda", torch.float16, enabled=half):
             return detect(network, frames, threshold)
 
-    return run, list(checkpoint["class_names"])
+    return run, list(checkpoint["class_names"]), _pytorch(device, half)
 
 
-def load_segmenter(spec: str, device: torch.device, half: bool) -> tuple[Segmenter, list[str]]:
-    """DeepLab from a checkpoint, weights name or .tflite: (frames → masks, class names)."""
+def load_segmenter(spec: str, device: torch.device, half: bool) -> tuple[Segmenter, list[str], str]:
+    """DeepLab from a checkpoint, weights name or .tflite: (frames → masks, class names, runtime)."""
     if Path(spec).suffix == ".tflite":
         model = _on_device(spec, "seg", half)
-        return model.segment, model.class_names
+        return model.segment, model.class_names, _litert(model)
     network, _ = load_deeplab(spec)
     names, network = list(network.class_names), fuse_for_inference(network).to(device)
 
@@ -113,22 +122,22 @@ def load_segmenter(spec: str, device: torch.device, half: bool) -> tuple[Segment
                 masks += list(logits.argmax(1).to(torch.uint8).cpu().numpy())  # VOC palette: at most 255 classes
         return masks
 
-    return run, names
+    return run, names, _pytorch(device, half)
 
 
 def load_annotator(det: str | None, seg: str | None, device: torch.device, half: bool,
                    score_threshold: float) -> Annotator:  # fmt: skip
     """Both models; one that cannot be used (missing, corrupt, the other head, no runtime for a .tflite) is a
     UserError naming its flag and file."""
-    detector, det_names, segmenter, seg_names = None, [], None, []
+    detector, det_names, segmenter, seg_names, runtimes = None, [], None, [], {}
     for flag, spec in (("--det", det), ("--seg", seg)):
         if spec is None:
             continue
         try:
             if flag == "--det":
-                detector, det_names = load_detector(spec, device, half)
+                detector, det_names, runtimes[flag] = load_detector(spec, device, half)
             else:
-                segmenter, seg_names = load_segmenter(spec, device, half)
+                segmenter, seg_names, runtimes[flag] = load_segmenter(spec, device, half)
         except (WeightsError, ExportError) as e:
             raise UserError(f"{flag} {e}") from None
-    return Annotator(detector, det_names, segmenter, seg_names, score_threshold)
+    return Annotator(detector, det_names, segmenter, seg_names, score_threshold, runtimes)

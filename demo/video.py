@@ -29,7 +29,6 @@ from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from common.cli import check_device_flag, new_parser, run_cli
@@ -260,14 +259,14 @@ def process(args: argparse.Namespace) -> DemoResult:
             result.out = writer.commit()
         if args.contact_sheet and sampler.frames:
             result.contact_sheet = save_contact_sheet(sampler.frames, args.contact_sheet)
-    print_summary(result, args, device)
+    print_summary(result, args, annotator.runtimes)
     return result
 
 
-def print_summary(result: DemoResult, args: argparse.Namespace, device: torch.device) -> None:
-    precision = "fp16" if args.half else "fp32"
+def print_summary(result: DemoResult, args: argparse.Namespace, runtimes: dict[str, str]) -> None:
+    models = "; ".join(f"{flag} {runtime}" for flag, runtime in runtimes.items())
     print(f"processed {result.frames} frames in {result.seconds:.1f} s: {result.fps:.1f} FPS on average "
-          f"({device}, {precision}, --batch-size {args.batch_size}, --stride {args.stride})")  # fmt: skip
+          f"({models}; --batch-size {args.batch_size}, --stride {args.stride})")  # fmt: skip
     seen = ", ".join(f"{name} ({count})" for name, count in result.classes.most_common())
     print(f"classes drawn (frames): {seen or 'none'}")
     if result.out:

@@ -136,6 +136,7 @@ def test_video_demo_runs_the_int8_files(pedestrian_int8, deeplab_int8, tmp_path,
     boxes = video.run(["--source", str(photo), "--det", str(pedestrian_int8), "--save-images", str(tmp_path / "det"),
                        "--quiet"])  # fmt: skip
     assert boxes.frames == 1 and boxes.classes == {"person": 1}  # the box's legend entry: the int8 file found her
+    assert "(--det LiteRT int8, CPU; --batch-size 1" in capsys.readouterr().out  # the summary says what ran
     masks = video.run(["--source", str(photo), "--seg", str(deeplab_int8), "--save-images", str(tmp_path / "seg"),
                        "--quiet"])  # fmt: skip
     assert "person" in masks.classes  # the int8 DeepLab's mask marks her too
