@@ -22,6 +22,13 @@ def normalize(images: torch.Tensor, kind: Normalization) -> torch.Tensor:
     return (images - mean) / std
 
 
+def padded_region(size: tuple[int, int], crop: int) -> tuple[int, int]:
+    """The "pad" input mode's image region: long side to `crop`, aspect kept (the rest of the crop is padding)."""
+    h, w = size
+    scale = crop / max(h, w)
+    return min(crop, max(1, round(h * scale))), min(crop, max(1, round(w * scale)))
+
+
 def _network_input(pixels: torch.Tensor, preset: DeepLabPreset) -> tuple[torch.Tensor, tuple[int, int]]:
     """The normalised network input and the size of the image region inside it (smaller than it when padded)."""
     h, w = pixels.shape[-2:]
@@ -30,9 +37,8 @@ def _network_input(pixels: torch.Tensor, preset: DeepLabPreset) -> tuple[torch.T
         return normalize(pixels, preset.normalization), (h, w)
     if preset.input_mode == "resize":
         size = (crop, crop)
-    else:  # "pad": long side to the crop size, aspect kept
-        scale = crop / max(h, w)
-        size = (min(crop, max(1, round(h * scale))), min(crop, max(1, round(w * scale))))
+    else:
+        size = padded_region((h, w), crop)
     if size != (h, w):
         pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)
     x = normalize(pixels, preset.normalization)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from common.images import resize_rgb_batch
+from deeplab_mobile.inference import padded_region
 from ssdlite.postprocess import Detections, decode_outputs, select_detections
 from tools.export_metadata import ExportError, require
 from tools.litert_metadata import EXTRA, read_tflite_metadata
@@ -101,12 +102,11 @@ class LiteRTModel:
             return [_resized_mask(mask, size) for mask, size in zip(self.run(x)[0], sizes)]
         masks = []
         for image in images:
-            side, (h, w) = max(self.image_size), image.shape[:2]
-            region = (max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w))))
+            region = padded_region(image.shape[:2], max(self.image_size))
             x, _ = self.prepare_at([image], region)
             padded = np.zeros((1, 3, *self.image_size), np.float32)  # 0 after normalising: the mean colour
             padded[:, :, : region[0], : region[1]] = x
-            masks.append(_resized_mask(self.run(padded)[0][0][: region[0], : region[1]], (h, w)))
+            masks.append(_resized_mask(self.run(padded)[0][0][: region[0], : region[1]], image.shape[:2]))
         return masks
 
 
