@@ -2,9 +2,9 @@
 
 from backbone.checkpoint import load_checkpoint, load_state_dict_checked, model_from_checkpoint, save_checkpoint
 from backbone.layers import ConvBNAct, InvertedResidual, NormSpec, TFSamePad2d
+from backbone.mobilenet_weights import load_pretrained
 from backbone.mobilenetv2 import MobileNetV2, dilation_schedule, make_divisible
-from backbone.pretrained import PretrainedWeights, get_weights, known_names, resolve
-from backbone.weights import load_pretrained
+from backbone.named_weights import PretrainedWeights, get_weights, known_names, resolve
 from common.errors import WeightsError
 
 __all__ = [

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, TypeVar
 import torch
 from torch import nn
 
+from backbone.named_weights import resolve
 from common.errors import WeightsError
 from common.files import write_atomic_with
 
@@ -103,3 +104,12 @@ def _reason(error: BaseException) -> str:
         detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
         return detail.split(". Please use", 1)[0].rstrip(".") + " (only tensors and plain containers are ever loaded)"
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_model(name_or_path: str | os.PathLike, rebuild: Callable[[Any, str], M]) -> tuple[M, dict[str, Any]]:
+    """The model of a checkpoint file or weights name (backbone/named_weights.py), rebuilt by `rebuild(checkpoint,
+    source)` (a head's `*_from_checkpoint`, which checks it), in eval mode, and the checkpoint dict (extras such as
+    the training epoch or import provenance)."""
+    path = resolve(name_or_path)
+    checkpoint = load_checkpoint(path)
+    return rebuild(checkpoint, str(path)).eval(), checkpoint

@@ -48,7 +48,7 @@ def _met(ok: bool) -> str:
 
 
 def _inference_section(quick: bool) -> list[str]:
-    from deeplab_mobile import fuse_for_inference
+    from backbone.predictor import fuse_for_inference
     from tools.complexity import measure
 
     x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))  # a normalised image

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from bench.common import ASSETS, Section, cpu_section, interleaved_seconds, markdown_table, tensorflow_runner
-from common.images import read_image, resize_rgb_batch
+from common.images import read_image, resize_batch
 from datasets.segmentation import read_label_mask
-from eval.segmentation_metrics import image_mean_iou
-from ssdlite.predict import predict as torch_detect
+from eval.segmentation import image_mean_iou
+from ssdlite.detector import predict as torch_detect
 from tools.export_graphs import load_graph
 from tools.export_litert import export_tflite, on_device_module
 from tools.export_metadata import ExportError
@@ -71,7 +71,7 @@ def _deeplab(folder: Path, calibration: list[np.ndarray], quick: bool) -> list[s
     ours, ours_fp32, google = LiteRTModel(int8), LiteRTModel(fp32), _google_deeplab()
     fused = on_device_module(graph).to(memory_format=torch.channels_last)
     inputs = [graph.prepare([image])[0] for image in images]
-    pixels = list(resize_rgb_batch(images, graph.image_size)[0])  # Google's file takes uint8 and normalises inside
+    pixels = list(_uint8_resized(images, graph.image_size, graph.model.preset.resize))  # Google's file takes uint8
 
     @torch.inference_mode()
     def torch_mask(x: torch.Tensor) -> np.ndarray:
@@ -108,7 +108,7 @@ def _deeplab(folder: Path, calibration: list[np.ndarray], quick: bool) -> list[s
 
 
 def _ssdlite(folder: Path, calibration: list[np.ndarray], quick: bool) -> list[str]:
-    from ssdlite.weights import pedestrian_graph
+    from ssdlite.named_weights import pedestrian_graph
 
     graph = load_graph("ssdlite_pedestrian")
     photos = {"astronaut": _skimage_astronaut(), "grace_hopper": read_image(ASSETS / "coral" / "grace_hopper.bmp")}
@@ -117,7 +117,7 @@ def _ssdlite(folder: Path, calibration: list[np.ndarray], quick: bool) -> list[s
     export_tflite(graph, fp32, None, None, list(photos.values()))
     ours, ours_fp32 = LiteRTModel(int8), LiteRTModel(fp32)
     fused = on_device_module(graph).to(memory_format=torch.channels_last)
-    image = resize_rgb_batch([photos["grace_hopper"]], graph.image_size)[0][0]  # 300×300, as the TF bench
+    image = _uint8_resized([photos["grace_hopper"]], graph.image_size, graph.model.preset.resize)[0]  # as the TF bench
     candidates: dict[str, Callable[[], object]] = {
         "int8": lambda: ours.detect([image]), "fp32 tflite": lambda: ours_fp32.detect([image]),
         "torch": lambda: torch_detect(fused, [image]),
@@ -192,3 +192,8 @@ def run(quick: bool) -> Section:
     conditions = ("CPU, batch 1. LiteRT files run in ai-edge-litert's interpreter (XNNPACK) with that many threads, "
                   "TensorFlow with that many intra-op threads.")  # fmt: skip
     return cpu_section(TITLE, COMMAND, quick, parts, conditions)
+
+
+def _uint8_resized(images: list[np.ndarray], size: tuple[int, int], method: str) -> np.ndarray:
+    """Images resized by the preset's method and rounded to 8 bits: what a uint8-input file is fed."""
+    return np.clip(np.round(resize_batch(images, size, method)[0]), 0, 255).astype(np.uint8)

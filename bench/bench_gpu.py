@@ -34,7 +34,7 @@ from bench.models import (
 from common.labels import IGNORE_INDEX
 from deeplab_mobile import segmentation_loss
 from ssdlite import SSDLITE320_COCO, SSDLiteLoss, pad_targets
-from ssdlite.postprocess import postprocess_with_preset
+from ssdlite.postprocess import postprocess as ssdlite_postprocess
 
 TITLE = "GPU: training and inference beside torchvision"
 COMMAND = "python -m bench.run --only gpu"
@@ -167,8 +167,11 @@ def _inference_fn(key: str, model: nn.Module, images01: torch.Tensor, postproces
             box_regression, class_logits = model(normalised(images01))
             if not postprocess:
                 return class_logits
-            return postprocess_with_preset(box_regression.float(), class_logits.float(), anchors,
-                                           [(size, size)] * batch, preset)
+            return ssdlite_postprocess(box_regression.float(), class_logits.float(), anchors, [(size, size)] * batch,
+                                       classification=preset.classification,
+                                       score_threshold=preset.score_threshold, nms_iou=preset.nms_iou,
+                                       pre_nms_topk=preset.pre_nms_topk,
+                                       detections_per_image=preset.detections_per_image)
 
         return ours
     if key == "deeplab":

@@ -79,9 +79,10 @@ def _met(ok: bool) -> str:
 
 
 def _pedestrian_section(quick: bool) -> list[str]:
-    from ssdlite import fuse_for_inference, predict
+    from backbone.predictor import fuse_for_inference
+    from ssdlite import predict
+    from ssdlite.named_weights import pedestrian_graph
     from ssdlite.tf_import import import_graph
-    from ssdlite.weights import pedestrian_graph
 
     graph_path = pedestrian_graph()
     if graph_path is None:
@@ -173,7 +174,8 @@ def _size_table() -> list[str]:
 
 
 def _inference_section(quick: bool) -> list[str]:
-    from ssdlite import fuse_for_inference, predict, preprocess
+    from backbone.predictor import fuse_for_inference
+    from ssdlite import predict, preprocess
 
     image = _photo(320)
     ours = our_ssdlite(train=False)
@@ -185,7 +187,7 @@ def _inference_section(quick: bool) -> list[str]:
     def tv_input() -> list[torch.Tensor]:  # uint8 HWC → float CHW in [0, 1]; its transform normalises and resizes
         return [torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)]
 
-    x, _ = preprocess([image], ours)
+    x, _ = preprocess([image], ours.preset)
     candidates: dict[str, Callable[[], object]] = {
         "ref_nchw": lambda: ref_nchw(tv_input()),
         "ref_cl": lambda: ref_cl(tv_input()),

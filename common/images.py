@@ -11,7 +11,9 @@ from os import PathLike
 from pathlib import Path
 from typing import Literal, Sequence
 
+import cv2
 import numpy as np
+import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from common.errors import DatasetError
@@ -94,11 +96,77 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     return image[..., :3]
 
 
-def resize_rgb_batch(images: Sequence[np.ndarray], size: tuple[int, int]) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """In-memory images (any `as_rgb` input) stretched to `size` (h, w) with PIL bilinear, as TF's exporters
-    resize: a uint8 N×H×W×3 stack and each image's original (h, w)."""
+def check_image_list(images: object) -> Sequence[np.ndarray]:
+    """The argument of `Detector` / `Segmenter` / `predict`: a list (or tuple) of images. A bare array would be
+    read row by row as images, so it is a TypeError that says how to pass one image."""
+    if isinstance(images, np.ndarray):
+        raise TypeError(f"expected a list of images, got one array of shape {list(images.shape)}: pass [image] for "
+                        "one image (each H×W, H×W×1, H×W×3 or H×W×4 uint8)")  # fmt: skip
+    if not isinstance(images, (list, tuple)):
+        raise TypeError(f"expected a list of images (each a uint8 array H×W, H×W×1, H×W×3 or H×W×4), got "
+                        f"{type(images).__name__}")  # fmt: skip
+    return images
+
+
+ResizeMethod = Literal["tf_bilinear", "tf_bilinear_aligned", "opencv_linear"]
+# How a model's input is resized, recorded in its preset: the resize it was trained with.
+# "tf_bilinear": TF1 `tf.image.resize_bilinear` (align_corners=False, half_pixel_centers=False: source = dest × scale),
+#   the TF Object Detection API's resizer (Google's SSDLite graphs); float output, no low-pass filter.
+# "tf_bilinear_aligned": the same with align_corners=True, TF DeepLab's `resize_to_range` (its export graph).
+# "opencv_linear": cv2.INTER_LINEAR (half-pixel centres, no low-pass filter), albumentations' `A.Resize`, so the
+#   training pipeline's resize for models trained here.
+RESIZE_METHODS = ("tf_bilinear", "tf_bilinear_aligned", "opencv_linear")
+
+
+def check_resize_method(method: str) -> None:
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"unknown resize method {method!r}: choose one of {', '.join(RESIZE_METHODS)}")
+
+
+def _tf_axis(src: int, dst: int, aligned: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TF1 ResizeBilinear's source rows (low, high) and the weight of the high one, for one axis."""
+    scale = (src - 1) / (dst - 1) if aligned and dst > 1 else src / dst
+    where = np.arange(dst, dtype=np.float32) * np.float32(scale)
+    low = np.floor(where).astype(np.int64)
+    high = np.minimum(low + 1, src - 1)
+    return np.minimum(low, src - 1), high, (where - low).astype(np.float32)
+
+
+def resize_pixels(image: np.ndarray, size: tuple[int, int], method: ResizeMethod) -> np.ndarray:
+    """An H×W×3 uint8 image resized to `size` (h, w) by `method`: float32 pixels on the 0..255 scale (TF's resize
+    outputs floats and the graph normalises them unrounded; OpenCV's stays 8-bit and is then widened)."""
+    check_resize_method(method)
     height, width = size
+    if method == "opencv_linear":
+        if image.shape[:2] != (height, width):
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        return image.astype(np.float32)
+    pixels = image.astype(np.float32)
+    if image.shape[:2] == (height, width):
+        return pixels
+    aligned = method == "tf_bilinear_aligned"
+    y0, y1, wy = _tf_axis(image.shape[0], height, aligned)
+    x0, x1, wx = _tf_axis(image.shape[1], width, aligned)
+    wx = wx[None, :, None]
+    lerped = []  # TF's order: along x within the two source rows, then between them along y
+    for rows in (pixels[y0], pixels[y1]):
+        left = rows[:, x0]
+        lerped.append(left + (rows[:, x1] - left) * wx)
+    top, bottom = lerped
+    return top + (bottom - top) * wy[:, None, None]
+
+
+def resize_batch(images: Sequence[np.ndarray], size: tuple[int, int],
+                 method: ResizeMethod) -> tuple[np.ndarray, list[tuple[int, int]]]:  # fmt: skip
+    """In-memory images (any `as_rgb` input) stretched to `size` (h, w) by `method` (aspect not kept, like TF's
+    fixed-shape resizer): a float32 N×H×W×3 stack on the 0..255 scale and each image's original (h, w)."""
     rgb = [as_rgb(image) for image in images]
-    resized = [image if image.shape[:2] == (height, width)
-               else np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR)) for image in rgb]
-    return np.stack(resized), [image.shape[:2] for image in rgb]
+    return np.stack([resize_pixels(image, size, method) for image in rgb]), [image.shape[:2] for image in rgb]
+
+
+def normalized_tensor(pixels: np.ndarray, kind: Normalization) -> torch.Tensor:
+    """Float pixels on the 0..255 scale, H×W×3 or N×H×W×3, → the network's normalised CHW / NCHW float tensor:
+    the one normalisation every input path (evaluation transform, predict, export checks, LiteRT) applies."""
+    mean, std = (np.asarray(v, np.float32) * np.float32(255.0) for v in normalization_stats(kind))
+    x = torch.from_numpy(np.ascontiguousarray((np.asarray(pixels, np.float32) - mean) / std))
+    return x.permute(2, 0, 1).contiguous() if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()

@@ -29,7 +29,7 @@ def _present(batch: Sequence) -> list:
 def _stack_images(images: list[torch.Tensor]) -> torch.Tensor:
     if len({tuple(i.shape) for i in images}) > 1:
         raise ValueError(f"images in a batch differ in size ({sorted({tuple(i.shape) for i in images})}): "
-                         "use a transform that resizes them to the model size (detection_train/eval_transform)")
+                         "use a transform that resizes them to the model size (detection_train_transform, DetectionEvalTransform)")
     return torch.stack(images)
 
 
@@ -60,6 +60,18 @@ def collate_segmentation(batch: Sequence[tuple[torch.Tensor, torch.Tensor] | Non
 
     return (torch.stack([pad(image, 0) for image, _ in batch]),
             torch.stack([pad(mask, IGNORE_INDEX) for _, mask in batch]))
+
+
+def collate_segmentation_eval(batch: Sequence[tuple[torch.Tensor, torch.Tensor, tuple[int, int]] | None],
+                              ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int]]] | None:
+    """For `SegmentationEvalTransform` samples: (network inputs, masks at each image's size, image regions) as
+    lists, nothing padded, so that every image is scored exactly as the segmenter sees it alone (padding a batch
+    to its largest input would change what the image pooling averages); None when every sample was skipped."""
+    batch = _present(batch)
+    if not batch:
+        return None
+    inputs, masks, regions = zip(*batch)
+    return list(inputs), list(masks), list(regions)
 
 
 def init_worker(worker_id: int) -> None:

@@ -1,4 +1,10 @@
-"""Albumentations pipelines for SSD detection and DeepLab segmentation, and the input normalisation choice.
+"""Albumentations pipelines for SSD detection and DeepLab segmentation training, and the evaluation transforms.
+
+Every resize goes through `common.images.resize_pixels` with the model preset's method, the one `predict` uses.
+Evaluation does not resize or normalise here at all: its transforms call the head's own preprocessing
+(`ssdlite.preprocess_image`, `deeplab_mobile.preprocess_image`), which the training and evaluation entry points
+pass in (datasets never import the models), so the pixels scored are the pixels `Detector` / `Segmenter` give the
+network. Defaults are the presets' defaults (ImageNet normalisation, OpenCV bilinear).
 
 Boxes travel through albumentations in pascal_voc pixel format with an index label, so every per-box field
 (labels, VOC `difficult`) stays aligned with its box and is dropped with it when a crop or resize makes the box
@@ -9,15 +15,14 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import albumentations as A
 import numpy as np
 import torch
 from albumentations.augmentations.crops.transforms import BaseCrop
-from albumentations.pytorch import ToTensorV2
 
-from common.images import Normalization, normalization_stats
+from common.images import Normalization, ResizeMethod, normalization_stats, normalized_tensor, resize_pixels
 from common.labels import IGNORE_INDEX
 
 
@@ -80,6 +85,42 @@ class MinIoURandomCrop(BaseCrop):
         return ("min_ious", "scale", "aspect", "trials")
 
 
+def _eight_bit(pixels: np.ndarray) -> np.ndarray:
+    """Float pixels back to uint8 for the augmentations that follow (≤ 0.5 of a grey level; exact for OpenCV's)."""
+    return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+
+
+class PresetResize(A.Resize):
+    """albumentations' Resize (boxes follow) with the pixels resized by `common.images.resize_pixels` and the
+    model preset's method, so training resizes as `predict` and evaluation do."""
+
+    def __init__(self, height: int, width: int, method: ResizeMethod, p: float = 1.0):
+        super().__init__(height, width, p=p)
+        self.method = method
+
+    def apply(self, img: np.ndarray, *args: Any, **params: Any) -> np.ndarray:
+        return _eight_bit(resize_pixels(img, (self.height, self.width), self.method))
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return (*super().get_transform_init_args_names(), "method")
+
+
+class PresetRandomScale(A.RandomScale):
+    """albumentations' RandomScale (masks follow by nearest neighbour) with the image resized by the preset's
+    method, to the size albumentations gives the mask."""
+
+    def __init__(self, scale_limit: tuple[float, float], method: ResizeMethod, p: float = 1.0):
+        super().__init__(scale_limit=scale_limit, p=p)
+        self.method = method
+
+    def apply(self, img: np.ndarray, scale: float, **params: Any) -> np.ndarray:
+        size = (int(img.shape[0] * scale), int(img.shape[1] * scale))  # albumentations' `scale` rounding
+        return _eight_bit(resize_pixels(img, size, self.method))
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return (*super().get_transform_init_args_names(), "method")
+
+
 class _Pipeline:
     """Albumentations Composes whose random state is reseeded whenever the calling process's torch seed changes.
 
@@ -113,16 +154,17 @@ class DetectionTransform(_Pipeline):
     of a Compose that has them, which would cost a quarter of the pipeline for transforms that cannot move boxes.
     """
 
-    def __init__(self, geometric: A.Compose, pixel: A.Compose):
+    def __init__(self, geometric: A.Compose, pixel: A.Compose, normalization: Normalization):
         super().__init__(geometric, pixel)
-        self.geometric, self.pixel = geometric, pixel
+        normalization_stats(normalization)  # raises on an unknown name
+        self.geometric, self.pixel, self.normalization = geometric, pixel, normalization
 
     def __call__(self, image: np.ndarray, target: dict[str, np.ndarray] | None = None,
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         self._seed_for_this_process()
         boxes = np.zeros((0, 4), np.float32) if target is None else np.asarray(target["boxes"], np.float32)
         out = self.geometric(image=image, bboxes=boxes.reshape(-1, 4), indices=np.arange(len(boxes)))
-        tensor = self.pixel(image=out["image"])["image"]
+        tensor = normalized_tensor(self.pixel(image=out["image"])["image"], self.normalization)
         if target is None:
             return tensor, None
         keep = np.asarray(out["indices"], dtype=np.int64)
@@ -133,17 +175,50 @@ class DetectionTransform(_Pipeline):
 class SegmentationTransform(_Pipeline):
     """`(image HxWx3 uint8, mask HxW uint8 or None) -> (image tensor, mask int64 tensor or None)`."""
 
-    def __init__(self, compose: A.Compose):
+    def __init__(self, compose: A.Compose, normalization: Normalization):
         super().__init__(compose)
-        self.compose = compose
+        normalization_stats(normalization)  # raises on an unknown name
+        self.compose, self.normalization = compose, normalization
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None,
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         self._seed_for_this_process()
-        if mask is None:
-            return self.compose(image=image)["image"], None
-        out = self.compose(image=image, mask=mask)
-        return out["image"], out["mask"].long()
+        out = self.compose(image=image) if mask is None else self.compose(image=image, mask=mask)
+        tensor = normalized_tensor(out["image"], self.normalization)
+        return tensor, None if mask is None else torch.as_tensor(out["mask"]).long()
+
+
+class DetectionEvalTransform:
+    """`(image, target or None) -> (network input, target with boxes in the input's pixels)` by the head's own
+    preprocessing (`ssdlite.preprocess_image` with the model's preset), which stretches the image to the network
+    size; boxes are stretched with it. Detections are mapped back to each file's pixels with `orig_size`."""
+
+    def __init__(self, preprocess: Callable[[np.ndarray], torch.Tensor]):
+        self.preprocess = preprocess
+
+    def __call__(self, image: np.ndarray, target: dict[str, np.ndarray] | None = None,
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        tensor = self.preprocess(image)
+        if target is None:
+            return tensor, None
+        (h, w), (height, width) = image.shape[:2], tensor.shape[-2:]
+        boxes = np.asarray(target["boxes"], np.float32).reshape(-1, 4) * np.float32([width / w, height / h] * 2)
+        fields = {k: np.asarray(v) for k, v in target.items() if k != "boxes"}
+        return tensor, _target_tensors(boxes, fields)
+
+
+class SegmentationEvalTransform:
+    """`(image, mask) -> (network input, mask, region)` by the head's own preprocessing
+    (`deeplab_mobile.preprocess_image` with the model's preset: the input and the image's region in it); the mask
+    stays at the image's size, where scores are compared (`collate_segmentation_eval` keeps the three apart)."""
+
+    def __init__(self, preprocess: Callable[[np.ndarray], tuple[torch.Tensor, tuple[int, int]]]):
+        self.preprocess = preprocess
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+        tensor, region = self.preprocess(image)
+        return tensor, None if mask is None else torch.from_numpy(mask.astype(np.int64)), region
 
 
 def _target_tensors(boxes: np.ndarray, fields: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -164,16 +239,8 @@ def to_tensors(image: np.ndarray, target: dict[str, np.ndarray]) -> tuple[torch.
     return image_to_tensor(image), _target_tensors(np.asarray(target["boxes"], np.float32).reshape(-1, 4), fields)
 
 
-def _size(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else size
-
-
-def _normalize_and_tensor(normalization: Normalization) -> list[A.BasicTransform]:
-    mean, std = normalization_stats(normalization)
-    return [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
-
-
-def detection_train_transform(size: int | tuple[int, int] = 320, normalization: Normalization = "tf", *,
+def detection_train_transform(size: int | tuple[int, int] = 320, normalization: Normalization = "imagenet",
+                              resize: ResizeMethod = "opencv_linear", *,
                               expand_p: float = 0.5, max_expand: float = 4.0, min_visibility: float = 0.3,
                               ) -> DetectionTransform:
     """SSD training augmentation: zoom-out, min-IoU crop, resize, flip, photometric distortion.
@@ -184,63 +251,35 @@ def detection_train_transform(size: int | tuple[int, int] = 320, normalization: 
     it, and cost less on the smaller image. Boxes less than `min_visibility` inside a crop, or narrower than a
     pixel after the resize, are dropped with their labels.
     """
-    height, width = _size(size)
+    height, width = (size, size) if isinstance(size, int) else size
     side = (max_expand - 1.0) / 2
     geometric = [
         A.CropAndPad(percent=(0.0, side), keep_size=False, sample_independently=True,
                      fill=mean_pixel(normalization), p=expand_p),
         MinIoURandomCrop(),
-        A.Resize(height, width),
+        PresetResize(height, width, resize),
         A.HorizontalFlip(p=0.5),
     ]
     bbox_params = A.BboxParams(format="pascal_voc", label_fields=["indices"], min_visibility=min_visibility,
                                min_width=1.0, min_height=1.0, clip=True)
     # p=0.5 for all four: two distortions per image on average, as SSD's (each op with p=0.5) gives.
-    pixel = [A.ColorJitter(brightness=32 / 255, contrast=0.5, saturation=0.5, hue=18 / 360, p=0.5),
-             *_normalize_and_tensor(normalization)]
-    return DetectionTransform(A.Compose(geometric, bbox_params=bbox_params), A.Compose(pixel))
-
-
-def detection_eval_transform(size: int | tuple[int, int] = 320, normalization: Normalization = "tf",
-                             ) -> DetectionTransform:
-    """Deterministic: resize to the model size (boxes follow), normalise. Map predictions back with
-    `boxes_to_original`."""
-    height, width = _size(size)
-    bbox_params = A.BboxParams(format="pascal_voc", label_fields=["indices"], clip=True)
-    return DetectionTransform(A.Compose([A.Resize(height, width)], bbox_params=bbox_params),
-                              A.Compose(_normalize_and_tensor(normalization)))
-
-
-def boxes_to_original(boxes: torch.Tensor, size: int | tuple[int, int], orig_size: Sequence[int] | torch.Tensor,
-                      ) -> torch.Tensor:
-    """Scale xyxy boxes predicted on the resized `size` (h, w) image back to the file's `orig_size` (h, w)."""
-    height, width = _size(size)
-    orig_h, orig_w = (int(v) for v in orig_size)
-    scale = boxes.new_tensor([orig_w / width, orig_h / height, orig_w / width, orig_h / height])
-    return boxes * scale
+    pixel = [A.ColorJitter(brightness=32 / 255, contrast=0.5, saturation=0.5, hue=18 / 360, p=0.5)]
+    return DetectionTransform(A.Compose(geometric, bbox_params=bbox_params), A.Compose(pixel), normalization)
 
 
 def segmentation_train_transform(crop: int = 513, scale: tuple[float, float] = (0.5, 2.0),
-                                 normalization: Normalization = "tf") -> SegmentationTransform:
-    """DeepLab training augmentation: random scale, pad to the crop (image with the mean pixel, mask with 255 =
-    ignore), random crop, horizontal flip."""
+                                 normalization: Normalization = "imagenet", resize: ResizeMethod = "opencv_linear",
+                                 augment: bool = True) -> SegmentationTransform:  # fmt: skip
+    """DeepLab training augmentation: random scale (by the preset's resize method), pad to the crop (image with the
+    mean pixel, mask with 255 = ignore), random crop, horizontal flip. `augment=False` (--no-augment) only pads
+    bottom/right and crops the top-left `crop` × `crop`, as evaluation feeds an image that fits the crop."""
+    fill = dict(fill=mean_pixel(normalization), fill_mask=IGNORE_INDEX)
+    if not augment:
+        return SegmentationTransform(A.Compose([A.PadIfNeeded(crop, crop, position="top_left", **fill),
+                                                A.Crop(0, 0, crop, crop)]), normalization)  # fmt: skip
     transforms = [
-        A.RandomScale(scale_limit=(scale[0] - 1.0, scale[1] - 1.0), p=1.0),
-        A.RandomCrop(crop, crop, pad_if_needed=True, pad_position="random", fill=mean_pixel(normalization),
-                     fill_mask=IGNORE_INDEX),
+        PresetRandomScale(scale_limit=(scale[0] - 1.0, scale[1] - 1.0), method=resize),
+        A.RandomCrop(crop, crop, pad_if_needed=True, pad_position="random", **fill),
         A.HorizontalFlip(p=0.5),
-        *_normalize_and_tensor(normalization),
     ]
-    return SegmentationTransform(A.Compose(transforms))
-
-
-def segmentation_eval_transform(crop: int = 513, normalization: Normalization = "tf") -> SegmentationTransform:
-    """Deterministic: pad bottom/right to at least `crop` (mask with 255, so padding never counts in mIoU),
-    normalise. Larger images keep their size; `collate_segmentation` pads a batch to its largest image."""
-    transforms = [
-        A.PadIfNeeded(min_height=crop, min_width=crop, position="top_left", fill=mean_pixel(normalization),
-                      fill_mask=IGNORE_INDEX),
-        *_normalize_and_tensor(normalization),
-    ]
-    return SegmentationTransform(A.Compose(transforms))
-
+    return SegmentationTransform(A.Compose(transforms), normalization)

@@ -3,16 +3,16 @@ backbone up to its 320-channel layer, with image pooling, a 1×1 branch and opti
 
 `Segmenter.from_pretrained(name_or_path)` is the public entry point; `DEEPLAB_WEIGHTS` lists the named weights."""
 
-from deeplab_mobile.api import Segmenter
 from deeplab_mobile.checkpoint import checkpoint_dict, deeplab_from_checkpoint, load_deeplab, save_deeplab
-from deeplab_mobile.inference import fuse_for_inference, predict, predict_logits
 from deeplab_mobile.loss import check_target, segmentation_loss
-from deeplab_mobile.model import MobileDeepLabV3
-from deeplab_mobile.presets import PRESETS, VOC_CLASSES, DeepLabPreset, build_deeplab, get_preset
-from deeplab_mobile.weights import DEEPLAB_WEIGHTS
+from deeplab_mobile.model import MobileDeepLabV3, build_deeplab
+from deeplab_mobile.named_weights import DEEPLAB_WEIGHTS
+from deeplab_mobile.presets import PRESETS, VOC_CLASSES, DeepLabPreset, get_preset
+from deeplab_mobile.segmenter import PAPER_MF_SCALES, Segmenter, predict, predict_logits, preprocess_image
 
 __all__ = [
     "DEEPLAB_WEIGHTS",
+    "PAPER_MF_SCALES",
     "PRESETS",
     "VOC_CLASSES",
     "DeepLabPreset",
@@ -22,11 +22,11 @@ __all__ = [
     "check_target",
     "checkpoint_dict",
     "deeplab_from_checkpoint",
-    "fuse_for_inference",
     "get_preset",
     "load_deeplab",
     "predict",
     "predict_logits",
+    "preprocess_image",
     "save_deeplab",
     "segmentation_loss",
 ]

@@ -33,33 +33,22 @@ def conv_bn_relu(
 
 
 class ImagePooling(nn.Module):
-    """Image-level features: average the map → 1×1 conv + BN + ReLU → back to the map size.
+    """Image-level features: average the whole map → 1×1 conv + BN + ReLU → back to the map size.
 
-    `kernel=None` averages over the whole map, right for any input size. A `kernel` reproduces TF's exported
-    graphs, which pool with a fixed window computed from their crop size (33×33 for 513 at OS16) with stride 1
-    and VALID padding, then resize bilinearly (align_corners=True) to the map: at the native size that is the
-    global average; on larger maps it becomes a sliding local average, as in TF; on maps no larger than the
-    window it is the global average (TF would fail there, PyTorch's AvgPool too).
+    TF's exported graphs pool with a fixed window computed from their crop size (33×33 for 513 at OS16), but every
+    TF code path feeds them inputs of exactly that crop (padded), and TF's multi-scale evaluation scales the window
+    with the input: the window always covers the whole map, so a global average is TF's pooling at any size.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int] | None, norm: NormSpec) -> None:
+    def __init__(self, in_channels: int, out_channels: int, norm: NormSpec) -> None:
         super().__init__()
-        self.kernel = kernel
         self.conv = conv_bn_relu(in_channels, out_channels, norm=norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        if self.kernel is None or (h <= self.kernel[0] and w <= self.kernel[1]):
-            # Broadcast by resizing the 1×1 map rather than .expand: the same numbers, and litert-torch 0.10
-            # converts expand to a BROADCAST_TO that the LiteRT runtime then refuses.
-            pooled = self.conv(x.mean((2, 3), keepdim=True))
-            return F.interpolate(pooled, size=(h, w), mode="bilinear", align_corners=True)
-        window = (min(self.kernel[0], h), min(self.kernel[1], w))
-        pooled = self.conv(F.avg_pool2d(x, window, stride=1))
-        return F.interpolate(pooled, size=(h, w), mode="bilinear", align_corners=True)
-
-    def extra_repr(self) -> str:
-        return f"kernel={self.kernel or 'global'}"
+        # Broadcast by resizing the 1×1 map rather than .expand: the same numbers, and litert-torch 0.10 converts
+        # expand to a BROADCAST_TO that the LiteRT runtime then refuses.
+        pooled = self.conv(x.mean((2, 3), keepdim=True))
+        return F.interpolate(pooled, size=x.shape[-2:], mode="bilinear", align_corners=True)
 
 
 def atrous_branch(in_channels: int, out_channels: int, rate: int, separable: bool, norm: NormSpec) -> nn.Module:
@@ -83,12 +72,11 @@ class DeepLabHead(nn.Module):
         channels: int = 256,
         atrous_rates: Sequence[int] = (),
         separable: bool = False,
-        pool_kernel: tuple[int, int] | None = None,
         dropout: float = 0.1,
         norm: NormSpec = NormSpec(),
     ) -> None:
         super().__init__()
-        self.image_pooling = ImagePooling(in_channels, channels, pool_kernel, norm)
+        self.image_pooling = ImagePooling(in_channels, channels, norm)
         self.aspp0 = conv_bn_relu(in_channels, channels, norm=norm)
         self.atrous = nn.ModuleList(atrous_branch(in_channels, channels, r, separable, norm) for r in atrous_rates)
         self.project = conv_bn_relu(channels * (2 + len(atrous_rates)), channels, norm=norm)

@@ -1,19 +1,24 @@
 """Named Mobile DeepLabv3 configurations: the rows of the MobileNetV2 paper's Table 7 and the settings of the
-official TF models we import. A preset fixes the architecture and how images are fed to it (normalisation,
-how an image of another size is brought to the network); checkpoints record the preset's name."""
+official TF models we import. A preset (backbone.preset.Preset) fixes everything that defines the network and how
+images are fed to it; checkpoints store its fields, so a file alone rebuilds its model and its preprocessing."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping
 
 from backbone.layers import PaddingMode
-from common.images import Normalization
-from deeplab_mobile.model import MobileDeepLabV3
+from backbone.preset import Preset, lookup, preset_table
+from backbone.tf.layout import TF_BN_EPS
+from common.images import Normalization, ResizeMethod, check_resize_method, normalization_stats
 
-# "any": the image at its own size; "pad": scale the long side to crop_size, pad bottom/right with the mean
-# (TF DeepLab's own preprocessing); "resize": stretch to crop_size × crop_size (the picamera2 example's way).
+# How `deeplab_mobile.preprocess_image` brings an image to the network: "any": at its own size, padded
+# bottom/right with the mean up to crop_size (TF DeepLab's evaluation); "pad": the same, with an image larger than
+# the crop first brought down so that its long side is crop_size (TF DeepLab's export graph, `resize_to_range`);
+# "resize": stretched to crop_size × crop_size (the picamera2 example's way).
 InputMode = Literal["any", "pad", "resize"]
+INPUT_MODES = ("any", "pad", "resize")
+OUTPUT_STRIDES = (8, 16)
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -22,119 +27,86 @@ VOC_CLASSES = (
 
 
 @dataclass(frozen=True)
-class DeepLabPreset:
-    name: str
-    description: str
+class DeepLabPreset(Preset):
+    """One Mobile DeepLabv3 recipe. `num_classes` counts the background (21 for VOC)."""
+
+    description: str = ""
     num_classes: int = 21
     width_mult: float = 1.0
     output_stride: int = 16
-    aspp: bool = False
-    aspp_separable: bool = False
+    aspp: bool = False  # atrous branches at rates 6/12/18 (OS16), 12/24/36 (OS8)
+    aspp_separable: bool = False  # TF's aspp_with_separable_conv
     divisible_by: int = 8  # channel rounding; TF DeepLab uses 1 below width 1.0
-    tf_fixed_pooling: bool = False  # pool with the window TF computes from crop_size (see head.ImagePooling)
-    crop_size: int = 513  # training crop; the native input of TF presets
     padding_mode: PaddingMode = "symmetric"
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    dropout: float = 0.1
+    align_corners: bool = True  # the logits' bilinear upsampling to the input (TF's, exact on 16k+1 inputs)
+    crop_size: int = 513  # the training crop; the size images are padded (or stretched) to
     normalization: Normalization = "imagenet"
     input_mode: InputMode = "any"
+    resize: ResizeMethod = "opencv_linear"  # the resize the model was trained with (common.images.resize_pixels)
+
+    def __post_init__(self) -> None:
+        if self.output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {self.output_stride}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {self.num_classes}")
+        if self.input_mode not in INPUT_MODES:
+            raise ValueError(f"input_mode must be one of {', '.join(INPUT_MODES)}, got {self.input_mode!r}")
+        if self.crop_size < self.output_stride:
+            raise ValueError(f"crop_size {self.crop_size} is below the output stride {self.output_stride}")
+        normalization_stats(self.normalization)  # raises on an unknown name
+        check_resize_method(self.resize)
 
     @property
-    def pool_kernel(self) -> tuple[int, int] | None:
-        """TF's `scale_dimension(crop, 1/OS)` = (crop - 1) // OS + 1: 33 for 513 at OS16 and for 257 at OS8."""
-        if not self.tf_fixed_pooling:
-            return None
-        side = (self.crop_size - 1) // self.output_stride + 1
-        return side, side
+    def aspp_rates(self) -> tuple[int, ...]:
+        """DeepLabv3's atrous rates at this output stride (none without ASPP)."""
+        return tuple(r * 16 // self.output_stride for r in (6, 12, 18)) if self.aspp else ()
 
-    def model_kwargs(self) -> dict[str, object]:
-        return dict(
-            num_classes=self.num_classes,
-            width_mult=self.width_mult,
-            output_stride=self.output_stride,
-            aspp=self.aspp,
-            aspp_separable=self.aspp_separable,
-            divisible_by=self.divisible_by,
-            image_pooling="tf_fixed" if self.tf_fixed_pooling else "global",
-            pool_kernel=self.pool_kernel,
-            padding_mode=self.padding_mode,
-        )
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "DeepLabPreset":
+        """Also reads the fields of presets written before they recorded their resize."""
+        config = dict(config)
+        config.setdefault("resize", "tf_bilinear_aligned" if config.get("padding_mode") == "tf_same"
+                          else "opencv_linear")  # fmt: skip
+        return super().from_config(config)
 
 
-_TF = dict(tf_fixed_pooling=True, padding_mode="tf_same", normalization="tf")
-PRESETS: tuple[DeepLabPreset, ...] = (
+_TF = dict(padding_mode="tf_same", normalization="tf", resize="tf_bilinear_aligned", bn_eps=TF_BN_EPS)
+PRESETS: dict[str, DeepLabPreset] = preset_table(
     DeepLabPreset("mnv2_os16", "paper Table 7: MNetV2* OS16, no ASPP (75.32% VOC val, 2.11M, 2.75B MAdds)"),
     DeepLabPreset("mnv2_os8", "paper Table 7 configuration: MNetV2* OS8, no ASPP", output_stride=8),
     DeepLabPreset("mnv2_aspp_os16", "paper Table 7 configuration: MNetV2* OS16, ASPP rates 6/12/18", aspp=True),
-    DeepLabPreset(
-        "mnv2_aspp_os8", "paper Table 7 configuration: MNetV2* OS8, ASPP rates 12/24/36", output_stride=8, aspp=True
-    ),
-    DeepLabPreset(
-        "tf_mnv2_pascal",
-        "TF deeplabv3_mnv2_pascal (coral TFLite): width 1.0, OS16, 513×513",
-        input_mode="pad",
-        **_TF,
-    ),
-    DeepLabPreset(
-        "tf_mnv2_dm05_pascal",
-        "TF deeplabv3_mnv2_dm05_pascal (coral TFLite): width 0.5, OS16, 513×513",
-        width_mult=0.5,
-        divisible_by=1,
-        input_mode="pad",
-        **_TF,
-    ),
-    DeepLabPreset(
-        "tf_mnv2_dm05_pascal_257",
-        "picamera2 deeplabv3.tflite: width 0.5, OS8, 257×257",
-        width_mult=0.5,
-        divisible_by=1,
-        output_stride=8,
-        crop_size=257,
-        input_mode="resize",
-        **_TF,
-    ),
+    DeepLabPreset("mnv2_aspp_os8", "paper Table 7 configuration: MNetV2* OS8, ASPP rates 12/24/36", output_stride=8,
+                  aspp=True),  # fmt: skip
+    DeepLabPreset("tf_mnv2_pascal", "TF deeplabv3_mnv2_pascal (coral TFLite): width 1.0, OS16, 513×513",
+                  input_mode="pad", **_TF),  # fmt: skip
+    DeepLabPreset("tf_mnv2_dm05_pascal", "TF deeplabv3_mnv2_dm05_pascal (coral TFLite): width 0.5, OS16, 513×513",
+                  width_mult=0.5, divisible_by=1, input_mode="pad", **_TF),  # fmt: skip
+    DeepLabPreset("tf_mnv2_dm05_pascal_257", "picamera2 deeplabv3.tflite: width 0.5, OS8, 257×257",
+                  width_mult=0.5, divisible_by=1, output_stride=8, crop_size=257, input_mode="resize", **_TF),  # fmt: skip
 )
 
 
-def tf_preset(
-    width_mult: float, output_stride: int, crop_size: int, num_classes: int, aspp: bool, aspp_separable: bool,
-    name: str,
-) -> DeepLabPreset:
-    """The TF preset with these settings (class count replaced), else a new one called `name` that feeds
-    images like TF DeepLab (long side to the crop, padded)."""
-    for preset in PRESETS:
-        same = (preset.width_mult, preset.output_stride, preset.crop_size, preset.aspp, preset.aspp_separable)
-        if preset.tf_fixed_pooling and same == (width_mult, output_stride, crop_size, aspp, aspp_separable):
+def tf_preset(width_mult: float, output_stride: int, crop_size: int, num_classes: int, aspp: bool,
+              aspp_separable: bool, align_corners: bool, name: str) -> DeepLabPreset:  # fmt: skip
+    """The TF preset with these settings (class count replaced), else a new one called `name` that feeds images
+    like TF DeepLab (long side to the crop, padded)."""
+    for preset in PRESETS.values():
+        same = (preset.width_mult, preset.output_stride, preset.crop_size, preset.aspp, preset.aspp_separable,
+                preset.align_corners)  # fmt: skip
+        if preset.padding_mode == "tf_same" and same == (width_mult, output_stride, crop_size, aspp, aspp_separable,
+                                                         align_corners):  # fmt: skip
             return replace(preset, num_classes=num_classes)
     return DeepLabPreset(
         name, f"imported TF model: width {width_mult}, OS{output_stride}, {crop_size}×{crop_size}",
         num_classes=num_classes, width_mult=width_mult, output_stride=output_stride, aspp=aspp,
         aspp_separable=aspp_separable, divisible_by=8 if width_mult == 1.0 else 1, crop_size=crop_size,
-        input_mode="pad", **_TF,
+        align_corners=align_corners, input_mode="pad", **_TF,
     )  # fmt: skip
 
 
 def get_preset(name: str) -> DeepLabPreset:
-    for preset in PRESETS:
-        if preset.name == name:
-            return preset
-    raise ValueError(f"unknown DeepLab preset {name!r}; choose one of {', '.join(p.name for p in PRESETS)}")
-
-
-def build_deeplab(
-    preset: DeepLabPreset | str, num_classes: int | None = None, class_names: Sequence[str] | None = None,
-    **overrides: Any,
-) -> MobileDeepLabV3:  # fmt: skip
-    """The model of `preset` (a preset or its name), optionally with another class count (`class_names` also sets
-    it); `overrides` replace constructor arguments the preset does not fix (an importer's `align_corners`, `bn_eps`)."""
-    if isinstance(preset, str):
-        preset = get_preset(preset)
-    if class_names is not None and num_classes is None:
-        num_classes = len(class_names)
-    if num_classes is not None:
-        preset = replace(preset, num_classes=num_classes)
-    model = MobileDeepLabV3(**{**preset.model_kwargs(), **overrides})
-    if class_names is not None:
-        if len(class_names) != preset.num_classes:
-            raise ValueError(f"{len(class_names)} class names for a {preset.num_classes}-class model")
-        model.class_names = list(class_names)
-    model.preset = preset
-    return model
+    """The preset called `name`, or a ValueError listing the known names (for --preset flags)."""
+    return lookup(PRESETS, name, "DeepLab")

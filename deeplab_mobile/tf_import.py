@@ -7,7 +7,7 @@ not matter. Width, class count, output stride, ASPP, input size, the image-pooli
 are read from the file; strides, dilations, activations and weight shapes are then checked against the model
 built from them, and every learned tensor of the file must land in exactly one layer. BatchNorm, folded by
 TFLite and folded here for frozen graphs, becomes identity-plus-bias; quantised weights are dequantised.
-The command line is tools/import_tf_segmentation.py; named weights (deeplab_mobile/weights.py) use it too.
+The command line is tools/import_tf_segmentation.py; named weights (deeplab_mobile/named_weights.py) use it too.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from torch import nn
 
 from backbone.layers import ConvBNAct
 from backbone.tf.graphdef import BATCH_NORM_OPS, GraphWeights
-from backbone.tf.layout import TF_BN_EPS, bias_as_batch_norm, fold_batch_norm, graph_conv_weight, tflite_conv_weight
+from backbone.tf.layout import bias_as_batch_norm, fold_batch_norm, graph_conv_weight, tflite_conv_weight
 from backbone.tf.tflite import Operator, TFLiteModel, read_tflite
 from common.errors import WeightsError
 from deeplab_mobile.model import MobileDeepLabV3
-from deeplab_mobile.presets import VOC_CLASSES, DeepLabPreset, build_deeplab, tf_preset
+from deeplab_mobile.presets import VOC_CLASSES, DeepLabPreset, tf_preset
 
 WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 LAST_BACKBONE_LAYER = "MobilenetV2/expanded_conv_16/project"  # 320 × width output channels
@@ -65,7 +65,6 @@ class FileSettings:
     """What a TF DeepLab file says about the model it holds and how it is fed."""
 
     preset: DeepLabPreset
-    align_corners: bool
     output: str  # "logits" or "argmax"
     input_type: str  # "FLOAT32", "UINT8", ...
     input_quantization: tuple[float, int] | None = None  # (scale, zero point) of a quantised TFLite input
@@ -87,31 +86,36 @@ def _require_deeplab(source: str, scopes: list[str]) -> None:
         )
 
 
+def tf_pool_window(crop_size: int, output_stride: int) -> tuple[int, int]:
+    """TF's image-pooling window, `scale_dimension(crop, 1/OS)` = (crop - 1) // OS + 1: the whole feature map of a
+    crop-sized input (33 for 513 at OS16 and for 257 at OS8), which our global pooling computes."""
+    side = (crop_size - 1) // output_stride + 1
+    return side, side
+
+
 def _file_preset(
     source: str, width: float, output_stride: int, crop_size: int, num_classes: int, scopes: list[str],
-    pool_kernel: tuple[int, int] | None,
+    pool_window: tuple[int, int] | None, align_corners: bool,
 ) -> DeepLabPreset:
-    """The preset of the file's settings; its pooling window must be the one TF derives from the crop size."""
-    preset = tf_preset(
-        width_mult=width,
-        output_stride=output_stride,
-        crop_size=crop_size,
-        num_classes=num_classes,
-        aspp="aspp1" in scopes or "aspp1_depthwise" in scopes,
-        aspp_separable="aspp1_depthwise" in scopes,
-        name=f"tf_import_{Path(source).name.split('.')[0]}",
-    )
-    if pool_kernel is not None and pool_kernel != preset.pool_kernel:
+    """The preset of the file's settings; its pooling window must be the one TF derives from the crop size (then
+    it covers the whole map, as global pooling does)."""
+    if pool_window is not None and pool_window != tf_pool_window(crop_size, output_stride):
         raise WeightsError(
-            f"{source}: image pooling window {pool_kernel}, but TF's rule gives {preset.pool_kernel} for a "
-            f"{crop_size}×{crop_size} input at output stride {output_stride}"
+            f"{source}: image pooling window {pool_window}, but TF's rule gives "
+            f"{tf_pool_window(crop_size, output_stride)} for a {crop_size}×{crop_size} input at output stride "
+            f"{output_stride}"
         )
-    return preset
-
-
-def _build(source: str, settings: FileSettings) -> MobileDeepLabV3:
     try:
-        return build_deeplab(settings.preset, align_corners=settings.align_corners, bn_eps=TF_BN_EPS)
+        return tf_preset(
+            width_mult=width,
+            output_stride=output_stride,
+            crop_size=crop_size,
+            num_classes=num_classes,
+            aspp="aspp1" in scopes or "aspp1_depthwise" in scopes,
+            aspp_separable="aspp1_depthwise" in scopes,
+            align_corners=align_corners,
+            name=f"tf_import_{Path(source).name.split('.')[0]}",
+        )
     except ValueError as e:
         raise WeightsError(f"{source}: its settings do not build a Mobile DeepLabv3: {e}") from e
 
@@ -195,11 +199,11 @@ def _tflite_settings(graph: TFLiteModel, layers: dict[str, Operator]) -> FileSet
         crop_size=image.shape[1],
         num_classes=_tflite_out_channels(graph, layers["logits/semantic"]),
         scopes=list(layers),
-        pool_kernel=(pools[0].options["filter_height"], pools[0].options["filter_width"]) if pools else None,
+        pool_window=(pools[0].options["filter_height"], pools[0].options["filter_width"]) if pools else None,
+        align_corners=bool(resizes[-1].options.get("align_corners", False)),
     )
     return FileSettings(
         preset=preset,
-        align_corners=bool(resizes[-1].options.get("align_corners", False)),
         output="argmax" if output_op is not None and output_op.name == "ARG_MAX" else "logits",
         input_type=image.type_name,
         input_quantization=(float(image.scale[0]), int(image.zero_point[0])) if image.is_quantized else None,
@@ -224,13 +228,14 @@ def _check_op(source: str, scope: str, op: Operator, module: nn.Module) -> None:
         )
 
 
-def deeplab_from_tflite(path: str | Path) -> tuple[MobileDeepLabV3, FileSettings]:
-    """The model held by a TF DeepLab MobileNetV2 TFLite file (float or quantised) and how the file is fed."""
+def deeplab_from_tflite(path: str | Path, labels: Path | None = None) -> tuple[MobileDeepLabV3, FileSettings]:
+    """The model held by a TF DeepLab MobileNetV2 TFLite file (float or quantised) and how the file is fed;
+    classes named by the `labels` file (see `class_names`)."""
     graph = read_tflite(path)
     source = str(graph.path)
     layers = _tflite_layers(graph)
     settings = _tflite_settings(graph, layers)
-    model = _build(source, settings)
+    model = MobileDeepLabV3(settings.preset, class_names(labels, settings.preset.num_classes))
     used: Counter[int] = Counter()
 
     def load(scope: str, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,18 +295,19 @@ def _graph_settings(weights: GraphWeights, layers: dict[str, Any]) -> FileSettin
         crop_size=(kernel[0] - 1) * output_stride + 1,
         num_classes=shape("logits/semantic")[3],
         scopes=list(layers),
-        pool_kernel=(kernel[0], kernel[1]),
+        pool_window=(kernel[0], kernel[1]),
+        align_corners=all(node.attr["align_corners"].b for node in resizes),
     )
     return FileSettings(
         preset=preset,
-        align_corners=all(node.attr["align_corners"].b for node in resizes),
         output="argmax" if weights.ops("ArgMax") else "logits",
         input_type="UINT8",  # the model-zoo graphs take `ImageTensor` uint8 and preprocess inside
     )
 
 
-def deeplab_from_graph(path: str | Path) -> tuple[MobileDeepLabV3, FileSettings]:
-    """The model held by a TF DeepLab MobileNetV2 frozen graph (`.pb` or model-zoo `.tar.gz`).
+def deeplab_from_graph(path: str | Path, labels: Path | None = None) -> tuple[MobileDeepLabV3, FileSettings]:
+    """The model held by a TF DeepLab MobileNetV2 frozen graph (`.pb` or model-zoo `.tar.gz`); classes named by
+    the `labels` file.
 
     BatchNorm is folded here into weight and bias like TFLite does: backbone (epsilon 1e-3, no gamma) and
     head (1e-5, gamma) then fit one model-wide epsilon exactly.
@@ -309,7 +315,7 @@ def deeplab_from_graph(path: str | Path) -> tuple[MobileDeepLabV3, FileSettings]
     weights = GraphWeights.from_file(path)
     layers = _graph_layers(weights)
     settings = _graph_settings(weights, layers)
-    model = _build(weights.source, settings)
+    model = MobileDeepLabV3(settings.preset, class_names(labels, settings.preset.num_classes))
     bn_nodes = {node.name.rsplit("/BatchNorm/", 1)[0]: node for op in BATCH_NORM_OPS for node in weights.ops(op)}
 
     def load(scope: str, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,13 +346,10 @@ def import_tf_deeplab(path: str | Path, labels: Path | None = None) -> tuple[Mob
     """TFLite or frozen graph, by the file's name; classes named by the `labels` file (see `class_names`)."""
     name = Path(path).name
     if name.endswith(".tflite"):
-        model, settings = deeplab_from_tflite(path)
-    elif name.endswith((".pb", ".tar.gz", ".tgz", ".tar")):
-        model, settings = deeplab_from_graph(path)
-    else:
-        raise WeightsError(f"{path}: expected a .tflite file, a frozen_inference_graph.pb or a model-zoo .tar.gz")
-    model.class_names = class_names(labels, model.num_classes)
-    return model, settings
+        return deeplab_from_tflite(path, labels)
+    if name.endswith((".pb", ".tar.gz", ".tgz", ".tar")):
+        return deeplab_from_graph(path, labels)
+    raise WeightsError(f"{path}: expected a .tflite file, a frozen_inference_graph.pb or a model-zoo .tar.gz")
 
 
 def class_names(path: Path | None, num_classes: int) -> list[str]:

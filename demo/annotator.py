@@ -5,7 +5,6 @@ legend of the classes shown. A model is a checkpoint or weights name (PyTorch, B
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backbone.predictor import fuse_for_inference
 from common.errors import UserError, WeightsError
 from deeplab_mobile.checkpoint import load_deeplab
-from deeplab_mobile.inference import fuse_for_inference, predict_logits
+from deeplab_mobile.segmenter import predict as segment
 from demo.overlay import Colour, blend, class_colours, draw_detections, draw_legend
 from ssdlite.checkpoint import load_ssdlite
+from ssdlite.detector import predict as detect
 from ssdlite.postprocess import Detections
-from ssdlite.predict import predict as detect
 from tools.export_metadata import ExportError
 from tools.litert_runtime import LiteRTModel
 
@@ -101,7 +101,7 @@ def load_detector(spec: str, device: torch.device, half: bool) -> tuple[Detector
     def run(frames: Sequence[np.ndarray], threshold: float) -> list[Detections]:
         # fp16 by autocast: predict() feeds fp32 tensors, autocast runs the convolutions in half precision.
         with torch.autocast("cuda", torch.float16, enabled=half):
-            return detect(network, frames, threshold)
+            return detect(network, frames, score_threshold=threshold)
 
     return run, list(checkpoint["class_names"]), _pytorch(device, half)
 
@@ -115,12 +115,8 @@ def load_segmenter(spec: str, device: torch.device, half: bool) -> tuple[Segment
     names, network = list(network.class_names), fuse_for_inference(network).to(device)
 
     def run(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
-        masks: list[np.ndarray] = []  # frames of different sizes (an image folder) go through in runs of one size
-        with torch.autocast("cuda", torch.float16, enabled=half):
-            for _, same_size in itertools.groupby(frames, key=lambda frame: frame.shape):
-                logits = torch.stack(predict_logits(network, list(same_size)))
-                masks += list(logits.argmax(1).to(torch.uint8).cpu().numpy())  # VOC palette: at most 255 classes
-        return masks
+        with torch.autocast("cuda", torch.float16, enabled=half):  # frames of one size share a forward pass
+            return segment(network, frames)
 
     return run, names, _pytorch(device, half)
 

@@ -24,10 +24,10 @@ from torchvision.models import MobileNet_V2_Weights
 from torchvision.transforms import InterpolationMode
 
 from backbone.checkpoint import load_checkpoint
+from backbone.mobilenet_weights import TORCHVISION_WEIGHTS, load_pretrained, mobilenet_v2_from_checkpoint
 from backbone.mobilenetv2 import MobileNetV2
 from backbone.tf.classifier import PREPROCESSING as TF_PREPROCESSING
 from backbone.tf.classifier import mobilenet_v2_from_tflite
-from backbone.weights import TORCHVISION_WEIGHTS, load_pretrained, mobilenet_v2_from_checkpoint
 from common.errors import WeightsError
 
 Preprocess = Callable[[Image.Image], torch.Tensor]

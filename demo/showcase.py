@@ -27,20 +27,22 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backbone import named_weights
 from common.files import write_atomic
 from common.images import read_image
 from datasets.segmentation import read_label_mask
 from datasets.sources import ensure_synthetic
 from datasets.synthetic import SYNTHETIC_CLASSES, synthetic_detection, synthetic_segmentation
 from demo.overlay import blend, colour_mask, write_png
-from eval.segmentation_metrics import image_mean_iou
+from eval.segmentation import image_mean_iou
 
 PHOTOS = ("cat.bmp", "parrot.jpg", "hot_dog.jpg", "bird.bmp", "grace_hopper.bmp")
 VOC_SAMPLES = ("vainf_1", "vainf_23", "vainf_114")
 
 
 def assets_dir() -> Path | None:
-    path = Path(os.environ.get("MNV2_ASSETS", Path(__file__).resolve().parent.parent.parent / "shared" / "assets"))
+    """The real test assets ($MNV2_ASSETS, else ../shared/assets), when they are here."""
+    path = named_weights.assets_dir()
     return path if path.is_dir() else None
 
 
@@ -76,7 +78,7 @@ def classify_photos(assets: Path) -> list[str]:
 
 
 def segment_voc_samples(assets: Path, out_dir: Path) -> list[str]:
-    from deeplab_mobile.inference import predict
+    from deeplab_mobile.segmenter import predict
     from deeplab_mobile.tf_import import import_tf_deeplab
 
     model, _ = import_tf_deeplab(assets / "coral" / "deeplabv3_mnv2_pascal_quant.tflite")
@@ -163,7 +165,7 @@ def official_models_on_photos(assets: Path, out: Path) -> tuple[Path, float] | N
     """Google's pedestrian SSDLite and Mobile DeepLabv3, by weights name (imported into $MNV2_CACHE on first use),
     through demo/video.py on the real photos."""
     from demo.video import run as video_demo
-    from ssdlite.weights import pedestrian_graph
+    from ssdlite.named_weights import pedestrian_graph
 
     if pedestrian_graph() is None:
         return None

@@ -1,23 +1,30 @@
 """Command-line plumbing the evaluation entry points share (eval/coco_map.py, eval/voc_map.py, eval/voc_miou.py):
-the common flags, the results folder and the sharded loader (the parser and error handling are common.cli's)."""
+the common flags, the results folder and the sharded loader (the parser and error handling are common.cli's), and
+what the two detection evaluators share: their flags, the detector with its thresholds, its evaluation transform,
+the report's setup lines."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from common.cli import check_flags
 from common.distributed import DistInfo, barrier, gather_objects, shard_dataset
-from common.files import write_atomic
-from common.runs import next_run_dir
+from common.files import next_run_dir
+from common.labels import canonical_class_name
 from datasets.errors import SkipCounter
 from datasets.loading import make_loader
-from eval.segmentation_report import json_safe, setup_section
+from datasets.transforms import DetectionEvalTransform
+from eval.detection import LabelMatch
+from ssdlite.checkpoint import load_ssdlite
+from ssdlite.detector import preprocess_image
+from ssdlite.model import SSDLite
 
 T = TypeVar("T")
 
@@ -98,12 +105,73 @@ def process_count(n: int) -> int:
     return sum(gather_objects(n))  # type: ignore[arg-type]
 
 
-def amend_report(out_dir: Path, setup: Mapping[str, Any]) -> None:
-    """Add a "Setup" list under the title of report.md and a "setup" entry to metrics.json."""
-    report = out_dir / "report.md"
-    head, _, rest = report.read_text().partition("\n")
-    write_atomic(report, "\n".join([head, "", *setup_section(setup), rest]))
-    metrics_path = out_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text())
-    metrics["setup"] = dict(setup)
-    write_atomic(metrics_path, json.dumps(json_safe(metrics), indent=2) + "\n")
+# ---- what the detection evaluators (eval/coco_map.py, eval/voc_map.py) share
+
+
+def add_detection_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("post-processing (default: the checkpoint preset's)")
+    g.add_argument("--score-threshold", type=float, default=None, help="drop detections scoring below this")
+    g.add_argument("--nms-iou", type=float, default=None, help="per-class NMS IoU threshold")
+
+
+def check_detection_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    check_common_arguments(parser, args)
+    if args.score_threshold is not None and not 0.0 <= args.score_threshold < 1.0:
+        parser.error(f"--score-threshold must be in [0, 1), got {args.score_threshold}")
+    if args.nms_iou is not None and not 0.0 < args.nms_iou <= 1.0:
+        parser.error(f"--nms-iou must be in (0, 1], got {args.nms_iou}")
+
+
+def load_detector(args: argparse.Namespace, dist: DistInfo) -> tuple[SSDLite, dict[str, Any], dict[str, float]]:
+    """The SSDLite of --weights on the device, in eval mode, its checkpoint, and the post-processing thresholds to
+    evaluate with (--score-threshold / --nms-iou, else the preset's), passed explicitly to `eval.detection.detect`."""
+    model, checkpoint = load_ssdlite(args.weights, ema=not args.no_ema)
+    preset = model.preset
+    thresholds = {"score_threshold": preset.score_threshold if args.score_threshold is None else args.score_threshold,
+                  "nms_iou": preset.nms_iou if args.nms_iou is None else args.nms_iou}  # fmt: skip
+    return model.to(dist.device).eval(), checkpoint, thresholds
+
+
+def detection_transform(model: SSDLite) -> DetectionEvalTransform:
+    """The evaluation transform: the detector's own preprocessing with its preset, as `Detector` feeds images."""
+    return DetectionEvalTransform(partial(preprocess_image, preset=model.preset))
+
+
+def detector_setup(args: argparse.Namespace, model: SSDLite, checkpoint: Mapping[str, Any], dist: DistInfo,
+                   thresholds: Mapping[str, float]) -> dict[str, Any]:  # fmt: skip
+    p = model.preset
+    kind = ""
+    if "ema" in checkpoint:  # a training checkpoint: say which of its weights were evaluated
+        kind = ", raw weights" if args.no_ema or checkpoint.get("ema") is None else ", EMA weights"
+    return {
+        "checkpoint": f"{args.weights} (preset {p.name}, {p.num_classes} classes with the background{kind})",
+        "input": f"{p.image_size[0]}×{p.image_size[1]} resized by {p.resize}, {p.normalization} normalisation, "
+                 f"{p.classification} scores (ssdlite.preprocess_image, as Detector)",
+        "post_processing": f"score > {thresholds['score_threshold']:g}, NMS IoU {thresholds['nms_iou']:g}, top "
+                           f"{p.pre_nms_topk} before NMS, {p.detections_per_image} detections per image",
+        "processes": f"{dist.world_size} on {dist.device.type}",
+    }  # fmt: skip
+
+
+def report_class_names(setup: dict[str, Any], model_names: Sequence[str], dataset_names: Sequence[str],
+                       match: LabelMatch | None) -> None:  # fmt: skip
+    """Add to the report the classes a by-name match scored and left out, or a warning when labels read as they
+    are carry other names."""
+    if match is not None:
+        setup.update(match.describe(dataset_names))
+        print(f"classes matched by name: {len(match.to_dataset)} scored, {len(match.dataset_only)} of the data's and "
+              f"{len(match.model_only)} of the checkpoint's left out (listed in the report)")  # fmt: skip
+    elif warning := class_name_warning(model_names, dataset_names):
+        setup["warning"] = warning
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def class_name_warning(names: Sequence[str], dataset_names: Sequence[str]) -> str | None:
+    """A warning when the checkpoint's class names differ from the dataset's at the same labels."""
+    pairs = [(i, a, b) for i, (a, b) in enumerate(zip(names, dataset_names))
+             if i > 0 and b != "N/A" and canonical_class_name(a) != canonical_class_name(b)]  # fmt: skip
+    if not pairs or len(names) != len(dataset_names):
+        return None
+    shown = ", ".join(f"{i}: {a!r} vs {b!r}" for i, a, b in pairs[:5])
+    more = f" and {len(pairs) - 5} more" if len(pairs) > 5 else ""
+    return f"the checkpoint's class names differ from the dataset's at {len(pairs)} labels ({shown}{more})"

@@ -27,109 +27,24 @@ rank 0 gathers the detections, scores them and writes the report.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import torch
 
 from common.cli import OneLineArgumentParser, new_parser, run_cli
-from common.distributed import DistInfo, gather_objects, init_distributed
+from common.distributed import gather_objects, init_distributed
 from common.errors import UserError
-from common.labels import canonical_class_name
 from datasets.coco import CocoDetection
 from datasets.errors import SkipCounter
 from datasets.loading import collate_detection
 from datasets.sources import add_data_arguments, data_root
-from datasets.transforms import DetectionTransform, detection_eval_transform
-from eval.cli import (
-    add_common_arguments,
-    amend_report,
-    check_common_arguments,
-    eval_loader,
-    first_images,
-    main_first,
-    record_skipped,
-    results_dir,
-)
+from datasets.transforms import DetectionEvalTransform
+from eval import cli
 from eval.coco_report import evaluate_coco, write_coco_report
 from eval.detection import LabelMatch, detect, match_labels
-from ssdlite.checkpoint import load_ssdlite
 from ssdlite.model import SSDLite
-
-# ------------------------------------------------------------------------------------------- detection plumbing
-
-
-def add_detection_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("post-processing (default: the checkpoint preset's)")
-    g.add_argument("--score-threshold", type=float, default=None, help="drop detections scoring below this")
-    g.add_argument("--nms-iou", type=float, default=None, help="per-class NMS IoU threshold")
-
-
-def check_detection_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    check_common_arguments(parser, args)
-    if args.score_threshold is not None and not 0.0 <= args.score_threshold < 1.0:
-        parser.error(f"--score-threshold must be in [0, 1), got {args.score_threshold}")
-    if args.nms_iou is not None and not 0.0 < args.nms_iou <= 1.0:
-        parser.error(f"--nms-iou must be in (0, 1], got {args.nms_iou}")
-
-
-def load_detector(args: argparse.Namespace, dist: DistInfo) -> tuple[SSDLite, dict[str, Any]]:
-    """The SSDLite of --weights on the device, in eval mode, with the --score-threshold/--nms-iou overrides."""
-    model, checkpoint = load_ssdlite(args.weights, ema=not args.no_ema)
-    overrides = {k: v for k, v in (("score_threshold", args.score_threshold), ("nms_iou", args.nms_iou))
-                 if v is not None}  # fmt: skip
-    if overrides:
-        model.preset = dataclasses.replace(model.preset, **overrides)  # detect() reads post-processing from here
-    return model.to(dist.device).eval(), checkpoint
-
-
-def detector_transform(model: SSDLite) -> DetectionTransform:
-    return detection_eval_transform(model.preset.image_size, model.preset.normalization)
-
-
-def detector_setup(args: argparse.Namespace, model: SSDLite, checkpoint: Mapping[str, Any],
-                   dist: DistInfo) -> dict[str, Any]:  # fmt: skip
-    p = model.preset
-    kind = ""
-    if "ema" in checkpoint:  # a training checkpoint: say which of its weights were evaluated
-        kind = ", raw weights" if args.no_ema or checkpoint.get("ema") is None else ", EMA weights"
-    return {
-        "checkpoint": f"{args.weights} (preset {p.name}, {p.num_classes} classes with the background{kind})",
-        "input": f"{p.image_size[0]}×{p.image_size[1]}, {p.normalization} normalisation, {p.classification} scores",
-        "post_processing": f"score > {p.score_threshold:g}, NMS IoU {p.nms_iou:g}, top {p.pre_nms_topk} before "
-                           f"NMS, {p.detections_per_image} detections per image",
-        "processes": f"{dist.world_size} on {dist.device.type}",
-    }  # fmt: skip
-
-
-def report_class_names(setup: dict[str, Any], model_names: Sequence[str], dataset_names: Sequence[str],
-                       match: LabelMatch | None) -> None:  # fmt: skip
-    """Add to the report the classes a by-name match scored and left out, or a warning when labels read as they
-    are carry other names."""
-    if match is not None:
-        setup.update(match.describe(dataset_names))
-        print(f"classes matched by name: {len(match.to_dataset)} scored, {len(match.dataset_only)} of the data's and "
-              f"{len(match.model_only)} of the checkpoint's left out (listed in the report)")  # fmt: skip
-    elif warning := class_name_warning(model_names, dataset_names):
-        setup["warning"] = warning
-        print(f"warning: {warning}", file=sys.stderr)
-
-
-def class_name_warning(names: Sequence[str], dataset_names: Sequence[str]) -> str | None:
-    """A warning when the checkpoint's class names differ from the dataset's at the same labels."""
-    pairs = [(i, a, b) for i, (a, b) in enumerate(zip(names, dataset_names))
-             if i > 0 and b != "N/A" and canonical_class_name(a) != canonical_class_name(b)]  # fmt: skip
-    if not pairs or len(names) != len(dataset_names):
-        return None
-    shown = ", ".join(f"{i}: {a!r} vs {b!r}" for i, a, b in pairs[:5])
-    more = f" and {len(pairs) - 5} more" if len(pairs) > 5 else ""
-    return f"the checkpoint's class names differ from the dataset's at {len(pairs)} labels ({shown}{more})"
-
-
-# ------------------------------------------------------------------------------------------------- COCO mAP
 
 
 def coco_source(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -164,7 +79,7 @@ LABEL_SPACE_TEXT = {
 }  # fmt: skip
 
 
-def coco_dataset_for(model: SSDLite, args: argparse.Namespace, transform: DetectionTransform,
+def coco_dataset_for(model: SSDLite, args: argparse.Namespace, transform: DetectionEvalTransform,
                      skip: SkipCounter | None) -> tuple[CocoDetection, str, LabelMatch | None]:  # fmt: skip
     """The COCO-format set in the label space the checkpoint fits: its class count read as contiguous labels or
     category ids where its names agree (or it has none), else its classes matched to the file's by name."""
@@ -192,36 +107,35 @@ def coco_dataset_for(model: SSDLite, args: argparse.Namespace, transform: Detect
 
 def build_parser() -> OneLineArgumentParser:
     parser = new_parser("python eval/coco_map.py", __doc__)
-    add_common_arguments(parser, batch_size=32)
+    cli.add_common_arguments(parser, batch_size=32)
     g = parser.add_argument_group("COCO-format set (instead of --data)")
     g.add_argument("--ann", type=Path, metavar="JSON", help="instances JSON (COCO format) of the set to evaluate")
     g.add_argument("--images", type=Path, metavar="DIR", help="folder of the images --ann lists")
     add_data_arguments(parser, segmentation=False)
-    add_detection_arguments(parser)
+    cli.add_detection_arguments(parser)
     return parser
 
 
 def evaluate(args: argparse.Namespace) -> Path | None:
     dist = init_distributed(args.device)
-    model, checkpoint = load_detector(args, dist)
+    model, checkpoint, thresholds = cli.load_detector(args, dist)
     skip = SkipCounter() if args.skip_bad_samples else None
-    dataset, label_space, match = main_first(dist, lambda: coco_dataset_for(model, args,
-                                                                          detector_transform(model), skip))
+    dataset, label_space, match = cli.main_first(dist, lambda: coco_dataset_for(model, args,
+                                                                          cli.detection_transform(model), skip))
     if not dataset.coco.dataset.get("annotations"):  # COCOeval would report 0.000, which reads as a score
         raise UserError(f"{dataset.ann_file}: has no annotations, so mAP is undefined (nothing to find): evaluate "
                         "on a file with ground-truth boxes")  # fmt: skip
-    subset = first_images(dataset, args.max_images)
-    loader = eval_loader(subset, args, dist, collate_detection)
+    subset = cli.first_images(dataset, args.max_images)
+    loader = cli.eval_loader(subset, args, dist, collate_detection)
     start = time.perf_counter()
     results, image_ids, dropped = [], [], 0
-    with torch.inference_mode():
-        for target, found in detect(model, loader, dist.device, progress=dist.is_main and not args.quiet):
-            image_ids.append(int(target["image_id"]))
-            found = match.apply(found) if match else found
-            known = torch.tensor([int(v) in dataset.label_to_cat for v in found["labels"].tolist()], dtype=torch.bool)
-            dropped += int((~known).sum())
-            results += dataset.to_coco_results(target["image_id"], found["boxes"][known],
-                                               found["scores"][known].tolist(), found["labels"][known].tolist())
+    for target, found in detect(model, loader, dist.is_main and not args.quiet, **thresholds):
+        image_ids.append(int(target["image_id"]))
+        found = match.apply(found) if match else found
+        known = torch.tensor([int(v) in dataset.label_to_cat for v in found["labels"].tolist()], dtype=torch.bool)
+        dropped += int((~known).sum())
+        results += dataset.to_coco_results(target["image_id"], found["boxes"][known],
+                                           found["scores"][known].tolist(), found["labels"][known].tolist())
     gathered = gather_objects((results, image_ids, dropped))
     if not dist.is_main:
         return None
@@ -232,10 +146,8 @@ def evaluate(args: argparse.Namespace) -> Path | None:
     scored = [dataset.label_to_cat[label] for label in sorted(match.to_dataset.values())] if match else None
     result = evaluate_coco(dataset.coco, results, image_ids, scored)
 
-    out_dir = results_dir(args)
-    write_coco_report(result, out_dir, f"COCO box mAP of {Path(args.weights).name}", detections=results)
     k = len(dataset.class_names) - 1
-    setup = detector_setup(args, model, checkpoint, dist)
+    setup = cli.detector_setup(args, model, checkpoint, dist, thresholds)
     setup.update({
         "data": f"{dataset.ann_file} with images in {dataset.image_dir}: {len(image_ids)} of {len(dataset)} images"
                 + (f" (--max-images {args.max_images})" if len(subset) < len(dataset) else ""),
@@ -243,9 +155,10 @@ def evaluate(args: argparse.Namespace) -> Path | None:
                   + (f"; {dropped} detections of undefined ids dropped" if dropped else ""),
         "time": f"{seconds:.1f} s ({len(image_ids) / max(seconds, 1e-9):.1f} images/s)",
     })  # fmt: skip
-    report_class_names(setup, model.class_names, dataset.class_names, match)
-    record_skipped(skip, setup)
-    amend_report(out_dir, setup)
+    cli.report_class_names(setup, model.class_names, dataset.class_names, match)
+    cli.record_skipped(skip, setup)
+    out_dir = cli.results_dir(args)
+    write_coco_report(result, out_dir, f"COCO box mAP of {Path(args.weights).name}", detections=results, setup=setup)
     print(f"COCO mAP@[.5:.95] {result.stats['AP']:.3f}, AP50 {result.stats['AP50']:.3f} on {len(image_ids)} images "
           f"({label_space.replace('_', ' ')} labels); report: {out_dir / 'report.md'}")  # fmt: skip
     return out_dir
@@ -253,7 +166,7 @@ def evaluate(args: argparse.Namespace) -> Path | None:
 
 def main(argv: Sequence[str] | None = None) -> Path | None:
     """Run the evaluation; the results folder on rank 0 (None on the other torchrun processes)."""
-    return run_cli(build_parser(), argv, check_detection_arguments, evaluate)
+    return run_cli(build_parser(), argv, cli.check_detection_arguments, evaluate)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,14 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from common.files import write_atomic
+from eval.segmentation_report import json_safe, setup_section
 
 STAT_NAMES = (
     "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
@@ -106,18 +108,21 @@ def plot_precision_recall(result: CocoResult, path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def write_coco_report(result: CocoResult, out_dir: Path, title: str, detections: list[dict] | None = None) -> Path:
-    """report.md, metrics.json, pr_curve.png (and detections.json when given) in `out_dir`."""
+def write_coco_report(result: CocoResult, out_dir: Path, title: str, detections: list[dict] | None = None,
+                      setup: Mapping[str, Any] | None = None) -> Path:  # fmt: skip
+    """report.md, metrics.json, pr_curve.png (and detections.json when given) in `out_dir`; `setup` (how the
+    evaluation ran: checkpoint, input, thresholds, data) is listed under the title and kept in metrics.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if detections is not None:
         write_atomic(out_dir / "detections.json", json.dumps(detections))
-    write_atomic(out_dir / "metrics.json", json.dumps(
-        {"stats": result.stats, "per_class": result.per_class, "num_images": result.num_images,
-         "num_detections": result.num_detections}, indent=2))  # fmt: skip
+    metrics = {"stats": result.stats, "per_class": result.per_class, "num_images": result.num_images,
+               "num_detections": result.num_detections, **({"setup": dict(setup)} if setup else {})}  # fmt: skip
+    write_atomic(out_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2) + "\n")
     plot_precision_recall(result, out_dir / "pr_curve.png")
     lines = [
         f"# {title}",
         "",
+        *([*setup_section(setup), ""] if setup else []),
         f"{result.num_images} images, {result.num_detections} detections. COCO box metrics from pycocotools:",
         "",
         "| metric | value |",

@@ -21,28 +21,26 @@ from datasets.coco import CocoDetection
 from datasets.voc import VOCDetection
 from eval.coco_report import CocoResult, evaluate_coco, write_coco_report
 from eval.voc_ap import ImageDetections, ImageGroundTruth, voc_detection_ap
+from ssdlite.detector import detect_inputs
 from ssdlite.model import SSDLite
-from ssdlite.postprocess import Detections, postprocess_with_preset
+from ssdlite.postprocess import Detections
 
 
-@torch.inference_mode()
-def detect(model: SSDLite, loader: DataLoader, device: torch.device, progress: bool = False,
-           ) -> Iterator[tuple[dict, Detections]]:  # fmt: skip
-    """(target, detections) per image; boxes in the pixels of the image file (the target's `orig_size`).
-    Runs without autograd whatever the caller's mode, so any caller (trainer, CLI, notebook) may use it."""
+def detect(model: SSDLite, loader: DataLoader, progress: bool = False, *, score_threshold: float | None = None,
+           nms_iou: float | None = None) -> Iterator[tuple[dict, Detections]]:  # fmt: skip
+    """(target, detections) per image, through the detector's own path (`ssdlite.detect_inputs` on the inputs of
+    `DetectionEvalTransform`), so they are what `Detector` returns for the same files; boxes in the pixels of the
+    image file (the target's `orig_size`), thresholds the preset's unless given."""
     from tqdm import tqdm
 
-    preset = model.preset
-    anchors = model.anchors(preset.image_size, device)
     for batch in tqdm(loader, desc="detect", disable=not progress, dynamic_ncols=True):
         if batch is None:  # every sample of the batch was skipped by the dataset's skip policy
             continue
         images, targets = batch
-        box_regression, class_logits = model(images.to(device, non_blocking=True))
         sizes = [tuple(int(v) for v in t["orig_size"]) for t in targets]
-        detections = postprocess_with_preset(box_regression, class_logits, anchors, sizes, preset)
-        for target, found in zip(targets, detections):
-            yield target, {k: v.cpu() for k, v in found.items()}
+        found = detect_inputs(model, images, sizes, score_threshold=score_threshold, nms_iou=nms_iou)
+        for target, one in zip(targets, found):
+            yield target, {k: v.cpu() for k, v in one.items()}
 
 
 @dataclass(frozen=True)
@@ -103,12 +101,13 @@ def base_dataset(dataset: Dataset) -> Dataset:
 
 def evaluate_coco_detections(model: SSDLite, loader: DataLoader, dist: DistInfo, out_dir: Path | None = None,
                              title: str = "COCO evaluation", progress: bool = False) -> CocoResult | None:  # fmt: skip
-    """COCO mAP of `model` on a CocoDetection loader; rank 0 gets the result (and the report in `out_dir`)."""
+    """COCO mAP of `model` on a CocoDetection loader (the preset's post-processing); rank 0 gets the result (and
+    the report in `out_dir`)."""
     dataset = base_dataset(loader.dataset)
     if not isinstance(dataset, CocoDetection):
         raise ValueError(f"COCO evaluation needs a COCO-format dataset, got {type(dataset).__name__}")
     results, image_ids = [], []
-    for target, found in detect(model, loader, dist.device, progress):
+    for target, found in detect(model, loader, progress):
         image_ids.append(int(target["image_id"]))
         results += dataset.to_coco_results(target["image_id"], found["boxes"], found["scores"].tolist(),
                                            found["labels"].tolist())  # fmt: skip
@@ -131,7 +130,7 @@ def evaluate_voc_detections(model: SSDLite, loader: DataLoader, dist: DistInfo, 
     if not isinstance(dataset, VOCDetection):
         raise ValueError(f"VOC evaluation needs a VOCDetection dataset, got {type(dataset).__name__}")
     pairs = []
-    for target, found in detect(model, loader, dist.device, progress):
+    for target, found in detect(model, loader, progress):
         record = records[target["image_id"]]
         truth = ImageGroundTruth(torch.from_numpy(record.boxes), torch.from_numpy(record.labels),
                                  torch.from_numpy(record.extra["difficult"]))  # fmt: skip

@@ -1,59 +1,102 @@
-"""Segmentation evaluation shared by training (periodic validation) and eval/voc_miou.py: predict every
-validation image single-scale or multi-scale + flip (the paper's "MF"), and stream the confusion matrix."""
+"""Segmentation evaluation, shared by training (periodic validation) and eval/voc_miou.py: every validation image
+through the segmenter's own path (`deeplab_mobile.scores_at_image_size`, single-scale or multi-scale + flip, the
+paper's "MF"), scored at the image's own size into one streaming confusion matrix, summed over processes.
+
+The loader's samples come from `datasets.transforms.SegmentationEvalTransform` with the head's preprocessing and
+`collate_segmentation_eval`: (network inputs, masks at each image's size, the image regions in the inputs).
+Per-class IoU, mIoU, pixel accuracy and mean class accuracy all derive from the matrix, so evaluation memory does
+not grow with the dataset (VOC val is 1,449 images at full resolution).
+"""
 
 from __future__ import annotations
 
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common.distributed import DistInfo
-from eval.segmentation_metrics import ConfusionMatrix
-
-PAPER_MF_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # DeepLabv3's multi-scale inputs; with flip this is "MF"
-
-
-def predict_probabilities(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0,),
-                          flip: bool = False) -> torch.Tensor:  # fmt: skip
-    """Class probabilities [B, C, H, W] averaged over input scales (and horizontal flips) at the input size."""
-    size = images.shape[-2:]
-    total = None
-    for scale in scales:
-        scaled = images if scale == 1.0 else F.interpolate(images, scale_factor=scale, mode="bilinear",
-                                                           align_corners=False)  # fmt: skip
-        views = [(scaled, False), (scaled.flip(-1), True)] if flip else [(scaled, False)]
-        for view, flipped in views:
-            logits = model(view)
-            if flipped:
-                logits = logits.flip(-1)
-            if logits.shape[-2:] != size:
-                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-            probs = logits.softmax(dim=1)
-            total = probs if total is None else total + probs
-    return total / (len(scales) * (2 if flip else 1))
+from common.distributed import DistInfo, all_reduce_sum
+from common.labels import IGNORE_INDEX
+from deeplab_mobile.model import MobileDeepLabV3
+from deeplab_mobile.segmenter import Region, scores_at_image_size
 
 
-def predicted_masks(model: nn.Module, loader: DataLoader, device: torch.device, scales: Sequence[float] = (1.0,),
-                    flip: bool = False, progress: bool = False,
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # fmt: skip
-    """(images, predicted masks, ground-truth masks) per batch, all on the CPU."""
+class ConfusionMatrix:
+    """Rows: ground truth, columns: prediction; pixels labelled IGNORE_INDEX are not counted."""
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
+        self.num_classes = num_classes
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch of class maps (any shape, same for both)."""
+        if prediction.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(prediction.shape)} ≠ target shape {tuple(target.shape)}")
+        target, prediction = target.to(self.matrix.device), prediction.to(self.matrix.device)
+        valid = target != IGNORE_INDEX
+        target, prediction = target[valid].long(), prediction[valid].long()
+        if target.numel() and (int(target.max()) >= self.num_classes or int(target.min()) < 0):
+            bad = sorted(set(target.unique().tolist()) - set(range(self.num_classes)))
+            raise ValueError(f"ground-truth class ids {bad} are outside 0..{self.num_classes - 1} "
+                             f"and not {IGNORE_INDEX}")  # fmt: skip
+        index = target * self.num_classes + prediction
+        self.matrix += torch.bincount(index, minlength=self.num_classes**2).view(
+            self.num_classes, self.num_classes
+        )
+
+    def reduce(self) -> "ConfusionMatrix":
+        """Sum the matrices of all torchrun processes (no-op in a single process)."""
+        all_reduce_sum(self.matrix)
+        return self
+
+    def compute(self) -> dict[str, float | list[float]]:
+        """IoU per class (NaN for classes absent from both ground truth and prediction) and the summaries."""
+        m = self.matrix.double().cpu().numpy()
+        true_positive = np.diag(m)
+        gt, pred = m.sum(axis=1), m.sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = true_positive / (gt + pred - true_positive)
+            class_accuracy = true_positive / gt
+        total = m.sum()
+        return {
+            "mIoU": float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0,
+            "pixel_accuracy": float(true_positive.sum() / total) if total else 0.0,
+            "mean_class_accuracy": float(np.nanmean(class_accuracy)) if np.isfinite(class_accuracy).any() else 0.0,
+            "per_class_iou": iou.tolist(),
+        }
+
+
+def image_mean_iou(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> float:
+    """Mean IoU of one image over the classes its ground truth holds (255 ignored): the per-image figure the
+    sample checks quote (TF's and ours), where classes absent from the image would only add noise."""
+    matrix = ConfusionMatrix(num_classes)
+    matrix.update(torch.from_numpy(prediction.astype(np.int64)), torch.from_numpy(truth.astype(np.int64)))
+    present = sorted(set(np.unique(truth).tolist()) - {IGNORE_INDEX})
+    return float(np.asarray(matrix.compute()["per_class_iou"])[present].mean())
+
+
+Scored = tuple[list[torch.Tensor], list[Region], list[torch.Tensor], list[torch.Tensor]]
+
+
+def predicted_masks(model: MobileDeepLabV3, loader: DataLoader, scales: Sequence[float] = (1.0,), flip: bool = False,
+                    progress: bool = False) -> Iterator[Scored]:  # fmt: skip
+    """(network inputs, regions, predicted masks, ground-truth masks) per batch, masks at each image's size, on the
+    CPU: what `Segmenter` predicts for the same images, pixel for pixel."""
     for batch in tqdm(loader, desc="segment", disable=not progress, dynamic_ncols=True):
         if batch is None:  # every sample of the batch was skipped by the dataset's skip policy
             continue
-        images, masks = batch
-        probs = predict_probabilities(model, images.to(device, non_blocking=True), scales, flip)
-        yield images, probs.argmax(1).cpu(), masks
+        inputs, masks, regions = batch
+        scores = scores_at_image_size(model, inputs, regions, [tuple(m.shape) for m in masks], scales, flip)
+        yield inputs, regions, [s.argmax(0).cpu() for s in scores], masks
 
 
-def evaluate_segmentation(model: nn.Module, loader: DataLoader, num_classes: int, dist: DistInfo,
-                          scales: Sequence[float] = (1.0,), flip: bool = False, progress: bool = False,
-                          ) -> ConfusionMatrix:  # fmt: skip
+def evaluate_segmentation(model: MobileDeepLabV3, loader: DataLoader, dist: DistInfo, scales: Sequence[float] = (1.0,),
+                          flip: bool = False, progress: bool = False) -> ConfusionMatrix:  # fmt: skip
     """The confusion matrix of `model` on the loader, summed over every torchrun process."""
-    matrix = ConfusionMatrix(num_classes, dist.device)  # NCCL reduces device tensors only
-    for _, predicted, truth in predicted_masks(model, loader, dist.device, scales, flip, progress):
-        matrix.update(predicted, truth)
+    matrix = ConfusionMatrix(model.num_classes, dist.device)  # NCCL reduces device tensors only
+    for _, _, predicted, truth in predicted_masks(model, loader, scales, flip, progress):
+        for one, expected in zip(predicted, truth):
+            matrix.update(one, expected)
     return matrix.reduce()

@@ -65,7 +65,7 @@ def percent(value: float | None) -> str:
 
 
 def _as_matrix(matrix: Any) -> np.ndarray:
-    if hasattr(matrix, "matrix"):  # an eval.segmentation_metrics.ConfusionMatrix
+    if hasattr(matrix, "matrix"):  # an eval.segmentation.ConfusionMatrix
         matrix = matrix.matrix
     if isinstance(matrix, torch.Tensor):
         matrix = matrix.detach().cpu().numpy()

@@ -32,24 +32,9 @@ from datasets.errors import SkipCounter
 from datasets.loading import collate_detection
 from datasets.sources import add_data_arguments, data_root, year_folder
 from datasets.synthetic import SYNTHETIC_CLASSES
-from datasets.transforms import DetectionTransform
+from datasets.transforms import DetectionEvalTransform
 from datasets.voc import VOC_CLASSES, VOCDetection
-from eval.cli import (
-    add_common_arguments,
-    eval_loader,
-    first_images,
-    main_first,
-    record_skipped,
-    results_dir,
-)
-from eval.coco_map import (
-    add_detection_arguments,
-    check_detection_arguments,
-    detector_setup,
-    detector_transform,
-    load_detector,
-    report_class_names,
-)
+from eval import cli
 from eval.detection import LabelMatch, detect, match_labels
 from eval.segmentation_report import DASH, json_safe, setup_section
 from eval.voc_ap import ImageDetections, ImageGroundTruth, voc_detection_ap
@@ -58,7 +43,7 @@ from ssdlite.model import SSDLite
 PYTORCH_SSD_MB2_SSDLITE_VOC07 = 68.6  # github.com/qfgaohao/pytorch-ssd README: mb2-ssd-lite, VOC2007 test
 
 
-def voc_dataset(args: argparse.Namespace, model: SSDLite, transform: DetectionTransform,
+def voc_dataset(args: argparse.Namespace, model: SSDLite, transform: DetectionEvalTransform,
                 skip: SkipCounter | None) -> tuple[VOCDetection, LabelMatch | None]:  # fmt: skip
     """The VOC-layout set the flags name, `difficult` objects kept (flagged) for the evaluation, and how the
     checkpoint's labels match its classes: as they are where count and names agree, else by class name."""
@@ -86,17 +71,17 @@ def voc_dataset(args: argparse.Namespace, model: SSDLite, transform: DetectionTr
 
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("python eval/voc_map.py", __doc__)
-    add_common_arguments(parser, batch_size=32)
+    cli.add_common_arguments(parser, batch_size=32)
     add_data_arguments(parser, segmentation=False)
     parser.add_argument("--split", default=None,
                         help="ImageSets/Main list to evaluate (default: test for --data voc, else val)")  # fmt: skip
     parser.add_argument("--iou", type=float, default=0.5, help="IoU a detection needs to match (default: 0.5)")
-    add_detection_arguments(parser)
+    cli.add_detection_arguments(parser)
     return parser
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    check_detection_arguments(parser, args)
+    cli.check_detection_arguments(parser, args)
     if not 0.0 < args.iou < 1.0:
         parser.error(f"--iou must be in (0, 1), got {args.iou}")
 
@@ -154,21 +139,20 @@ def write_voc_report(out_dir: Path, title: str, class_names: Sequence[str], ap07
 
 def evaluate(args: argparse.Namespace) -> Path | None:
     dist = init_distributed(args.device)
-    model, checkpoint = load_detector(args, dist)
+    model, checkpoint, thresholds = cli.load_detector(args, dist)
     skip = SkipCounter() if args.skip_bad_samples else None
-    dataset, match = main_first(dist, lambda: voc_dataset(args, model, detector_transform(model), skip))
-    subset = first_images(dataset, args.max_images)
-    loader = eval_loader(subset, args, dist, collate_detection)
+    dataset, match = cli.main_first(dist, lambda: voc_dataset(args, model, cli.detection_transform(model), skip))
+    subset = cli.first_images(dataset, args.max_images)
+    loader = cli.eval_loader(subset, args, dist, collate_detection)
     records = {r.image_id: r for r in dataset.records}
     start = time.perf_counter()
     pairs = []
-    with torch.inference_mode():
-        for target, found in detect(model, loader, dist.device, progress=dist.is_main and not args.quiet):
-            record = records[target["image_id"]]  # the file's boxes, not the resized ones of the target
-            truth = ImageGroundTruth(torch.from_numpy(record.boxes), torch.from_numpy(record.labels),
-                                     torch.from_numpy(record.extra["difficult"]))  # fmt: skip
-            found = match.apply(found) if match else found
-            pairs.append((record.image_id, truth, ImageDetections(found["boxes"], found["scores"], found["labels"])))
+    for target, found in detect(model, loader, dist.is_main and not args.quiet, **thresholds):
+        record = records[target["image_id"]]  # the file's boxes, not the resized ones of the target
+        truth = ImageGroundTruth(torch.from_numpy(record.boxes), torch.from_numpy(record.labels),
+                                 torch.from_numpy(record.extra["difficult"]))  # fmt: skip
+        found = match.apply(found) if match else found
+        pairs.append((record.image_id, truth, ImageDetections(found["boxes"], found["scores"], found["labels"])))
     pairs = [p for part in gather_objects(pairs) for p in part]
     if not dist.is_main:
         return None
@@ -185,16 +169,16 @@ def evaluate(args: argparse.Namespace) -> Path | None:
     class_names = ["background", *(dataset.class_names[c] for c in scored)]
     ap07, ap10, positives = ([values[c - 1] for c in scored] for values in (ap07, ap10, positives))
 
-    out_dir = results_dir(args)
-    setup = detector_setup(args, model, checkpoint, dist)
+    out_dir = cli.results_dir(args)
+    setup = cli.detector_setup(args, model, checkpoint, dist, thresholds)
     setup.update({
         "data": f"{dataset.root} split {args.split or ('test' if args.data == 'voc' else 'val')}: {len(pairs)} of "
                 f"{len(dataset)} images" + (f" (--max-images {args.max_images})" if len(subset) < len(dataset) else ""),
         "match_iou": args.iou,
         "time": f"{seconds:.1f} s ({len(pairs) / max(seconds, 1e-9):.1f} images/s)",
     })  # fmt: skip
-    report_class_names(setup, model.class_names, dataset.class_names, match)
-    record_skipped(skip, setup)
+    cli.report_class_names(setup, model.class_names, dataset.class_names, match)
+    cli.record_skipped(skip, setup)
     reference = args.data == "voc" and list(dataset.class_names[1:]) == list(VOC_CLASSES) and len(subset) == 4952
     report = write_voc_report(out_dir, f"VOC detection mAP of {Path(args.weights).name}", class_names, ap07, ap10,
                               positives, setup, len(pairs), results, reference)  # fmt: skip

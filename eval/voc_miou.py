@@ -11,41 +11,36 @@ class accuracy, at one scale or averaged over --scales (and horizontal flips): -
 VOC classes; --data custom any VOC-layout folder (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/).
 Results go to runs/eval/<name>/: report.md, metrics.json, confusion_matrix.png and a few prediction overlays.
 
-How images are fed follows the checkpoint's preset (DeepLab's evaluation protocol):
-  - input_mode "any" (this suite's presets) and "pad" (imported TF models): padded bottom/right with the mean
-    pixel to at least the crop size (label padding is 255, so it never counts), never rescaled. The image
-    pooling averages the whole padded input, as TF DeepLab's eval.py does (its window follows the eval crop
-    size); at the native crop this is the exported graph's fixed window exactly.
-  - input_mode "resize" (e.g. the 257×257 picamera2 model): each image stretched to the crop size and the
-    prediction resized back to the image, one image at a time.
-Metrics are always computed at each image's own resolution.
+Images are fed exactly as `deeplab_mobile.Segmenter` feeds them (`deeplab_mobile.preprocess_image`, the
+checkpoint's preset): "any" (this suite's presets) and "pad" (imported TF models) pad bottom/right with the mean
+pixel up to the crop size (TF DeepLab's evaluation protocol; "pad" first brings an image larger than the crop
+down to it), "resize" (the 257×257 picamera2 model) stretches to the crop; the scores are cut to the image and
+brought back to its size. Image pooling averages the whole input, as TF DeepLab's eval.py pools. Metrics are
+computed at each image's own resolution; the masks are the segmenter's, pixel for pixel.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
-import numpy as np
+import cv2
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from common.cli import new_parser, run_cli
 from common.distributed import DistInfo, all_reduce_sum, init_distributed
 from common.errors import UserError
-from common.labels import IGNORE_INDEX
+from common.images import normalization_stats
 from datasets.errors import SkipCounter
-from datasets.loading import collate_segmentation
+from datasets.loading import collate_segmentation_eval
 from datasets.sources import add_data_arguments, segmentation_split
-from datasets.transforms import normalization_stats, segmentation_eval_transform
+from datasets.transforms import SegmentationEvalTransform
 from deeplab_mobile.checkpoint import load_deeplab
-from deeplab_mobile.head import ImagePooling
 from deeplab_mobile.presets import DeepLabPreset
+from deeplab_mobile.segmenter import PAPER_MF_SCALES, Region, preprocess_image
 from eval.cli import (
     add_common_arguments,
     check_common_arguments,
@@ -56,8 +51,7 @@ from eval.cli import (
     record_skipped,
     results_dir,
 )
-from eval.segmentation import PAPER_MF_SCALES, predict_probabilities, predicted_masks
-from eval.segmentation_metrics import ConfusionMatrix
+from eval.segmentation import ConfusionMatrix, predicted_masks
 from eval.segmentation_report import Overlay, write_segmentation_report
 
 
@@ -79,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the paper's multi-scale + flip: --scales {' '.join(f'{s:g}' for s in PAPER_MF_SCALES)} "
                         "--flip")  # fmt: skip
     g.add_argument("--crop-size", type=int, default=None,
-                   help="pad inputs to at least this size (default: the training run's --crop-size recorded in the "
-                        "checkpoint, else the preset's crop size)")  # fmt: skip
+                   help="the crop size images are padded to (input mode any, pad; pad also brings larger images "
+                        "down to it) (default: the checkpoint preset's, the training crop)")  # fmt: skip
     g.add_argument("--overlays", type=int, default=4, metavar="N",
                    help="prediction overlays to draw from the first images (default: 4)")  # fmt: skip
     return parser
@@ -90,61 +84,38 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     check_common_arguments(parser, args)
     if args.mf and args.scales is not None:
         parser.error("--mf sets the scales (and --flip) itself: give either --mf or --scales")
-    if args.mf:
-        args.scales, args.flip = list(PAPER_MF_SCALES), True
-    args.scales = args.scales or [1.0]
-    bad = [s for s in args.scales if not 0.0 < s <= 8.0]
+    bad = [s for s in args.scales or () if not 0.0 < s <= 8.0]
     if bad:
         parser.error(f"--scales must lie in (0, 8], got {' '.join(f'{s:g}' for s in bad)}")
     if args.overlays < 0:
         parser.error(f"--overlays must be 0 or more, got {args.overlays}")
 
 
-def load_model(args: argparse.Namespace) -> tuple[nn.Module, DeepLabPreset, list[str], dict[str, Any]]:
-    """The checkpoint's model (EMA weights of a training checkpoint unless --no-ema), its preset, class names and
-    the notes the report shows about it."""
-    model, raw = load_deeplab(args.weights, ema=not args.no_ema)  # raw: the training flags live here
-    preset, names = model.preset, model.class_names
-    has_ema = isinstance(raw.get("ema"), Mapping)
-    notes: dict[str, Any] = {"weights": (", raw weights" if args.no_ema else ", EMA weights") if has_ema else ""}
-    trained = raw.get("args") if isinstance(raw.get("args"), Mapping) else {}
-    notes["training_crop"] = trained.get("crop_size")
-    pooling = [m for m in model.modules() if isinstance(m, ImagePooling) and m.kernel is not None]
-    for module in pooling:
-        module.kernel = None  # global over the padded input: TF eval.py (see the module docstring)
-    notes["fixed_pooling"] = bool(pooling)
-    return model, preset, names, notes
+def scales_and_flip(args: argparse.Namespace) -> tuple[tuple[float, ...], bool]:
+    """What --mf, --scales and --flip ask for."""
+    return (PAPER_MF_SCALES, True) if args.mf else (tuple(args.scales or (1.0,)), args.flip)
 
 
-def resized_predictions(model: nn.Module, loader: DataLoader, device: torch.device, size: int,
-                        scales: Sequence[float], flip: bool, progress: bool,
-                        ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # fmt: skip
-    """predicted_masks for input_mode "resize": each image (batch of one) stretched to size × size, the class
-    probabilities resized back to the image."""
-    for batch in tqdm(loader, desc="segment", disable=not progress, dynamic_ncols=True):
-        if batch is None:
-            continue
-        images, masks = batch
-        x = images.to(device, non_blocking=True)
-        height, width = x.shape[-2:]
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        probs = predict_probabilities(model, x, scales, flip)
-        probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
-        yield images, probs.argmax(1).cpu(), masks
+def evaluation_preset(preset: DeepLabPreset, crop_size: int | None) -> DeepLabPreset:
+    """How images are fed: the checkpoint's preset, with --crop-size if given (named so in the report)."""
+    if crop_size is None:
+        return preset
+    if preset.input_mode == "resize":
+        raise UserError(f"--crop-size: preset {preset.name} stretches every image to {preset.crop_size}×"
+                        f"{preset.crop_size} (input_mode resize); drop the flag")  # fmt: skip
+    return preset.derive(crop_size=crop_size)
 
 
-def to_overlay(image: torch.Tensor, truth: torch.Tensor, predicted: torch.Tensor, normalization: str,
+def to_overlay(x: torch.Tensor, region: Region, truth: torch.Tensor, predicted: torch.Tensor, normalization: str,
                name: str) -> Overlay:  # fmt: skip
-    """Undo the normalisation and cut off the bottom/right padding (rows and columns that are all 255)."""
+    """The image as the network saw it (normalisation undone, padding cut off) at its own size, beside its masks."""
     mean, std = normalization_stats(normalization)  # type: ignore[arg-type]
-    pixels = image.float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    pixels = x.float().cpu()[:, : region[0], : region[1]] * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
     rgb = (pixels.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    truth_np, pred_np = truth.cpu().numpy(), predicted.cpu().numpy()
-    labelled = truth_np != IGNORE_INDEX
-    rows, cols = np.flatnonzero(labelled.any(axis=1)), np.flatnonzero(labelled.any(axis=0))
-    h = rows[-1] + 1 if len(rows) else truth_np.shape[0]
-    w = cols[-1] + 1 if len(cols) else truth_np.shape[1]
-    return Overlay(rgb[:h, :w], truth_np[:h, :w], pred_np[:h, :w], name)
+    h, w = truth.shape
+    if rgb.shape[:2] != (h, w):
+        rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
+    return Overlay(rgb, truth.cpu().numpy(), predicted.cpu().numpy(), name)
 
 
 def reduce_matrix(matrix: ConfusionMatrix, dist: DistInfo) -> ConfusionMatrix:
@@ -155,27 +126,21 @@ def reduce_matrix(matrix: ConfusionMatrix, dist: DistInfo) -> ConfusionMatrix:
 
 def evaluate(args: argparse.Namespace) -> Path | None:
     dist = init_distributed(args.device)
-    model, preset, ckpt_names, notes = load_model(args)
-    resize = preset.input_mode == "resize"
-    if resize and args.crop_size is not None:
-        raise UserError(f"--crop-size: preset {preset.name} stretches every image to {preset.crop_size}×"
-                        f"{preset.crop_size} (input_mode resize); drop the flag")  # fmt: skip
-    crop = preset.crop_size if resize else (args.crop_size or notes["training_crop"] or preset.crop_size)
-    transform = segmentation_eval_transform(1 if resize else crop, preset.normalization)  # 1: no padding
+    model, checkpoint = load_deeplab(args.weights, ema=not args.no_ema)
+    preset = evaluation_preset(model.preset, args.crop_size)
+    scales, flip = scales_and_flip(args)
+    transform = SegmentationEvalTransform(partial(preprocess_image, preset=preset))
     skip = SkipCounter() if args.skip_bad_samples else None
     if args.data == "coco" and args.split:
         raise UserError("--split does not apply to --data coco (the COCO val2017 images are evaluated)")
     dataset, class_names, source = main_first(dist, lambda: segmentation_split(
-        args, args.split or "val", transform, skip, ckpt_names, dist.is_main and not args.quiet))  # fmt: skip
+        args, args.split or "val", transform, skip, model.class_names, dist.is_main and not args.quiet))  # fmt: skip
     if len(class_names) != model.num_classes:
         raise UserError(f"--weights {args.weights} has {model.num_classes} classes (background included) but the "
                         f"dataset {source} has {len(class_names)}: evaluate the checkpoint on the data it was "
                         "trained for" + (" (or pass --num-classes)" if args.data == "custom" else ""))  # fmt: skip
     subset = first_images(dataset, args.max_images)
-    batch_size = 1 if resize else args.batch_size
-    if resize and args.batch_size != 1 and dist.is_main:
-        print(f"note: preset {preset.name} resizes every image to {crop}×{crop}: evaluating one image at a time")
-    loader = eval_loader(subset, args, dist, collate_segmentation, batch_size)
+    loader = eval_loader(subset, args, dist, collate_segmentation_eval)
     model = model.to(dist.device).eval()
 
     progress = dist.is_main and not args.quiet
@@ -183,16 +148,12 @@ def evaluate(args: argparse.Namespace) -> Path | None:
     overlays: list[Overlay] = []
     count = 0
     start = time.perf_counter()
-    with torch.inference_mode():
-        predictions = (resized_predictions(model, loader, dist.device, crop, args.scales, args.flip, progress)
-                       if resize else predicted_masks(model, loader, dist.device, args.scales, args.flip, progress))
-        for images, predicted, truth in predictions:
-            matrix.update(predicted, truth)
-            for i in range(images.shape[0]):
-                if dist.is_main and len(overlays) < args.overlays:
-                    overlays.append(to_overlay(images[i], truth[i], predicted[i], preset.normalization,
-                                               f"image {count + i + 1}"))  # fmt: skip
-            count += images.shape[0]
+    for inputs, regions, predicted, truth in predicted_masks(model, loader, scales, flip, progress):
+        for x, region, one, expected in zip(inputs, regions, predicted, truth):
+            matrix.update(one, expected)
+            count += 1
+            if dist.is_main and len(overlays) < args.overlays:
+                overlays.append(to_overlay(x, region, expected, one, preset.normalization, f"image {count}"))
     reduce_matrix(matrix, dist)
     count = process_count(count)
     if not dist.is_main:
@@ -200,19 +161,24 @@ def evaluate(args: argparse.Namespace) -> Path | None:
     seconds = time.perf_counter() - start
     metrics = matrix.compute()
 
-    scales = " ".join(f"{s:g}" for s in args.scales)
-    mode = "multi-scale" if len(args.scales) > 1 else "single scale"
-    feeding = (f"each image resized to {crop}×{crop} (input_mode resize), prediction resized back" if resize else
-               f"padded bottom/right to at least {crop}×{crop}, not rescaled (input_mode {preset.input_mode})")
+    scale_text = " ".join(f"{s:g}" for s in scales)
+    mode = "multi-scale" if len(scales) > 1 else "single scale"
+    crop = preset.crop_size
+    feeding = {"resize": f"each image stretched to {crop}×{crop} (input_mode resize), scores resized back",
+               "pad": f"padded bottom/right to {crop}×{crop}, an image larger than that first brought down to it "
+                      "(input_mode pad)",
+               "any": f"padded bottom/right to at least {crop}×{crop}, never rescaled (input_mode any)"}[preset.input_mode]
+    has_ema = isinstance(checkpoint.get("ema"), Mapping)
+    weights = (", raw weights" if args.no_ema else ", EMA weights") if has_ema else ""
     details = {
-        "checkpoint": f"{args.weights} (preset {preset.name}, {model.num_classes} classes with the background"
-                      f"{notes['weights']})",
+        "checkpoint": f"{args.weights} (preset {model.preset.name}, {model.num_classes} classes with the background"
+                      f"{weights})",
         "data": f"{source}: {count} of {len(dataset)} images"
                 + (f" (--max-images {args.max_images})" if len(subset) < len(dataset) else ""),
-        "input": f"{feeding}, {preset.normalization} normalisation",
-        "scales": f"{scales}{' + flip' if args.flip else ''} ({'the paper’s MF' if args.mf else mode})",
-        "image_pooling": "global over the whole input, as TF eval.py pools (the checkpoint's fixed window "
-                         "equals it at the native crop)" if notes["fixed_pooling"] else "global",
+        "input": f"{feeding}, resized by {preset.resize}, {preset.normalization} normalisation "
+                 f"(deeplab_mobile.preprocess_image, as Segmenter)",
+        "scales": f"{scale_text}{' + flip' if flip else ''} ({'the paper’s MF' if args.mf else mode})",
+        "image_pooling": "global over the whole input, as TF DeepLab's eval.py pools",
         "processes": f"{dist.world_size} on {dist.device.type}",
         "time": f"{seconds:.1f} s ({count / max(seconds, 1e-9):.2f} images/s)",
     }  # fmt: skip
@@ -221,7 +187,7 @@ def evaluate(args: argparse.Namespace) -> Path | None:
     title = f"Segmentation mIoU of {Path(args.weights).name}" + (" (MF)" if args.mf else "")
     report = write_segmentation_report(metrics, class_names, matrix, out_dir, title, overlays, details)
     print(f"mIoU {100 * metrics['mIoU']:.2f}% (pixel accuracy {100 * metrics['pixel_accuracy']:.2f}%) on {count} "
-          f"images, {mode}{' + flip' if args.flip else ''}; report: {report}")  # fmt: skip
+          f"images, {mode}{' + flip' if flip else ''}; report: {report}")  # fmt: skip
     return out_dir
 
 

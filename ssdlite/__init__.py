@@ -2,15 +2,13 @@
 
 `Detector.from_pretrained(name_or_path)` is the public entry point; `SSDLITE_WEIGHTS` lists the named weights."""
 
-from common.images import as_rgb  # re-exported: inference accepts any image it takes
-from ssdlite.anchors import AnchorGenerator, feature_map_sizes
-from ssdlite.api import DetectionResult, Detector
+from ssdlite.anchors import AnchorGenerator, feature_map_sizes, match_anchors
 from ssdlite.checkpoint import checkpoint_dict, load_ssdlite, save_ssdlite, ssdlite_from_checkpoint
+from ssdlite.detector import DetectionResult, Detector, detect_inputs, predict, preprocess, preprocess_image
 from ssdlite.loss import SSDLiteLoss, pad_targets
-from ssdlite.matcher import match_anchors
 from ssdlite.model import SSDLite, build_ssdlite
-from ssdlite.postprocess import Detections, postprocess, postprocess_with_preset
-from ssdlite.predict import fuse_for_inference, predict, preprocess
+from ssdlite.named_weights import SSDLITE_WEIGHTS
+from ssdlite.postprocess import Detections, postprocess
 from ssdlite.presets import (
     PRESETS,
     SSDLITE320_COCO,
@@ -19,7 +17,6 @@ from ssdlite.presets import (
     SSDLitePreset,
     get_preset,
 )
-from ssdlite.weights import SSDLITE_WEIGHTS
 
 __all__ = [
     "PRESETS",
@@ -34,19 +31,18 @@ __all__ = [
     "SSDLite",
     "SSDLiteLoss",
     "SSDLitePreset",
-    "as_rgb",
     "build_ssdlite",
     "checkpoint_dict",
+    "detect_inputs",
     "feature_map_sizes",
-    "fuse_for_inference",
     "get_preset",
     "load_ssdlite",
     "match_anchors",
     "pad_targets",
     "postprocess",
-    "postprocess_with_preset",
     "predict",
     "preprocess",
+    "preprocess_image",
     "save_ssdlite",
     "ssdlite_from_checkpoint",
 ]

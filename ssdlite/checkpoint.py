@@ -7,14 +7,15 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
-from backbone.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from backbone.pretrained import resolve
+from backbone.checkpoint import load_model, model_from_checkpoint, save_checkpoint
+from backbone.preset import check_preset
 from common.errors import WeightsError
 from ssdlite.model import SSDLite
-from ssdlite.presets import SSDLitePreset
+from ssdlite.presets import PRESETS, SSDLitePreset
 
 ARCH = "ssdlite"
 
@@ -30,6 +31,19 @@ def save_ssdlite(model: SSDLite, path: str | os.PathLike, **extra: Any) -> Path:
     return save_checkpoint(checkpoint_dict(model, **extra), path)
 
 
+def stored_preset(checkpoint: Mapping[str, Any], source: str) -> SSDLitePreset:
+    """The preset a checkpoint was made with. Files written before presets recorded their resize were resized by
+    OpenCV when trained here (they hold the training flags) and by TF when imported from Google's TF-padded
+    models."""
+    try:
+        config = dict(checkpoint["config"])
+        if "resize" not in config and "args" in checkpoint:
+            config["resize"] = "opencv_linear"
+        return SSDLitePreset.from_config(config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"{source}: unreadable SSDLite configuration: {e}") from e
+
+
 def ssdlite_from_checkpoint(
     checkpoint: Any, source: str, *, preset: SSDLitePreset | str | None = None, num_classes: int | None = None,
     ema: bool = True,
@@ -38,16 +52,8 @@ def ssdlite_from_checkpoint(
     expects (e.g. from --preset and the dataset); every mismatch is a WeightsError naming `source`."""
 
     def build(checkpoint: Mapping[str, Any]) -> SSDLite:
-        try:
-            stored = SSDLitePreset.from_config(checkpoint["config"])
-        except (TypeError, ValueError) as e:
-            raise WeightsError(f"{source}: unreadable SSDLite configuration: {e}") from e
-        expected = preset.name if isinstance(preset, SSDLitePreset) else preset
-        if expected is not None and expected != stored.name:
-            raise WeightsError(
-                f"{source}: made with preset {stored.name!r}, not {expected!r}: use --preset {stored.name} "
-                "(a preset fixes padding, normalisation and anchors, so the weights only fit their own)"
-            )
+        stored = stored_preset(checkpoint, source)
+        check_preset(stored, preset, PRESETS, source)
         if num_classes is not None and num_classes != stored.num_classes:
             raise WeightsError(
                 f"{source}: has {stored.num_classes} classes (background included) but {num_classes} were asked for "
@@ -65,9 +71,6 @@ def load_ssdlite(
     name_or_path: str | os.PathLike, *, preset: SSDLitePreset | str | None = None, num_classes: int | None = None,
     ema: bool = True,
 ) -> tuple[SSDLite, dict[str, Any]]:  # fmt: skip
-    """The model of a checkpoint file or weights name (ssdlite/weights.py), in eval mode, and the checkpoint dict
-    (extras such as the training epoch). See `ssdlite_from_checkpoint` for the checks."""
-    path = resolve(name_or_path)
-    checkpoint = load_checkpoint(path)
-    model = ssdlite_from_checkpoint(checkpoint, str(path), preset=preset, num_classes=num_classes, ema=ema)
-    return model.eval(), checkpoint
+    """The model of a checkpoint file or weights name, in eval mode, and the checkpoint dict (see
+    backbone.checkpoint.load_model; `ssdlite_from_checkpoint` for the checks)."""
+    return load_model(name_or_path, partial(ssdlite_from_checkpoint, preset=preset, num_classes=num_classes, ema=ema))

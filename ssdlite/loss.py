@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssdlite import box_coder
-from ssdlite.matcher import match_anchors
+from ssdlite.anchors import encode_boxes, match_anchors
 from ssdlite.presets import Classification
 
 
@@ -91,7 +90,7 @@ class SSDLiteLoss(nn.Module):
         normaliser = num_positives.clamp(min=1).to(box_regression.dtype)
 
         matched_boxes = gt_boxes.gather(1, matched[..., None].expand(-1, -1, 4))[positive]
-        box_targets = box_coder.encode(matched_boxes, anchors.expand_as(box_regression)[positive])
+        box_targets = encode_boxes(matched_boxes, anchors.expand_as(box_regression)[positive])
         box_loss = F.smooth_l1_loss(box_regression[positive], box_targets, beta=1.0, reduction="sum") / normaliser
 
         target_labels = torch.where(positive, gt_labels.gather(1, matched), torch.zeros_like(matched))

@@ -7,13 +7,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import OrderedDict
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from backbone.layers import ConvBNAct, NormSpec, PaddingMode
 from backbone.mobilenetv2 import MobileNetV2
+from backbone.preset import PresetModel
 from ssdlite.anchors import AnchorGenerator
 from ssdlite.presets import SSDLitePreset
 
@@ -76,7 +77,7 @@ class SSDLiteHead(nn.Module):
         return torch.cat(boxes, dim=1), torch.cat(logits, dim=1)
 
 
-class SSDLite(nn.Module):
+class SSDLite(PresetModel):
     """MobileNetV2 backbone + extra layers + SSDLite head.
 
     forward(images [B, 3, H, W], normalised per `preset`) → (box_regression [B, A, 4] as (tx, ty, tw, th),
@@ -86,13 +87,7 @@ class SSDLite(nn.Module):
     """
 
     def __init__(self, preset: SSDLitePreset, class_names: Sequence[str] | None = None) -> None:
-        super().__init__()
-        self.preset = preset
-        if class_names is None:
-            class_names = ["background", *(f"class_{i}" for i in range(1, preset.num_classes))]
-        if len(class_names) != preset.num_classes:
-            raise ValueError(f"{len(class_names)} class names for a model with {preset.num_classes} classes")
-        self.class_names = list(class_names)
+        super().__init__(preset, class_names)
         norm = NormSpec(eps=preset.bn_eps, momentum=preset.bn_momentum)
         self.backbone = MobileNetV2(
             width_mult=preset.width_mult,
@@ -126,15 +121,6 @@ class SSDLite(nn.Module):
             prior_logit = -math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY)
             for branch in self.head.cls:
                 nn.init.constant_(branch.conv.bias, prior_logit)
-
-    @property
-    def num_classes(self) -> int:
-        return self.preset.num_classes
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The preset's fields, as checkpoints store them (and as backbone.weights' messages read the width)."""
-        return self.preset.to_config()
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The six feature maps, largest first."""

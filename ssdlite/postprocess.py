@@ -11,8 +11,8 @@ from typing import Sequence
 import torch
 from torchvision.ops import batched_nms
 
-from ssdlite import box_coder
-from ssdlite.presets import Classification, SSDLitePreset
+from ssdlite.anchors import decode_boxes
+from ssdlite.presets import Classification
 
 Detections = dict[str, torch.Tensor]  # "boxes" [N, 4] float (x0, y0, x1, y1) pixels, "scores" [N], "labels" [N] int64
 
@@ -28,7 +28,7 @@ def decode_outputs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Boxes [B, A, 4] (x0, y0, x1, y1) normalised and clipped to the image (TF's clip window), and class scores
     [B, A, C - 1]: the fixed-shape half of post-processing, which exported graphs (tools/export.py) contain."""
-    return box_coder.decode(box_regression, anchors).clamp(0.0, 1.0), class_scores(class_logits, classification)
+    return decode_boxes(box_regression, anchors).clamp(0.0, 1.0), class_scores(class_logits, classification)
 
 
 def postprocess(
@@ -36,6 +36,7 @@ def postprocess(
     class_logits: torch.Tensor,
     anchors: torch.Tensor,
     image_sizes: Sequence[tuple[int, int]],
+    *,
     classification: Classification,
     score_threshold: float,
     nms_iou: float,
@@ -48,25 +49,15 @@ def postprocess(
     labels are class indices 1..C-1 (0 is the background).
     """
     boxes, scores = decode_outputs(box_regression, class_logits, anchors, classification)
-    return select_detections(boxes, scores, image_sizes, score_threshold, nms_iou, pre_nms_topk, detections_per_image)
-
-
-def postprocess_with_preset(
-    box_regression: torch.Tensor,
-    class_logits: torch.Tensor,
-    anchors: torch.Tensor,
-    image_sizes: Sequence[tuple[int, int]],
-    preset: SSDLitePreset,
-) -> list[Detections]:
-    """`postprocess` with the classification, thresholds and limits of `preset` (evaluation, predict, benchmarks)."""
-    return postprocess(box_regression, class_logits, anchors, image_sizes, preset.classification,
-                       preset.score_threshold, preset.nms_iou, preset.pre_nms_topk, preset.detections_per_image)
+    return select_detections(boxes, scores, image_sizes, score_threshold=score_threshold, nms_iou=nms_iou,
+                             pre_nms_topk=pre_nms_topk, detections_per_image=detections_per_image)  # fmt: skip
 
 
 def select_detections(
     boxes: torch.Tensor,
     scores: torch.Tensor,
     image_sizes: Sequence[tuple[int, int]],
+    *,
     score_threshold: float,
     nms_iou: float,
     pre_nms_topk: int,

@@ -2,7 +2,7 @@
 
 Every weight of the graph must land in exactly one of our parameters or BN buffers and every one of ours must be
 filled; anything else (a leftover, a gap, a shape or setting that disagrees with the preset) is a WeightsError that
-names the file. The command line is tools/import_tf_detection.py; named weights (ssdlite/weights.py) use it too.
+names the file. The command line is tools/import_tf_detection.py; named weights (ssdlite/named_weights.py) use it too.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from torch import nn
 
 from backbone import MobileNetV2, TFSamePad2d, dilation_schedule, make_divisible
 from backbone.checkpoint import load_state_dict_checked
-from backbone.weights import from_torchvision
+from backbone.mobilenet_weights import from_torchvision
 
 
 def randomise_bn_stats(model: nn.Module, seed: int = 0) -> None:

@@ -48,7 +48,7 @@ def test_coco8_reads_with_the_real_categories(coco8):
 
 def test_coco8_through_the_ssd_pipeline(coco8):
     torch.manual_seed(0)
-    data = CocoDetection(coco8 / "images" / "train", coco8 / "instances_train.json", detection_train_transform(320))
+    data = CocoDetection(coco8 / "images" / "train", coco8 / "instances_train.json", detection_train_transform(320, "tf"))
     for index in range(len(data)):
         image, target = data[index]
         assert image.shape == (3, 320, 320) and -1 <= image.min() and image.max() <= 1
@@ -78,7 +78,7 @@ def test_voc_samples_segmentation(voc_samples):
 
 def test_voc_samples_through_the_deeplab_pipeline(voc_samples):
     torch.manual_seed(0)
-    data = SegmentationDataset(voc_segmentation_samples(voc_samples, None), transform=segmentation_train_transform())
+    data = SegmentationDataset(voc_segmentation_samples(voc_samples, None), transform=segmentation_train_transform(normalization="tf"))
     image, mask = data[0]
     assert image.shape == (3, 513, 513) and mask.shape == (513, 513)
     assert set(np.unique(mask.numpy())) <= {0, 1, 255}

@@ -1,5 +1,6 @@
 """Albumentations pipelines: boxes stay aligned with their labels and inside the image, degenerate ones go,
-normalisation matches the weights, segmentation pads with ignore, and random state is per process."""
+normalisation matches the weights, segmentation pads with ignore, and random state is per process; the evaluation
+transforms feed the heads' own preprocessing."""
 
 from __future__ import annotations
 
@@ -10,16 +11,23 @@ import torch
 
 from datasets.transforms import (
     IGNORE_INDEX,
+    DetectionEvalTransform,
     MinIoURandomCrop,
+    SegmentationEvalTransform,
     _Pipeline,
-    boxes_to_original,
-    detection_eval_transform,
     detection_train_transform,
     mean_pixel,
     normalization_stats,
-    segmentation_eval_transform,
     segmentation_train_transform,
 )
+from deeplab_mobile import get_preset as deeplab_preset
+from deeplab_mobile import preprocess_image as deeplab_preprocess
+from ssdlite import SSDLITE320_COCO, SSDLITE_TF_COCO300, preprocess_image
+
+
+def detection_eval_transform(size: int, preset=SSDLITE320_COCO) -> DetectionEvalTransform:
+    """The evaluation transform training and eval/coco_map.py build: SSDLite's own preprocessing."""
+    return DetectionEvalTransform(lambda image: preprocess_image(image, preset.derive(image_size=(size, size))))
 
 
 def grey_boxes_scene() -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -72,23 +80,22 @@ def test_eval_transform_scales_boxes_exactly_and_maps_back():
     _, out = detection_eval_transform(320)(image, target)
     torch.testing.assert_close(out["boxes"][0], torch.tensor([10.0, 20, 100, 146.6667]))
     assert out["labels"].tolist() == [1, 2, 3, 4, 5]  # eval keeps everything, even the sub-pixel box
-    back = boxes_to_original(out["boxes"], 320, torch.tensor([480, 640]))
-    torch.testing.assert_close(back, torch.from_numpy(target["boxes"]))
-    tensor, none = detection_eval_transform((300, 300))(image)
+    assert target["boxes"][0].tolist() == [20, 30, 200, 220]  # the sample is not changed in place
+    tensor, none = detection_eval_transform(300)(image)
     assert tensor.shape == (3, 300, 300) and none is None
 
 
 def test_normalisation_matches_the_weights():
     image = np.zeros((4, 4, 3), np.uint8)
     image[0, 0] = 255
-    tf, _ = detection_eval_transform(4, "tf")(image)
-    assert tf[:, 1, 1].tolist() == [-1.0, -1.0, -1.0] and tf[:, 0, 0].tolist() == [1.0, 1.0, 1.0]
-    imagenet, _ = detection_eval_transform(4, "imagenet")(image)
+    tf, _ = detection_eval_transform(32, SSDLITE_TF_COCO300)(image.repeat(8, 0).repeat(8, 1))
+    assert tf[:, 12, 12].tolist() == [-1.0, -1.0, -1.0] and tf[:, 0, 0].tolist() == [1.0, 1.0, 1.0]
+    imagenet, _ = detection_eval_transform(32)(image.repeat(8, 0).repeat(8, 1))
     mean, std = normalization_stats("imagenet")
-    torch.testing.assert_close(imagenet[:, 1, 1], -torch.tensor(mean) / torch.tensor(std))
+    torch.testing.assert_close(imagenet[:, 12, 12], -torch.tensor(mean) / torch.tensor(std))
     assert mean_pixel("imagenet") == (124, 116, 104) and mean_pixel("tf") == (128, 128, 128)
     with pytest.raises(ValueError, match="unknown normalization 'caffe'"):
-        detection_eval_transform(4, "caffe")  # type: ignore[arg-type]
+        SSDLITE320_COCO.derive(normalization="caffe")
 
 
 def test_min_iou_crop_honours_its_threshold():
@@ -126,15 +133,17 @@ def test_segmentation_train_pads_with_ignore_and_keeps_labels():
         assert out.shape == (64, 64) and set(out.unique().tolist()) <= {0, 7, IGNORE_INDEX}
 
 
-def test_segmentation_eval_pads_bottom_right_only():
+def test_segmentation_eval_pads_bottom_right_only_and_keeps_the_mask_at_the_images_size():
     image = np.full((30, 40, 3), 255, np.uint8)
     mask = np.full((30, 40), 3, np.uint8)
-    tensor, out = segmentation_eval_transform(64)(image, mask)
-    assert tensor.shape == (3, 64, 64)
-    assert (out[:30, :40] == 3).all() and (out[30:] == IGNORE_INDEX).all() and (out[:, 40:] == IGNORE_INDEX).all()
+    preset = deeplab_preset("tf_mnv2_pascal").derive(crop_size=64)
+    tensor, out, region = SegmentationEvalTransform(lambda im: deeplab_preprocess(im, preset))(image, mask)
+    assert tensor.shape == (3, 64, 64) and region == (30, 40) and out.shape == (30, 40) and (out == 3).all()
+    assert (tensor[:, 30:] == 0).all() and (tensor[:, :, 40:] == 0).all()  # the mean exactly, as predict pads
     assert torch.allclose(tensor[:, :30, :40], torch.tensor(1.0))
-    tensor, none = segmentation_eval_transform(64)(image)
-    assert tensor.shape == (3, 64, 64) and none is None
+    large = np.full((100, 80, 3), 255, np.uint8)  # "pad" brings a larger image down to the crop, aspect kept
+    tensor, none, region = SegmentationEvalTransform(lambda im: deeplab_preprocess(im, preset))(large)
+    assert tensor.shape == (3, 64, 64) and none is None and region == (64, 51)
 
 
 def test_pipeline_decisions_are_independent_and_repeatable():

@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from backbone.predictor import fuse_for_inference
 from common.errors import WeightsError
-from deeplab_mobile import fuse_for_inference, load_deeplab, predict, predict_logits
+from deeplab_mobile import load_deeplab, predict, predict_logits
 from deeplab_mobile.tf_import import deeplab_from_tflite
-from eval.segmentation_metrics import ConfusionMatrix
+from eval.segmentation import ConfusionMatrix
 from tools.import_tf_segmentation import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def test_picamera2_argmax_agrees_with_the_interpreter(voc) -> None:
     path = asset(PICAMERA2)
     model, settings = deeplab_from_tflite(path)
     assert settings.preset.name == "tf_mnv2_dm05_pascal_257" and settings.output == "logits"
-    assert model.config["pool_kernel"] == (33, 33)
+    assert (model.preset.crop_size, model.preset.output_stride, model.preset.input_mode) == (257, 8, "resize")
     runner = interpreter(path)
     (inp,), (out,) = runner.get_input_details(), runner.get_output_details()
     for name, (image, _) in voc.items():

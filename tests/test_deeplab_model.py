@@ -15,6 +15,7 @@ from common.errors import WeightsError
 from deeplab_mobile import (
     PRESETS,
     VOC_CLASSES,
+    DeepLabPreset,
     MobileDeepLabV3,
     build_deeplab,
     get_preset,
@@ -25,6 +26,7 @@ from deeplab_mobile import (
     segmentation_loss,
 )
 from deeplab_mobile.head import ImagePooling
+from deeplab_mobile.tf_import import tf_pool_window
 
 
 def complexity(model: torch.nn.Module, size: int) -> tuple[int, int]:
@@ -54,13 +56,13 @@ def test_head_shapes_and_branch_layout() -> None:
 
 @pytest.mark.parametrize("size", [(511, 377), (33, 47), (1, 1)])
 def test_any_input_size_gives_full_size_logits(size: tuple[int, int]) -> None:
-    model = MobileDeepLabV3(num_classes=5).eval()
+    model = build_deeplab("mnv2_os16", num_classes=5).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, *size)).shape == (1, 5, *size)
 
 
 def test_global_pooling_is_the_mean_of_the_map() -> None:
-    pooling = ImagePooling(8, 4, None, NormSpec()).eval()
+    pooling = ImagePooling(8, 4, NormSpec()).eval()
     x = torch.randn(2, 8, 13, 7)
     expected = pooling.conv(x.mean((2, 3), keepdim=True))
     out = pooling(x)
@@ -68,18 +70,12 @@ def test_global_pooling_is_the_mean_of_the_map() -> None:
     assert torch.allclose(out, expected.expand_as(out))
 
 
-def test_tf_fixed_pooling_equals_global_at_native_size_and_stays_defined_elsewhere() -> None:
-    torch.manual_seed(0)
-    tf = ImagePooling(8, 4, (33, 33), NormSpec()).eval()
-    pooled = ImagePooling(8, 4, None, NormSpec()).eval()
-    pooled.load_state_dict(tf.state_dict())
-    native = torch.randn(1, 8, 33, 33)
-    assert torch.allclose(tf(native), pooled(native), atol=1e-6)
-    small = torch.randn(1, 8, 20, 24)  # smaller than the window: the global average
-    assert torch.allclose(tf(small), pooled(small), atol=1e-6)
-    large = torch.randn(1, 8, 40, 36)  # larger: a sliding window like TF, resized back to the map
-    assert tf(large).shape == (1, 4, 40, 36)
-    assert not torch.allclose(tf(large), pooled(large))
+def test_tfs_fixed_pooling_window_is_the_whole_map_of_its_crop() -> None:
+    """TF's exported graphs pool with a window derived from their crop (33×33 for 513 at OS16, 257 at OS8), with
+    VALID padding: on the map of a crop-sized input that is the global average our ImagePooling computes."""
+    assert tf_pool_window(513, 16) == tf_pool_window(257, 8) == (33, 33)
+    x = torch.randn(1, 8, 33, 33)
+    torch.testing.assert_close(torch.nn.functional.avg_pool2d(x, (33, 33)), x.mean((2, 3), keepdim=True))
 
 
 @pytest.mark.parametrize("name", ["mnv2_os8", "mnv2_aspp_os16", "mnv2_aspp_os8"])
@@ -96,24 +92,27 @@ def test_table7_variants_build_and_run(name: str) -> None:
 
 
 def test_separable_aspp_is_smaller_than_plain() -> None:
-    plain = MobileDeepLabV3(aspp=True)
-    separable = MobileDeepLabV3(aspp=True, aspp_separable=True)
+    plain = MobileDeepLabV3(DeepLabPreset("plain", aspp=True))
+    separable = MobileDeepLabV3(DeepLabPreset("separable", aspp=True, aspp_separable=True))
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(separable) < count(plain) - 1.5e6
 
 
 def test_width_multiplier_and_tf_channel_rounding() -> None:
-    assert MobileDeepLabV3(width_mult=0.5).backbone.out_channels == 160
+    half = MobileDeepLabV3(DeepLabPreset("half", width_mult=0.5))
+    assert half.backbone.out_channels == 160
     tf_half = build_deeplab("tf_mnv2_dm05_pascal")
     assert tf_half.backbone.blocks[1].out_channels == 12  # TF DeepLab: no multiple-of-8 rounding below 1.0
-    assert MobileDeepLabV3(width_mult=0.5).backbone.blocks[1].out_channels == 16
+    assert half.backbone.blocks[1].out_channels == 16
 
 
 def test_bad_model_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="output_stride"):
-        MobileDeepLabV3(output_stride=32)
-    with pytest.raises(ValueError, match="pool_kernel"):
-        MobileDeepLabV3(image_pooling="tf_fixed")
+        DeepLabPreset("x", output_stride=32)
+    with pytest.raises(ValueError, match="input_mode"):
+        DeepLabPreset("x", input_mode="crop")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="3 class names for a model with 4 classes"):
+        MobileDeepLabV3(DeepLabPreset("x", num_classes=4), ["a", "b", "c"])
     with pytest.raises(ValueError, match="unknown DeepLab preset 'nope'"):
         build_deeplab("nope")
 
@@ -152,8 +151,10 @@ def test_checkpoint_round_trip_and_wrong_files(small_model: MobileDeepLabV3, tmp
     x = torch.randn(1, 3, 45, 37)
     with torch.no_grad():
         assert torch.equal(model.eval()(x), small_model(x))
-    with pytest.raises(WeightsError, match=r"d\.pt: a checkpoint of preset 'mnv2_os16', not the 'mnv2_os8'"):
+    with pytest.raises(WeightsError, match=r"d\.pt: made with preset 'mnv2_os16', which differs from 'mnv2_os8' in "
+                                           r"output_stride: 16 vs 8"):
         load_deeplab(path, preset="mnv2_os8")
+    assert load_deeplab(path, preset=dataclasses.replace(preset, name="renamed"))[0].preset.name == "mnv2_os16"
     with pytest.raises(WeightsError, match=r"d\.pt: a 4-class model, not the 21 classes"):
         load_deeplab(path, num_classes=21)
     ssd = save_checkpoint({"arch": "ssdlite", "config": {}, "model": {}}, tmp_path / "ssd.pt")
@@ -164,14 +165,15 @@ def test_checkpoint_round_trip_and_wrong_files(small_model: MobileDeepLabV3, tmp
     save_checkpoint(broken, tmp_path / "broken.pt")
     with pytest.raises(WeightsError, match=r"broken\.pt: weights do not fit.*head\.classifier\.weight"):
         load_deeplab(tmp_path / "broken.pt")
-    with pytest.raises(ValueError, match="3 class names for a 4-class model"):
+    with pytest.raises(ValueError, match="3 class names for a model with 4 classes"):
         build_deeplab(preset, num_classes=4, class_names=["a", "b", "c"])
 
 
 @pytest.mark.parametrize(
     "preset_name, shape",
     [
-        ("mnv2_os16", (511, 377, 3)),  # the model runs at the odd size itself
+        ("mnv2_os16", (511, 377, 3)),  # padded to the crop, the model runs at 513×513, cut back to the image
+        ("mnv2_os16", (600, 377, 3)),  # larger than the crop: the model runs at the odd size itself
         ("mnv2_os16", (40, 30, 1)),
         ("tf_mnv2_pascal", (377, 511)),  # long side to 513, padded, cropped and resized back
         ("tf_mnv2_dm05_pascal_257", (64, 48, 4)),  # stretched to 257×257 and back
@@ -186,7 +188,8 @@ def test_predict_gives_a_full_size_mask_for_any_image(small_model, preset_name, 
 
 
 def test_predict_batches_images_of_any_size_like_one_by_one(small_model) -> None:
-    """A list of images of several sizes gives each the logits it gets alone; the model's mode is restored."""
+    """A list of images of several sizes gives each the logits it gets alone, in eval mode even when the model is
+    training, which it is left doing."""
     rng = np.random.default_rng(2)
     images = [rng.integers(0, 256, s, dtype=np.uint8) for s in [(40, 30, 3), (33, 47), (40, 30, 4), (21, 21, 1)]]
     small_model.train()
@@ -205,12 +208,9 @@ def test_predict_rejects_non_images(small_model) -> None:
         predict(small_model, [np.zeros((8, 8, 3), np.float32)])
     with pytest.raises(ValueError, match=r"got \[8, 8, 2\]"):
         predict(small_model, [np.zeros((8, 8, 2), np.uint8)])
-    with pytest.raises(ValueError, match="without a preset"):
-        predict(MobileDeepLabV3(num_classes=2), [np.zeros((8, 8, 3), np.uint8)])
 
 
 def test_presets_are_named_and_buildable() -> None:
-    assert len({p.name for p in PRESETS}) == len(PRESETS)
+    assert all(name == preset.name for name, preset in PRESETS.items())
     assert len(VOC_CLASSES) == get_preset("mnv2_os16").num_classes == 21
-    assert get_preset("tf_mnv2_pascal").pool_kernel == (33, 33)
-    assert get_preset("tf_mnv2_dm05_pascal_257").pool_kernel == (33, 33)
+    assert all(isinstance(build_deeplab(name, num_classes=2), MobileDeepLabV3) for name in PRESETS)

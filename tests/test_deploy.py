@@ -12,16 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from asset_files import asset
 import torch
+from asset_files import asset
 from PIL import Image
 
 from common.errors import UserError
 from common.images import read_image
 from datasets.segmentation import read_label_mask
 from demo import video
-from eval.segmentation_metrics import image_mean_iou
-from ssdlite.predict import predict as torch_detect
+from eval.segmentation import image_mean_iou
+from ssdlite.detector import predict as torch_detect
 from tools import export as export_tool
 from tools import export_litert
 from tools.calibration import calibration_images, resolve_source, training_folder
@@ -90,9 +90,10 @@ def test_int8_deeplab_keeps_fp32_accuracy_and_agrees_with_googles_int8_file(deep
 
 
 def _uint8_513(image: np.ndarray) -> np.ndarray:
-    from common.images import resize_rgb_batch
+    from common.images import resize_batch
 
-    return resize_rgb_batch([image], (513, 513))[0][0]
+    pixels = resize_batch([image], (513, 513), "tf_bilinear_aligned")[0][0]
+    return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_int8_pedestrian_detector_keeps_the_people_and_every_confident_detection
         photos.update({p.name: read_image(p) for p in sorted((assets_dir / name).rglob("*"))
                        if p.suffix in (".jpg", ".png", ".bmp")})  # fmt: skip
     for name, image in photos.items():
-        (fp32,) = torch_detect(graph.model, [image], 0.45)
+        (fp32,) = torch_detect(graph.model, [image], score_threshold=0.45)
         (int8,) = ours.detect([image], 0.45)
         agrees, summary = export_litert._detections_agree(fp32, int8)
         assert agrees, f"{name}: {summary}"  # no detection above 0.5 gained or lost

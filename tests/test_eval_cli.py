@@ -46,7 +46,8 @@ def _detector(path: Path, num_classes: int, class_names: list[str]) -> Path:
 
 def _segmenter(path: Path, preset_name: str = "mnv2_os16", crop: int = 128) -> Path:
     from deeplab_mobile.checkpoint import save_deeplab
-    from deeplab_mobile.presets import build_deeplab, get_preset
+    from deeplab_mobile.model import build_deeplab
+    from deeplab_mobile.presets import get_preset
 
     torch.manual_seed(0)
     preset = dataclasses.replace(get_preset(preset_name), num_classes=len(NAMES), crop_size=crop, width_mult=0.35)
@@ -87,7 +88,7 @@ def _is_png(path: Path) -> bool:
     return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _perfect_detect(model, loader, device, progress=False, labels=None, false_positives=False):
+def _perfect_detect(model, loader, progress=False, labels=None, false_positives=False, **thresholds):
     """eval.detection.detect's contract, answering each image's ground truth with score 1: in the model's label
     space `labels` (dataset label → model label; the boxes of other classes left out), and with `false_positives`
     one 1×1 box of every class scored 2 in the first image (above every true box)."""
@@ -366,10 +367,10 @@ def _miou(confusion: list[list[int]]) -> float:
 
 
 def test_voc_miou_of_the_ground_truth_is_one(synthetic_root, checkpoints, tmp_path, monkeypatch):
-    def perfect(model, loader, device, scales=(1.0,), flip=False, progress=False):
-        for index, (images, masks) in enumerate(loader):
+    def perfect(model, loader, scales=(1.0,), flip=False, progress=False):
+        for index, (inputs, masks, regions) in enumerate(loader):
             if index > 0:  # the first validation image shows every class; the second only two of the five
-                yield images, masks.clone(), masks
+                yield inputs, regions, [mask.clone() for mask in masks], masks
 
     monkeypatch.setattr(voc_miou, "predicted_masks", perfect)
     out = _run(voc_miou.main, ["--weights", str(checkpoints["seg"]), *_data(synthetic_root), *COMMON,
@@ -382,10 +383,10 @@ def test_voc_miou_of_the_ground_truth_is_one(synthetic_root, checkpoints, tmp_pa
     assert len(absent) == 3 and all(c["iou"] is None for c in absent)
     assert all(f"| {c['name']} | – |" in report for c in absent)
 
-    def one_class_off(model, loader, device, scales=(1.0,), flip=False, progress=False):
-        for images, masks in loader:
-            wrong = torch.where((masks > 0) & (masks < 255), masks % 5 + 1, masks)  # class c → c + 1, 5 → 1
-            yield images, torch.where(masks == 255, 0, wrong), masks
+    def one_class_off(model, loader, scales=(1.0,), flip=False, progress=False):
+        for inputs, masks, regions in loader:
+            wrong = [torch.where((m > 0) & (m < 255), m % 5 + 1, m) for m in masks]  # class c → c + 1, 5 → 1
+            yield inputs, regions, [torch.where(m == 255, 0, w) for m, w in zip(masks, wrong)], masks
 
     monkeypatch.setattr(voc_miou, "predicted_masks", one_class_off)
     out = _run(voc_miou.main, ["--weights", str(checkpoints["seg"]), *_data(synthetic_root), *COMMON,
@@ -402,12 +403,12 @@ def test_voc_miou_multi_scale_flip_and_resize_presets(synthetic_root, checkpoint
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["scales"].startswith("0.5 0.75 1 1.25 1.5 1.75 + flip")
     assert metrics["mIoU"] == pytest.approx(_miou(metrics["confusion_matrix"]))
-    # An imported-style preset that stretches each image to its crop (and pools with TF's fixed window).
+    # An imported-style preset that stretches each image to its crop.
     weights = _segmenter(tmp_path / "resize.pt", "tf_mnv2_dm05_pascal_257", crop=65)
     out = _run(voc_miou.main, ["--weights", str(weights), *_data(synthetic_root), *COMMON, "--project",
                                str(tmp_path), "--max-images", "2", "--scales", "0.75", "1"])  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
-    assert "resized to 65×65" in metrics["input"] and metrics["image_pooling"].startswith("global over")
+    assert "stretched to 65×65" in metrics["input"] and metrics["image_pooling"].startswith("global over")
     assert np.asarray(metrics["confusion_matrix"]).sum() > 0
     assert "--mf" in _error_line(capsys, voc_miou.main, ["--weights", "x.pt", "--mf", "--scales", "1", *COMMON])
 
@@ -451,7 +452,7 @@ def test_voc_miou_under_torchrun_matches_one_process(synthetic_root, checkpoints
 
 def test_segmentation_report_nan_and_overlays(tmp_path):
     matrix = torch.tensor([[50, 5, 0], [10, 30, 0], [0, 0, 0]])  # class 2 never occurs: IoU NaN
-    from eval.segmentation_metrics import ConfusionMatrix
+    from eval.segmentation import ConfusionMatrix
 
     cm = ConfusionMatrix(3)
     cm.matrix = matrix

@@ -11,7 +11,7 @@ import torch
 from pycocotools.coco import COCO
 
 from eval.coco_report import STAT_NAMES, evaluate_coco, write_coco_report
-from eval.segmentation_metrics import ConfusionMatrix
+from eval.segmentation import ConfusionMatrix
 from eval.voc_ap import ImageDetections, ImageGroundTruth, average_precision, voc_detection_ap
 
 

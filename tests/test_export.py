@@ -11,16 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from asset_files import asset
 import torch
+from asset_files import asset
 from torch import nn
 
 from common.images import read_image
 from deeplab_mobile import build_deeplab, get_preset, save_deeplab
 from deeplab_mobile.tf_import import deeplab_from_tflite
 from ssdlite import SSDLITE320_VOC, build_ssdlite, predict, save_ssdlite
+from ssdlite.named_weights import pedestrian_graph
 from ssdlite.tf_import import import_graph
-from ssdlite.weights import pedestrian_graph
 from tools import export as export_tool
 from tools import export_formats
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from datasets.synthetic import generate
-from ssdlite.weights import SSDLITE_PEDESTRIAN, pedestrian_graph
+from ssdlite.named_weights import SSDLITE_PEDESTRIAN, pedestrian_graph
 
 pytestmark = pytest.mark.slow
 needs_pedestrian = pytest.mark.skipif(
@@ -128,7 +128,7 @@ def test_fine_tuning_keeps_the_person_row_by_name(pedestrian, assets_dir, tmp_pa
     exactly as the pedestrian detector does: its person row moved to index 2 by name."""
     from common.images import read_image
     from ssdlite.checkpoint import load_ssdlite
-    from ssdlite.predict import preprocess
+    from ssdlite.detector import preprocess
     from train.ssdlite import SSDLiteTask, build_parser
 
     photo = read_image(assets_dir / "coral" / "grace_hopper.bmp")
@@ -141,9 +141,9 @@ def test_fine_tuning_keeps_the_person_row_by_name(pedestrian, assets_dir, tmp_pa
     source, _ = load_ssdlite(pedestrian)
     assert task.data.class_names == ["background", "bicycle", "Person", "dog"]
     assert task.transfer.class_rows == ["background ← background", "Person ← person"]
-    assert args.transfer == task.transfer.to_dict()  # what args.json and the checkpoints keep
+    assert task.run_record()["transfer"] == task.transfer.to_dict()  # what args.json and the checkpoints keep
     with torch.no_grad():
-        x, _ = preprocess([photo], source)
+        x, _ = preprocess([photo], source.preset)
         theirs = source(x)[1].sigmoid()[..., 1]
         ours = model(x)[1].sigmoid()[..., 2]
     assert theirs.max() > 0.8  # the photo shows a person, and the source sees her

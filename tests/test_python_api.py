@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from backbone.pretrained import BACKBONE_WEIGHTS, get_weights
+from backbone.named_weights import BACKBONE_WEIGHTS, get_weights
 from common.errors import WeightsError
-from deeplab_mobile import DEEPLAB_WEIGHTS, Segmenter, build_deeplab
+from deeplab_mobile import DEEPLAB_WEIGHTS, Segmenter, build_deeplab, get_preset
 from ssdlite import SSDLITE320_COCO, SSDLITE_WEIGHTS, Detector, build_ssdlite
-from ssdlite.weights import SSDLITE_TF_COCO, pedestrian_graph
+from ssdlite.named_weights import SSDLITE_TF_COCO, pedestrian_graph
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY = dataclasses.replace(SSDLITE320_COCO, name="tiny", num_classes=4, image_size=(64, 64), width_mult=0.35)
@@ -70,7 +70,7 @@ def detector() -> Detector:
 @pytest.fixture(scope="module")
 def segmenter() -> Segmenter:
     torch.manual_seed(2)
-    return Segmenter(build_deeplab("mnv2_os16", class_names=NAMES, width_mult=0.35))
+    return Segmenter(build_deeplab(get_preset("mnv2_os16").derive(width_mult=0.35), class_names=NAMES))
 
 
 @pytest.fixture(scope="module")

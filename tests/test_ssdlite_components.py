@@ -10,10 +10,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_convert, box_iou
 
-from ssdlite import box_coder
-from ssdlite.anchors import AnchorGenerator, feature_map_sizes
+from ssdlite.anchors import AnchorGenerator, decode_boxes, encode_boxes, feature_map_sizes, match_anchors
 from ssdlite.loss import SSDLiteLoss, object_mask, pad_targets
-from ssdlite.matcher import match_anchors
 from ssdlite.postprocess import postprocess
 
 # ---------------------------------------------------------------- anchors
@@ -69,12 +67,12 @@ def test_box_coder_round_trip_and_scales():
     anchors = torch.rand(50, 4) * torch.tensor([1.0, 1.0, 0.5, 0.5]) + torch.tensor([0.0, 0.0, 0.05, 0.05])
     xy = torch.rand(50, 2)
     boxes = torch.cat([xy, xy + torch.rand(50, 2) * 0.5 + 0.01], dim=1)
-    torch.testing.assert_close(box_coder.decode(box_coder.encode(boxes, anchors), anchors), boxes, atol=1e-5, rtol=0)
+    torch.testing.assert_close(decode_boxes(encode_boxes(boxes, anchors), anchors), boxes, atol=1e-5, rtol=0)
     anchor = torch.tensor([0.5, 0.5, 0.2, 0.4])
     box = torch.tensor([0.42, 0.3, 0.62, 0.7])  # the anchor moved right by 0.02, same size
-    torch.testing.assert_close(box_coder.encode(box, anchor), torch.tensor([10 * 0.02 / 0.2, 0.0, 0.0, 0.0]))
+    torch.testing.assert_close(encode_boxes(box, anchor), torch.tensor([10 * 0.02 / 0.2, 0.0, 0.0, 0.0]))
     doubled = torch.tensor([0.3, 0.1, 0.7, 0.9])
-    torch.testing.assert_close(box_coder.encode(doubled, anchor)[2:], torch.full((2,), 5 * math.log(2)))
+    torch.testing.assert_close(encode_boxes(doubled, anchor)[2:], torch.full((2,), 5 * math.log(2)))
 
 
 # ---------------------------------------------------------------- matcher
@@ -145,7 +143,7 @@ def _reference_loss(box_regression, class_logits, anchors, boxes, labels, classi
         pos = matches >= 0
         positives += int(pos.sum())
         if pos.any():
-            target = box_coder.encode(boxes[i][matches[pos]], anchors[pos])
+            target = encode_boxes(boxes[i][matches[pos]], anchors[pos])
             box_total = box_total + F.smooth_l1_loss(box_regression[i][pos], target, reduction="sum")
         cls_target = torch.zeros(anchors.shape[0], dtype=torch.long)
         cls_target[pos] = labels[i][matches[pos]]

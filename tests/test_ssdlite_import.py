@@ -12,11 +12,12 @@ import pytest
 import torch
 from tensorboard.compat.proto import graph_pb2, node_def_pb2, tensor_pb2
 
+from backbone.predictor import fuse_for_inference
 from backbone.tf.graphdef import GraphWeights, parse_graph, tensor_to_numpy
 from common.errors import WeightsError
-from ssdlite import SSDLITE320_COCO, fuse_for_inference, load_ssdlite, predict
+from ssdlite import SSDLITE320_COCO, load_ssdlite, predict
+from ssdlite.named_weights import SSDLITE_PEDESTRIAN
 from ssdlite.tf_import import import_graph
-from ssdlite.weights import SSDLITE_PEDESTRIAN
 from tools import import_tf_detection
 
 # TensorFlow 2.21 running the pedestrian graph on skimage's astronaut, PIL-resized to 300×300 (shared/assets/README).

@@ -11,7 +11,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from backbone import MobileNetV2, save_checkpoint
-from backbone.weights import load_weights_file
+from backbone.mobilenet_weights import load_weights_file
 from common.errors import WeightsError
 from ssdlite import (
     PRESETS,
@@ -124,7 +124,7 @@ def test_checkpoint_round_trip_keeps_preset_weights_and_names(tiny_model, tmp_pa
 def test_checkpoint_errors_name_file_and_mismatch(tiny_model, tmp_path):
     path = save_ssdlite(tiny_model, tmp_path / "tiny.pt")
     before = path.read_bytes()
-    with pytest.raises(WeightsError, match=r"tiny\.pt: made with preset 'tiny', not 'ssdlite320_coco'"):
+    with pytest.raises(WeightsError, match=r"tiny\.pt: made with preset 'tiny', which differs from 'ssdlite320_coco' in image_size: 64x64 vs 320x320"):
         load_ssdlite(path, preset=SSDLITE320_COCO)
     with pytest.raises(WeightsError, match=r"tiny\.pt: has 4 classes .* but 21 were asked for"):
         load_ssdlite(path, num_classes=21)

@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
+from backbone.mobilenet_weights import mobilenet_v2_from_checkpoint
 from backbone.tf import classifier as tflite_classifier
 from backbone.tf.classifier import mobilenet_v2_from_tflite
 from backbone.tf.tflite import Operator, Tensor, TFLiteModel, read_tflite
-from backbone.weights import mobilenet_v2_from_checkpoint
 from common.errors import WeightsError
 from demo.classify import classify, tf_preprocess
 from tools.import_tflite import main

@@ -19,7 +19,7 @@ from backbone.checkpoint import load_checkpoint
 from deeplab_mobile.checkpoint import load_deeplab
 from ssdlite.checkpoint import load_ssdlite
 from train import deeplab, ssdlite
-from train.flags import restore_resumed_arguments, saved_arguments
+from train.resume import resumed_arguments, saved_arguments
 
 COMMON = ["--epochs", "1", "--batch-size", "4", "--workers", "0", "--no-progress", "--device", "cpu", "--exist-ok"]
 SMALL_SSDLITE = ["--image-size", "128", "--width-mult", "0.35"]
@@ -88,9 +88,9 @@ def test_resume_restores_the_flags_of_every_data_kind_with_their_types(head, tmp
         ckpt = {"task": head, "model": {}, "optimizer": {}, "scheduler": {}, "epoch": 1, "step_in_epoch": 0, "rng": {},
                 "args": json.loads(json.dumps(saved_arguments(original)))}  # as args.json and last.pt keep them
         torch.save(ckpt, tmp_path / "last.pt")
-        resumed = parser.parse_args(["--resume", str(tmp_path / "last.pt")])
-        restore_resumed_arguments(parser, resumed, head)
-        assert vars(resumed) == {**vars(original), "resume": str(tmp_path / "last.pt")}, argv
+        argv_resume = ["--resume", str(tmp_path / "last.pt")]
+        resumed, moved = resumed_arguments(parser, parser.parse_args(argv_resume), head, argv_resume)
+        assert vars(resumed) == {**vars(original), "resume": str(tmp_path / "last.pt")} and moved == [], argv
 
 
 def test_the_other_heads_last_pt_is_refused_in_one_line(deeplab_run, capsys):

@@ -1,4 +1,4 @@
-"""Fine-tuning rules (train/transfer.py) and --freeze (train/freeze.py) on tiny models: which tensors are kept,
+"""Fine-tuning rules (train/transfer.py) and --freeze (train/batchnorm.py) on tiny models: which tensors are kept,
 how class rows follow class names, and the errors a wrong source gives."""
 
 from __future__ import annotations
@@ -11,14 +11,16 @@ import torch
 
 from backbone.mobilenetv2 import NUM_BLOCKS
 from common.errors import WeightsError
-from deeplab_mobile.presets import build_deeplab
+from deeplab_mobile.model import build_deeplab
+from deeplab_mobile.presets import get_preset as get_deeplab_preset
 from ssdlite.model import SSDLite
 from ssdlite.presets import SSDLITE_TF_COCO300
-from train.freeze import block_count, freeze_backbone
+from train.batchnorm import block_count, freeze_backbone
 from train.transfer import load_source, preset_like_source, transfer_weights
 
 TINY = dataclasses.replace(SSDLITE_TF_COCO300, image_size=(64, 64), width_mult=0.35)
 COCO_LIKE = ["background", "person", "car", "bicycle", "dog"]
+NARROW_DEEPLAB = get_deeplab_preset("mnv2_os16").derive(width_mult=0.35)
 
 
 def _ssdlite(names, seed, **changes) -> SSDLite:
@@ -84,7 +86,7 @@ def test_other_anchors_per_location_reinitialise_box_predictors_and_say_so(sourc
 
 def test_a_segmenter_starts_from_a_detectors_backbone_and_says_so(source):
     model, checkpoint = source
-    target = build_deeplab("mnv2_os16", num_classes=3, width_mult=0.35)
+    target = build_deeplab(NARROW_DEEPLAB, num_classes=3)
     report = transfer_weights(target, ["background", "person", "dog"], checkpoint, "coco.pt")
     own, theirs = target.state_dict(), model.state_dict()
     backbone = [k for k in own if k.startswith("backbone.") and "num_batches" not in k]
@@ -96,10 +98,10 @@ def test_a_segmenter_starts_from_a_detectors_backbone_and_says_so(source):
 
 def test_class_rows_follow_coco_voc_aliases_in_a_segmenter():
     voc = ["background", "aeroplane", "motorbike", "tvmonitor", "sofa"]
-    source = build_deeplab("mnv2_os16", num_classes=5, width_mult=0.35)
+    source = build_deeplab(NARROW_DEEPLAB, num_classes=5)
     checkpoint = _checkpoint(source, voc, arch="deeplab")
     target_names = ["background", "airplane", "tv", "couch", "Motorcycle", "zebra"]
-    target = build_deeplab("mnv2_os16", num_classes=6, width_mult=0.35)
+    target = build_deeplab(NARROW_DEEPLAB, num_classes=6)
     report = transfer_weights(target, target_names, checkpoint, "voc.pt")
     weight = target.state_dict()["head.classifier.weight"]
     for t, s in ((0, 0), (1, 1), (2, 3), (3, 4), (4, 2)):
@@ -148,7 +150,8 @@ def test_fine_tuning_keeps_the_sources_conventions():
 
     tf_source = {"arch": "ssdlite", "config": TINY.to_config(), "model": {}}
     preset = preset_like_source(get_preset("mnv2_os16"), tf_source)
-    assert (preset.name, preset.padding_mode, preset.normalization) == ("mnv2_os16_tf", "tf_same", "tf")
+    assert (preset.padding_mode, preset.normalization, preset.bn_eps) == ("tf_same", "tf", 1e-3)
+    assert preset.name == "mnv2_os16[padding_mode=tf_same,normalization=tf,bn_eps=0.001]"  # says what changed
     torchvision = {"features.0.0.weight": torch.ones(1)}  # a bare state dict: torchvision's conventions
     assert preset_like_source(get_preset("mnv2_os16"), torchvision) == get_preset("mnv2_os16")
 

@@ -18,8 +18,8 @@ from demo.overlay import class_colours
 from demo.sources import open_source
 from demo.synthetic_video import write_synthetic_video
 from ssdlite import SSDLitePreset, build_ssdlite, save_ssdlite
+from ssdlite.named_weights import pedestrian_graph
 from ssdlite.tf_import import import_graph
-from ssdlite.weights import pedestrian_graph
 
 NAMES = ["background", "circle", "square"]
 FRAMES, WIDTH, HEIGHT, FPS = 12, 96, 64, 10.0

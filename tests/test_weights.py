@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from backbone import MobileNetV2, load_checkpoint, load_pretrained, save_checkpoint
-from backbone.weights import checkpoint_dict, mobilenet_v2_from_checkpoint
+from backbone.mobilenet_weights import checkpoint_dict, mobilenet_v2_from_checkpoint
 from common.errors import WeightsError
 
 
@@ -134,7 +134,7 @@ def test_unknown_name_lists_the_known_ones():
 def test_a_detector_name_gives_its_backbone(tmp_path, monkeypatch):
     """A head's weights name initialises a backbone from that head's checkpoint, converted once into the cache."""
     from ssdlite import SSDLITE320_VOC, build_ssdlite, save_ssdlite
-    from ssdlite.weights import SSDLITE_PEDESTRIAN
+    from ssdlite.named_weights import SSDLITE_PEDESTRIAN
 
     monkeypatch.setenv("MNV2_CACHE", str(tmp_path))
     detector = build_ssdlite(SSDLITE320_VOC)

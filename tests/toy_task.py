@@ -26,8 +26,9 @@ import backbone.checkpoint  # noqa: E402
 from common.cli import new_parser  # noqa: E402
 from common.distributed import DistInfo, all_reduce_sum, gather_objects  # noqa: E402
 from common.errors import DatasetError  # noqa: E402
+from train.engine import train_main  # noqa: E402
 from train.flags import add_engine_arguments  # noqa: E402
-from train.main import train_main  # noqa: E402
+from train.task import Task  # noqa: E402
 
 
 class ToySet(Dataset):
@@ -48,14 +49,15 @@ class ToySet(Dataset):
         return x, self.y[i]
 
 
-class ToyTask:
+class ToyTask(Task):
     name = "toy"
 
-    def __init__(self, args: argparse.Namespace, faults: argparse.Namespace) -> None:
-        self.args, self.faults = args, faults  # faults come from this command line, never from a resumed run
+    def __init__(self, faults: argparse.Namespace) -> None:
+        super().__init__()
+        self.faults = faults  # faults come from this command line, never from a resumed run
         self.steps = 0
 
-    def build_model(self) -> nn.Module:
+    def new_model(self) -> nn.Module:
         torch.manual_seed(0)
         return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
 
@@ -91,7 +93,7 @@ class ToyTask:
         gather_objects(None)
         return {"score": float(correct[0] / correct[1])} if dist_info.is_main else None
 
-    def checkpoint_meta(self):
+    def head_checkpoint_of(self, model):
         return {"arch": "toy", "config": {}}
 
 
@@ -112,14 +114,15 @@ def kill_during_save(nth: int) -> None:
 
 def main(argv=None):
     parser = new_parser("toy_task.py", __doc__)
-    for flag in ("--kill-at-step", "--nan-at-step", "--kill9-at-step", "--kill9-in-save", "--term-group-at-step"):
-        parser.add_argument(flag, type=int, default=0)
+    fault_flags = ("kill_at_step", "nan_at_step", "kill9_at_step", "kill9_in_save", "term_group_at_step")
+    for dest in fault_flags:
+        parser.add_argument("--" + dest.replace("_", "-"), type=int, default=0)
     parser.add_argument("--corrupt-at-index", type=int, default=None)
     add_engine_arguments(parser, lr=0.1, epochs=3, batch_size=8, weight_decay=1e-4, optimizer="sgd", schedule="cosine")
     faults = parser.parse_known_args(argv)[0]
     if faults.kill9_in_save:
         kill_during_save(faults.kill9_in_save)
-    return train_main(parser, lambda args: ToyTask(args, faults), "toy", argv)
+    return train_main(parser, lambda args: ToyTask(faults), "toy", argv, runtime_flags=(*fault_flags, "corrupt_at_index"))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from backbone.mobilenetv2 import OUTPUT_STRIDES, MobileNetV2
 from common.files import write_atomic
-from deeplab_mobile.presets import build_deeplab
+from deeplab_mobile.model import build_deeplab
 from ssdlite.model import build_ssdlite
 from ssdlite.presets import SSDLITE320_COCO, SSDLITE_TF_COCO300
 

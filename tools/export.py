@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from backbone.checkpoint import load_checkpoint
-from backbone.pretrained import resolve
+from backbone.named_weights import resolve
 from common.files import write_atomic
 from common.images import read_image
 from tools.calibration import DATA_KINDS as CALIBRATION_KINDS

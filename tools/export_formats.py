@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from backbone.fusion import fuse_for_inference
+from backbone.predictor import fuse_for_inference
 from common.files import atomic_path
 from tools.export_graphs import ATOL, ExportGraph, Outputs
 from tools.export_metadata import SUFFIXES, ExportError, add_onnx_metadata, require, torchscript_extra_files
@@ -56,7 +56,7 @@ class VerificationError(ExportError):
 
 @contextlib.contextmanager
 def quiet_torchscript() -> Iterator[None]:
-    """Tracing fixes the spatial size by design (TF "SAME" padding and the pooling window are computed from it),
+    """Tracing fixes the spatial size by design (TF "SAME" padding is computed from it),
     which is what the TracerWarnings say, and torch 2.15 flags TorchScript and the ONNX exporter built on it as
     deprecated; the verification is the check that matters, so these warnings would only bury its table."""
     with warnings.catch_warnings():

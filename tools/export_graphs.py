@@ -8,7 +8,6 @@ and "mask" [batch, H, W] (int64 argmax).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,18 +17,20 @@ import torch
 from torch import nn
 
 from backbone.checkpoint import load_checkpoint
-from backbone.pretrained import resolve
+from backbone.named_weights import resolve
 from common.errors import WeightsError
-from common.images import normalization_stats, resize_rgb_batch
+from common.images import as_rgb, normalization_stats
 from deeplab_mobile.checkpoint import ARCH as DEEPLAB_ARCH
 from deeplab_mobile.checkpoint import deeplab_from_checkpoint
-from deeplab_mobile.inference import normalize
 from deeplab_mobile.model import MobileDeepLabV3
+from deeplab_mobile.presets import DeepLabPreset
+from deeplab_mobile.segmenter import preprocess_image as deeplab_preprocess_image
 from ssdlite.checkpoint import ARCH as SSDLITE_ARCH
 from ssdlite.checkpoint import ssdlite_from_checkpoint
+from ssdlite.detector import preprocess
 from ssdlite.model import SSDLite
 from ssdlite.postprocess import Detections, decode_outputs, select_detections
-from ssdlite.predict import preprocess
+from tools.export_metadata import ExportError
 
 ATOL = 1e-4  # the most an exported file's raw outputs may differ from eager PyTorch
 BOX_ATOL_PX = 0.01  # detections after NMS count as the same when their boxes agree to a hundredth of a pixel
@@ -57,8 +58,8 @@ class SSDLiteGraph(nn.Module):
         return decode_outputs(box_regression, class_logits, self.anchors, self.model.preset.classification)
 
     def prepare(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """The graph's input for uint8 images of any size, and their own sizes."""
-        return preprocess(images, self.model)
+        """The graph's input for uint8 images of any size (the head's own preprocessing), and their own sizes."""
+        return preprocess(images, self.model.preset)
 
     def metadata(self) -> dict[str, Any]:
         preset = self.model.preset
@@ -66,6 +67,7 @@ class SSDLiteGraph(nn.Module):
             "arch": SSDLITE_ARCH,
             "preset": preset.name,
             "image_size": list(preset.image_size),
+            "resize": preset.resize,
             "mean": list(preset.mean),
             "std": list(preset.std),
             "class_names": list(self.model.class_names),
@@ -93,21 +95,26 @@ class DeepLabGraph(nn.Module):
 
     output_names = ("logits", "mask")
 
-    def __init__(self, model: MobileDeepLabV3, image_size: tuple[int, int]) -> None:
+    def __init__(self, model: MobileDeepLabV3, crop_size: int | None = None) -> None:
         super().__init__()
         self.model = model  # owns its preset and class names
-        self.image_size = image_size
+        preset = model.preset
+        # A fixed input: "any" becomes "pad" (an image larger than the crop is brought down to it).
+        changes = {"crop_size": crop_size or preset.crop_size, "input_mode": "pad" if preset.input_mode == "any"
+                   else preset.input_mode}  # fmt: skip
+        self.input_preset: DeepLabPreset = preset.derive(**changes)
+        self.image_size = (self.input_preset.crop_size,) * 2
 
     def forward(self, images: torch.Tensor) -> Outputs:
         logits = self.model(images)
         return logits, logits.argmax(1)
 
     def prepare(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """Images stretched to the export size (PIL bilinear) and normalised; the preset's padding to keep the
-        aspect ratio, if any, is the caller's business (docs/export.md)."""
-        pixels, sizes = resize_rgb_batch(images, self.image_size)
-        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
-        return normalize(x, self.model.preset.normalization), sizes
+        """Images as the head's own preprocessing feeds them at the export size (`deeplab_mobile.preprocess_image`
+        with `input_preset`), and their own sizes."""
+        rgb = [as_rgb(image) for image in images]
+        return (torch.stack([deeplab_preprocess_image(image, self.input_preset)[0] for image in rgb]),
+                [image.shape[:2] for image in rgb])  # fmt: skip
 
     def metadata(self) -> dict[str, Any]:
         preset = self.model.preset
@@ -116,11 +123,12 @@ class DeepLabGraph(nn.Module):
             "arch": DEEPLAB_ARCH,
             "preset": preset.name,
             "image_size": list(self.image_size),
+            "resize": preset.resize,
             "mean": list(mean),
             "std": list(std),
             "class_names": list(self.model.class_names),
             "outputs": list(self.output_names),
-            "input_mode": preset.input_mode,
+            "input_mode": self.input_preset.input_mode,
         }
 
     def agreement(self, expected: Outputs, actual: Outputs, sizes: list[tuple[int, int]]) -> tuple[bool, str]:
@@ -160,18 +168,24 @@ def load_graph(path: str | os.PathLike, image_size: tuple[int, int] | None = Non
     """The exportable form of the checkpoint in `path` (or of a weights name), SSDLite or DeepLab by its "arch"
     entry, in eval mode.
 
-    `image_size` (h, w) replaces the preset's input size (SSDLite: its anchors follow; DeepLab: crop_size)."""
+    `image_size` (h, w) replaces the preset's input size (SSDLite: a model of that size, the anchors follow;
+    DeepLab: its square crop size)."""
     path = resolve(path)
     checkpoint = load_checkpoint(path)
     arch = checkpoint.get("arch") if isinstance(checkpoint, Mapping) else None
     if arch == SSDLITE_ARCH:
         model = ssdlite_from_checkpoint(checkpoint, str(path)).eval()
-        if image_size is not None:  # the size preprocess resizes to and the anchors are made for
-            model.preset = dataclasses.replace(model.preset, image_size=image_size)
+        if image_size is not None and tuple(image_size) != model.preset.image_size:  # the same weights, other anchors
+            resized = SSDLite(model.preset.derive(image_size=tuple(image_size)), model.class_names)
+            resized.load_state_dict(model.state_dict())
+            model = resized.eval()
         return SSDLiteGraph(model).eval()
     if arch == DEEPLAB_ARCH:
+        if image_size is not None and image_size[0] != image_size[1]:
+            raise ExportError(f"--imgsz {image_size[0]} {image_size[1]}: a DeepLab file takes a square input (its "
+                              "crop size, padded as the model was trained); give one size")  # fmt: skip
         model = deeplab_from_checkpoint(checkpoint, str(path))
-        return DeepLabGraph(model, image_size or (model.preset.crop_size,) * 2).eval()
+        return DeepLabGraph(model, image_size[0] if image_size else None).eval()
     found = f"its arch is {arch!r}" if arch is not None else "no 'arch' entry"
     raise WeightsError(
         f"{path}: not an SSDLite or DeepLab checkpoint ({found}): pass a .pt written by train/ssdlite.py, "
@@ -195,8 +209,8 @@ def ssdlite_postprocess_onnx(
         torch.as_tensor(boxes),
         torch.as_tensor(scores),
         image_sizes,
-        metadata["score_threshold"] if score_threshold is None else score_threshold,
-        metadata["nms_iou"] if nms_iou is None else nms_iou,
-        metadata["pre_nms_topk"],
-        metadata["detections_per_image"] if detections_per_image is None else detections_per_image,
+        score_threshold=metadata["score_threshold"] if score_threshold is None else score_threshold,
+        nms_iou=metadata["nms_iou"] if nms_iou is None else nms_iou,
+        pre_nms_topk=metadata["pre_nms_topk"],
+        detections_per_image=metadata["detections_per_image"] if detections_per_image is None else detections_per_image,
     )

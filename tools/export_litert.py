@@ -27,9 +27,9 @@ from torch import nn
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
-from backbone.fusion import fuse_for_inference
+from backbone.predictor import fuse_for_inference
 from common.files import write_atomic
-from ssdlite.predict import predict as torch_detect
+from ssdlite.detector import predict as torch_detect
 from tools.export_formats import Check, VerificationError
 from tools.export_graphs import DeepLabGraph, ExportGraph, SSDLiteGraph
 from tools.export_metadata import ExportError, require
@@ -159,7 +159,7 @@ def verify_on_device(graph: ExportGraph, path: str | os.PathLike, images: Sequen
     runtime = LiteRTModel(path)
     if isinstance(graph, SSDLiteGraph):
         loose = DETECTION_SCORE - SCORE_TOLERANCE
-        expected = torch_detect(graph.model, images, loose)
+        expected = torch_detect(graph.model, images, score_threshold=loose)
         actual = runtime.detect(images, loose)
         return [Check(label, 1, {}, *_detections_agree(e, a)) for e, a in zip(expected, actual)]
     assert isinstance(graph, DeepLabGraph)

@@ -20,11 +20,9 @@ from deeplab_mobile.tf_import import import_tf_deeplab, provenance
 def _import(args: argparse.Namespace) -> int:
     model, settings = import_tf_deeplab(args.model, args.labels)
     save_deeplab(model, args.out, source=provenance(args.model, settings))
-    cfg, crop = model.config, settings.preset.crop_size
-    print(
-        f"preset {settings.preset.name}: width {cfg['width_mult']}, OS{cfg['output_stride']}, "
-        f"{cfg['num_classes']} classes, {crop}×{crop} input, pooling {cfg['pool_kernel'] or 'global'}; wrote {args.out}"
-    )
+    p = settings.preset
+    print(f"preset {p.name}: width {p.width_mult}, OS{p.output_stride}, {p.num_classes} classes, "
+          f"{p.crop_size}×{p.crop_size} input ({p.input_mode}); wrote {args.out}")
     return 0
 
 

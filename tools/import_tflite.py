@@ -10,8 +10,8 @@ import argparse
 from pathlib import Path
 
 from backbone.checkpoint import save_checkpoint
+from backbone.mobilenet_weights import checkpoint_dict
 from backbone.tf.classifier import PREPROCESSING, mobilenet_v2_from_tflite
-from backbone.weights import checkpoint_dict
 from common.cli import check_output_file, new_parser, run_cli
 
 

@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import torch
 
-from common.images import resize_rgb_batch
-from deeplab_mobile.inference import padded_region
+from common.images import resize_batch
+from deeplab_mobile.segmenter import padded_region
 from ssdlite.postprocess import Detections, decode_outputs, select_detections
 from tools.export_metadata import ExportError, require
 from tools.litert_metadata import EXTRA, read_tflite_metadata
@@ -59,9 +59,10 @@ class LiteRTModel:
 
     def prepare_at(self, images: Sequence[np.ndarray],
                    size: tuple[int, int]) -> tuple[np.ndarray, list[tuple[int, int]]]:  # fmt: skip
-        pixels, sizes = resize_rgb_batch(images, size)
-        mean, std = (np.asarray(self.metadata[key], np.float32) for key in ("mean", "std"))
-        x = (pixels.astype(np.float32) / 255.0 - mean) / std
+        # The preset's resize, as the head's preprocessing (files written before it was recorded: OpenCV's).
+        pixels, sizes = resize_batch(images, size, self.metadata.get("resize", "opencv_linear"))
+        mean, std = (np.asarray(self.metadata[key], np.float32) * np.float32(255.0) for key in ("mean", "std"))
+        x = (pixels - mean) / std
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), sizes
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
@@ -88,8 +89,8 @@ class LiteRTModel:
         meta = self.metadata
         boxes, scores = decode_outputs(box_regression, class_logits, self.anchors, meta["classification"])
         threshold = meta["score_threshold"] if score_threshold is None else score_threshold
-        return select_detections(boxes, scores, sizes, threshold, meta["nms_iou"], meta["pre_nms_topk"],
-                                 meta["detections_per_image"])  # fmt: skip
+        return select_detections(boxes, scores, sizes, score_threshold=threshold, nms_iou=meta["nms_iou"],
+                                 pre_nms_topk=meta["pre_nms_topk"], detections_per_image=meta["detections_per_image"])
 
     def segment(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """DeepLab class masks (uint8) at each image's own size (nearest-neighbour from the file's H×W). A "pad"

@@ -38,8 +38,8 @@ class ResumableSampler(DistributedSampler):
 class TrainingData:
     """The loaders of one training process; `batch_per_process` samples per batch."""
 
-    def __init__(self, train_set: Dataset, val_set: Dataset | None, collate: Callable, args: argparse.Namespace,
-                 dist: DistInfo, batch_per_process: int) -> None:  # fmt: skip
+    def __init__(self, train_set: Dataset, val_set: Dataset | None, collate: Callable, val_collate: Callable,
+                 args: argparse.Namespace, dist: DistInfo, batch_per_process: int) -> None:  # fmt: skip
         self.train_set, self.args, self.dist, self.batch = train_set, args, dist, batch_per_process
         self.sampler = ResumableSampler(train_set, dist, args.seed)
         workers = args.workers
@@ -56,7 +56,7 @@ class TrainingData:
         self.val = None
         if val_set is not None:
             self.val = Loader(shard_dataset(val_set, dist), batch_per_process, persistent_workers=workers > 0,
-                              **self.loader_kwargs)  # fmt: skip
+                              **{**self.loader_kwargs, "collate_fn": val_collate})  # fmt: skip
 
     def start_epoch(self, epoch: int, batches_done: int) -> None:
         self.sampler.set_epoch(epoch)

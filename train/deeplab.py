@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,52 +24,46 @@ from torch import nn
 from common.cli import new_parser
 from common.distributed import DistInfo
 from common.labels import IGNORE_INDEX
-from datasets.loading import collate_segmentation
+from datasets.loading import collate_segmentation, collate_segmentation_eval
 from datasets.sources import add_data_arguments, segmentation_data
-from datasets.transforms import (
-    segmentation_eval_transform,
-    segmentation_train_transform,
-)
+from datasets.transforms import SegmentationEvalTransform, segmentation_train_transform
 from deeplab_mobile.checkpoint import checkpoint_dict
 from deeplab_mobile.loss import segmentation_loss
-from deeplab_mobile.presets import PRESETS, build_deeplab, get_preset
+from deeplab_mobile.model import build_deeplab
+from deeplab_mobile.presets import PRESETS, get_preset
+from deeplab_mobile.segmenter import preprocess_image
 from eval.segmentation import evaluate_segmentation
-from train.flags import add_engine_arguments
-from train.freeze import add_freeze_argument
-from train.head_task import HeadTask
-from train.main import train_main
-from train.task import global_batch_share
-from train.transfer import preset_like_source, source_conventions
+from train.engine import train_main
+from train.flags import add_engine_arguments, add_model_arguments
+from train.task import Task, global_batch_share
+from train.transfer import preset_like_source
 
 
-class DeepLabTask(HeadTask):
+class DeepLabTask(Task):
     """Mobile DeepLabv3 for the training engine: model, data, pixel cross-entropy and mIoU validation."""
 
     name = "deeplab"
 
     def __init__(self, args: argparse.Namespace) -> None:
-        super().__init__(args)
+        default_weights = "none" if args.data == "synthetic" else "IMAGENET1K_V1"  # synthetic shapes: from scratch
+        super().__init__(args.weights or default_weights, args.freeze, args.skip_bad_samples)
         preset = get_preset(args.preset or "mnv2_os16")
-        self.bn_eps = None  # the builder's default, unless fine-tuning keeps the source's (not a preset field)
         if self.source is not None and args.preset is None:  # fine-tuning keeps the source's conventions
             preset = preset_like_source(preset, self.source)
-            self.bn_eps = source_conventions(self.source).get("bn_eps")
-        if args.width_mult is not None:
-            preset = dataclasses.replace(preset, width_mult=args.width_mult)
-        crop = args.crop_size or preset.crop_size
-        evaluation = segmentation_eval_transform(crop, preset.normalization)
-        training = (evaluation if args.no_augment
-                    else segmentation_train_transform(crop, (args.min_scale, args.max_scale), preset.normalization))
+        changes = {"width_mult": args.width_mult, "crop_size": args.crop_size}
+        preset = preset.derive(**{k: v for k, v in changes.items() if v is not None})
+        training = segmentation_train_transform(preset.crop_size, (args.min_scale, args.max_scale),
+                                                preset.normalization, preset.resize, augment=not args.no_augment)  # fmt: skip
+        evaluation = SegmentationEvalTransform(partial(preprocess_image, preset=preset))
         self.data = segmentation_data(args, training, evaluation, self.skip)
-        self.num_classes = len(self.data.class_names)
-        self.preset = dataclasses.replace(preset, num_classes=self.num_classes, crop_size=crop)  # what was trained
+        self.preset = dataclasses.replace(preset, num_classes=len(self.data.class_names))  # the dataset's classes
 
     def new_model(self) -> nn.Module:
-        extra = {} if self.bn_eps is None else {"bn_eps": self.bn_eps}
-        return build_deeplab(self.preset, class_names=self.data.class_names, **extra)
+        return build_deeplab(self.preset, class_names=self.data.class_names)
 
-    def collate(self, samples: list[Any]):
-        return collate_segmentation(samples)
+    head_checkpoint_of = staticmethod(checkpoint_dict)
+    collate = staticmethod(collate_segmentation)
+    eval_collate = staticmethod(collate_segmentation_eval)  # what SegmentationEvalTransform's samples batch into
 
     def compute_loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         images, masks = batch
@@ -77,27 +72,18 @@ class DeepLabTask(HeadTask):
         return loss * global_batch_share((masks != IGNORE_INDEX).sum()), {}  # mean over the global batch's pixels
 
     def evaluate(self, model: nn.Module, loader, run_dir: Path, dist_info: DistInfo) -> dict[str, float] | None:
-        metrics = evaluate_segmentation(model, loader, self.num_classes, dist_info).compute()
+        metrics = evaluate_segmentation(model, loader, dist_info).compute()
         if not dist_info.is_main:
             return None
         return {"score": metrics["mIoU"], "mIoU": metrics["mIoU"], "pixel_accuracy": metrics["pixel_accuracy"]}
 
-    def head_checkpoint(self) -> dict[str, Any]:
-        return checkpoint_dict(self.model)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("python train/deeplab.py", __doc__)
-    g = parser.add_argument_group("model")
-    g.add_argument("--preset", default=None, choices=[p.name for p in PRESETS],
-                   help="architecture and input conventions (default: mnv2_os16, the paper's row, padding and "
-                        "normalising like --weights); the class count comes from the dataset")  # fmt: skip
-    g.add_argument("--width-mult", type=float, default=None, help="override the preset's width multiplier")
-    g.add_argument("--weights", default=None,
-                   help="start from: a weights name (e.g. IMAGENET1K_V1, a named segmenter or detector: its "
-                        "backbone), a checkpoint file, or none; whatever fits is kept, class rows by class name, and "
-                        "a transfer report says what (default: IMAGENET1K_V1; none for --data synthetic)")  # fmt: skip
-    add_freeze_argument(g)
+    add_model_arguments(parser, PRESETS, "architecture and input conventions (default: mnv2_os16, the paper's row, "
+                        "padding and normalising like --weights); the class count comes from the dataset",
+                        "a named segmenter, or a detector's backbone")  # fmt: skip
     g = parser.add_argument_group("augmentation")
     g.add_argument("--crop-size", type=int, default=None, help="training crop (default: the preset's, 513)")
     g.add_argument("--min-scale", type=float, default=0.5, help="random scale lower bound (default: 0.5)")

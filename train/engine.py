@@ -1,19 +1,25 @@
-"""The one training engine both heads share: the Trainer and its loop, read top to bottom in `fit`.
+"""The one training engine both heads share: `train_main` (what `python train/<task>.py` does), the Trainer and
+its loop, read top to bottom in `fit`.
 
 A task (train/task.py) tells the engine how to build its model and data, compute its loss and evaluate; the
 engine owns everything else: optimiser and schedule (train/optim.py), AMP on CUDA, channels_last, EMA, gradient
-clipping, DDP + SyncBatchNorm under torchrun, exact resume from atomic checkpoints (train/state.py,
-train/data.py), SIGINT/SIGTERM (train/signals.py), NaN/inf guards, and the run folder (train/run_folder.py).
+clipping, DDP + SyncBatchNorm under torchrun, `--compile`, exact resume from atomic checkpoints (train/resume.py,
+train/data.py), SIGINT/SIGTERM, NaN/inf guards, and the run folder (train/run_folder.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import importlib.util
 import math
+import os
+import shutil
+import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -23,17 +29,111 @@ from tqdm import tqdm
 
 from backbone.checkpoint import save_checkpoint
 from common.allocator import tune_allocator
+from common.cli import run_cli
 from common.distributed import all_reduce_sum, barrier, cleanup, gather_objects, init_distributed
 from common.errors import TrainingDiverged, UserError
 from train.batchnorm import freeze_batchnorm, recalibrate_batchnorm
-from train.compiling import decide
 from train.data import TrainingData
-from train.flags import saved_arguments
+from train.flags import check_training_arguments
 from train.optim import build_optimizer, build_scheduler, ramped_ema
+from train.resume import (
+    read_training_checkpoint,
+    resumed_arguments,
+    rng_state,
+    saved_arguments,
+    seed_everything,
+    set_rng_state,
+)
 from train.run_folder import RunFolder
-from train.signals import StopRequest
-from train.state import read_training_checkpoint, rng_state, seed_everything, set_rng_state
 from train.task import Task
+
+
+def train_main(parser: argparse.ArgumentParser, make_task: Callable[[argparse.Namespace], Task], task_name: str,
+               argv: Sequence[str] | None, runtime_flags: Iterable[str] = ()) -> Path:  # fmt: skip
+    """What `python train/<task>.py` does: parse (or restore on --resume) the flags, build the task, train,
+    summarise; user errors become one `error:` line and exit 2, divergence exit 3 (common.cli.run_cli).
+    `runtime_flags`: destinations a resumed run takes from its command line besides train.resume.RUNTIME_FLAGS."""
+
+    def body(args: argparse.Namespace) -> Path:
+        args, moved = resumed_arguments(parser, args, task_name, argv, runtime_flags)
+        for change in moved:
+            print(f"note: {change} (the data moved; the run continues on the files at the new path)")
+        task = make_task(args)
+        run_dir = Trainer(task, args).fit()
+        if task.skip is not None and task.skip.total:
+            print(task.skip.summary())
+        print(f"results in {run_dir}")
+        return run_dir
+
+    return run_cli(parser, argv, check_training_arguments, body)
+
+
+# ---- --compile: whether the training forward runs under torch.compile
+#
+# Compiling costs a fixed time up front (inductor generates and builds C++ on the CPU, Triton kernels on CUDA) and
+# pays only if each step then runs faster, over enough steps. `auto` (the default) follows the measurements in
+# BENCHMARKS.md ("`--compile` on the CPU", `python -m bench.run --only ssdlite`): with torch 2.14 on the CPU a
+# compiled SSDLite training step ran at 0.74-1.00× the eager step's speed (two runs), after 85-91 s of compiling,
+# so it never pays and `auto` stays eager there. On CUDA (not measured yet: no GPU has been lent) `auto` compiles
+# runs of at least AUTO_MIN_IMAGES["cuda"] images (epochs × training images), where a compile of a minute is small
+# beside the run. `on` compiles anyway (and says so if no compiler is here).
+AUTO_MIN_IMAGES = {"cuda": 100_000}  # one COCO epoch (118k images) and longer; CPU: never (above)
+
+
+def backend_missing(device: torch.device) -> str | None:
+    """Why inductor cannot compile for `device` here, or None when it can."""
+    if device.type == "cuda":
+        return None if importlib.util.find_spec("triton") else "triton is not installed"
+    compiler = os.environ.get("CXX", "g++")
+    return None if shutil.which(compiler) else f"no C++ compiler ({compiler}) on PATH"
+
+
+def compile_decision(choice: str, device: torch.device, planned_images: int) -> tuple[bool, str]:
+    """(compile?, the reason, for the run's log)."""
+    if choice == "off":
+        return False, "off (--compile off)"
+    missing = backend_missing(device)
+    if choice == "on":
+        if missing:
+            raise UserError(f"--compile on: {missing}, so torch.compile cannot build kernels for {device.type}; "
+                            "install one, or pass --compile auto or off")  # fmt: skip
+        return True, "on (--compile on)"
+    threshold = AUTO_MIN_IMAGES.get(device.type)
+    if threshold is None:
+        return False, f"auto → off (compiled {device.type} training steps measured slower than eager; BENCHMARKS.md)"
+    if missing:
+        return False, f"auto → off ({missing})"
+    if planned_images < threshold:
+        return False, f"auto → off ({planned_images:,} images planned, below the {threshold:,} where compiling pays)"
+    return True, f"auto → on ({planned_images:,} images planned ≥ {threshold:,})"
+
+
+# ---- SIGINT/SIGTERM: finish the step, checkpoint, exit 0. Schedulers (systemd, Slurm, Kubernetes) signal the whole
+# process group; DataLoader workers ignore the signal (datasets.loading.init_worker), so only the main process acts.
+
+@dataclass
+class StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints at the next step boundary and exits."""
+
+    signal_name: str | None = None
+    previous: dict[int, Any] = field(default_factory=dict)
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal_name is not None:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def channels_last_inputs(module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -80,7 +180,7 @@ class Trainer:
         if args.resume:
             self._resume()
         if self.folder:
-            self.folder.start_logs(self.position, saved_arguments(args))
+            self.folder.start_logs(self.position, {**saved_arguments(args), **self.task.run_record()})
         if allocator:
             self._log(f"allocator: {allocator}")
         self._log(f"compile: {self.compile_decision}")
@@ -155,7 +255,7 @@ class Trainer:
             self._log(f"epoch {self.epoch + 1}: dropped {dropped} batches that skipped samples left with fewer than "
                       f"{self.min_batch} samples")
         if trained == 0:
-            skip = getattr(self.task, "skip", None)
+            skip = self.task.skip
             counts = f" ({skip.summary()})" if skip is not None else ""
             raise UserError(f"epoch {self.epoch + 1}: no training batch was usable{counts}; fix or remove the bad "
                             "samples: nothing was trained, so no checkpoint was written for this epoch")
@@ -211,7 +311,7 @@ class Trainer:
     def _build(self) -> None:
         args = self.args
         seed_everything(args.seed + self.dist.rank)
-        model = self.task.build_model()
+        model = self.task.build_model(announce=not args.resume)
         if args.frozen_bn:
             freeze_batchnorm(model)
         elif self.dist.distributed and self.device.type == "cuda":
@@ -225,7 +325,8 @@ class Trainer:
         train_set, val_set = self.task.build_datasets()
         if len(train_set) < args.batch_size:
             raise UserError(f"the training set has {len(train_set)} samples, fewer than --batch-size {args.batch_size}")
-        self.data = TrainingData(train_set, val_set, self.task.collate, args, self.dist, self.batch_per_process)
+        self.data = TrainingData(train_set, val_set, self.task.collate, self.task.eval_collate, args, self.dist,
+                                 self.batch_per_process)  # fmt: skip
         self.steps_per_epoch = len(train_set) // args.batch_size
         total_steps = self.steps_per_epoch * args.epochs
         self.optimizer = build_optimizer(model, args)
@@ -238,7 +339,7 @@ class Trainer:
             if self.dist.distributed
             else model
         )
-        compiled, self.compile_decision = decide(args.compile, self.device, len(train_set) * args.epochs)
+        compiled, self.compile_decision = compile_decision(args.compile, self.device, len(train_set) * args.epochs)
         if compiled:  # the training forward only: checkpoints, EMA and evaluation use the plain module
             self.ddp_model = torch.compile(self.ddp_model)
         self.epoch, self.step_in_epoch, self.best_score = 0, 0, -math.inf

@@ -1,15 +1,31 @@
-"""The flags every training entry point shares: definitions, checks, and their restoration on --resume."""
+"""The flags every training entry point shares: definitions and checks (train/resume.py restores them on --resume)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from common.cli import check_flags
-from train.compiling import CHOICES as COMPILE_CHOICES
-from train.state import read_training_checkpoint
+from train.batchnorm import add_freeze_argument
+
+COMPILE_CHOICES = ("auto", "on", "off")  # --compile; what auto decides: train.engine.compile_decision
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, presets: Iterable[str], preset_help: str,
+                        heads: str) -> argparse._ArgumentGroup:  # fmt: skip
+    """The "model" flags both heads take: --preset (one of `presets`), --width-mult, --weights (`heads`: which named
+    models it takes whole, e.g. "a named detector or segmenter") and --freeze; the group, for a head's own flags."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--preset", default=None, choices=sorted(presets), help=preset_help)
+    g.add_argument("--width-mult", type=float, default=None, help="override the preset's width multiplier")
+    g.add_argument("--weights", default=None,
+                   help=f"start from: a weights name (e.g. IMAGENET1K_V1, {heads}), a checkpoint file, or none; "
+                        "whatever fits is kept, class rows by class name, and a transfer report says what (default: "
+                        "IMAGENET1K_V1; none for --data synthetic)")  # fmt: skip
+    add_freeze_argument(g)
+    return g
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser, *, lr: float, epochs: int, batch_size: int,
@@ -70,35 +86,3 @@ def check_training_arguments(parser: argparse.ArgumentParser, args: argparse.Nam
     if args.batch_size < 2 and not args.frozen_bn:
         parser.error(f"--batch-size {args.batch_size}: BatchNorm needs at least 2 samples per batch to train; "
                      "raise it or add --frozen-bn")  # fmt: skip
-
-
-# Flags a resumed run takes from the command line rather than from the interrupted run.
-RUNTIME_FLAGS = frozenset({"resume", "device", "workers", "no_progress", "compile"})
-
-
-def restore_resumed_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, task_name: str) -> None:
-    """With --resume, every flag but RUNTIME_FLAGS comes back from the interrupted run's checkpoint, converted by
-    the flag's own type (checkpoints keep paths as strings)."""
-    if not args.resume:
-        return
-    if args.resume == "auto":
-        args.resume = str((args.project or Path("runs") / task_name) / args.name / "last.pt")
-    saved = read_training_checkpoint(args.resume, task_name)["args"]
-    types = {a.dest: a.type for a in parser._actions if callable(a.type)}
-    for key, value in saved.items():
-        if key not in RUNTIME_FLAGS:
-            setattr(args, key, _typed(value, types.get(key)))
-
-
-def _typed(value: Any, kind: Any) -> Any:
-    if kind is None or value is None:
-        return value
-    if isinstance(value, list):
-        return [kind(v) if isinstance(v, str) else v for v in value]
-    return kind(value) if isinstance(value, str) else value
-
-
-def saved_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags as a checkpoint and args.json keep them (paths as strings)."""
-    return {k: [str(x) if isinstance(x, Path) else x for x in v] if isinstance(v, list) else
-            str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}  # fmt: skip

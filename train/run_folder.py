@@ -10,8 +10,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from common.files import stale_temporaries, write_atomic
-from common.runs import RunLock, next_run_dir
+from common.files import RunLock, next_run_dir, stale_temporaries, write_atomic
 
 CHECKPOINTS = ("last.pt", "best.pt")
 

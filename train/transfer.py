@@ -8,11 +8,10 @@ initialisation. A backbone of another width or a source without a MobileNetV2 st
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -20,8 +19,7 @@ from torch import nn
 import deeplab_mobile  # noqa: F401  (registers the named segmenters, so --weights takes either head's names)
 import ssdlite  # noqa: F401  (registers the named detectors)
 from backbone.checkpoint import load_checkpoint
-from backbone.mobilenetv2 import MobileNetV2
-from backbone.weights import (
+from backbone.mobilenet_weights import (
     TORCHVISION_WEIGHTS,
     checkpoint_dict,
     from_torchvision,
@@ -29,6 +27,8 @@ from backbone.weights import (
     load_torchvision_imagenet,
     resolve_pytorch_weights,
 )
+from backbone.mobilenetv2 import MobileNetV2
+from backbone.preset import Preset
 from common.errors import WeightsError
 from common.labels import UNUSED_CLASS, canonical_class_name, match_class_names
 
@@ -36,6 +36,7 @@ from common.labels import UNUSED_CLASS, canonical_class_name, match_class_names
 _CLASS_PREDICTOR = re.compile(r"^head\.(?:cls\.(\d+)\.conv|classifier)\.(?:weight|bias)$")
 _BOX_PREDICTOR = re.compile(r"^head\.box\.(\d+)\.conv\.(?:weight|bias)$")
 _KINDS = {"ssdlite": "detector (SSDLite)", "deeplab": "segmenter (DeepLab)", "mobilenet_v2": "MobileNetV2"}
+P = TypeVar("P", bound=Preset)
 _SKIPPED = "num_batches_tracked"  # a counter, not a weight: neither counted nor copied
 
 
@@ -162,14 +163,11 @@ def source_conventions(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     return found
 
 
-def preset_like_source(preset: Any, checkpoint: Mapping[str, Any]) -> Any:
-    """`preset` (an SSDLite or DeepLab preset dataclass) padding and normalising like the source; renamed with
-    "_tf" (or "_source") when that changes it, so checkpoints do not claim the original preset's conventions."""
-    changes = {k: v for k, v in source_conventions(checkpoint).items() if getattr(preset, k, v) != v}
-    if not changes:
-        return preset
-    suffix = "tf" if "tf" in (changes.get("normalization"), changes.get("padding_mode", "")[:2]) else "source"
-    return dataclasses.replace(preset, name=f"{preset.name}_{suffix}", **changes)
+def preset_like_source(preset: P, checkpoint: Mapping[str, Any]) -> P:
+    """`preset` (an SSDLite or DeepLab preset) padding, normalising and with the BatchNorm epsilon of the source;
+    derived under a name that lists the changes (backbone.preset.Preset.derive), so checkpoints do not claim the
+    original preset's conventions."""
+    return preset.derive(**{k: v for k, v in source_conventions(checkpoint).items() if hasattr(preset, k)})
 
 
 def transfer_weights(model: nn.Module, class_names: Sequence[str], checkpoint: Mapping[str, Any],

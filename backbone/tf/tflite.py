@@ -134,7 +134,7 @@ def read_tflite(path: str | Path) -> TFLiteModel:
     if len(buf) < 8 or not tflite.Model.ModelBufferHasIdentifier(buf, 0):
         raise WeightsError(
             f"{path}: not a TFLite model (no 'TFL3' flatbuffer identifier at byte 4); "
-            "pass a .tflite file, PyTorch checkpoints are loaded with backbone.weights.load_pretrained"
+            "pass a .tflite file, PyTorch checkpoints are loaded with backbone.mobilenet_weights.load_pretrained"
         )
     try:
         return _parse(path, buf)

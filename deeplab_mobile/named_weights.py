@@ -1,4 +1,4 @@
-"""Named Mobile DeepLabv3 weights (see backbone/pretrained.py): pass a name wherever a segmenter checkpoint goes
+"""Named Mobile DeepLabv3 weights (see backbone/named_weights.py): pass a name wherever a segmenter checkpoint goes
 (`Segmenter.from_pretrained`, `load_deeplab`, `--weights`, `--seg`, tools/export.py). All are Google's TF DeepLab
 MobileNetV2 PASCAL VOC models, converted on first use by deeplab_mobile/tf_import.py into $MNV2_CACHE/<name>.pt;
 the coral and picamera2 files are taken from the real test assets ($MNV2_ASSETS) when present."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backbone.pretrained import Download, PretrainedWeights, register
+from backbone.named_weights import Download, PretrainedWeights, register
 from deeplab_mobile.checkpoint import save_deeplab
 from deeplab_mobile.presets import VOC_CLASSES
 

@@ -20,7 +20,7 @@ from torchvision.models import MobileNet_V2_Weights
 
 from backbone.checkpoint import load_checkpoint, load_state_dict_checked, model_from_checkpoint
 from backbone.mobilenetv2 import MobileNetV2
-from backbone.pretrained import resolve
+from backbone.named_weights import resolve
 from common.errors import WeightsError
 
 TORCHVISION_WEIGHTS = tuple(w.name for w in MobileNet_V2_Weights)  # ("IMAGENET1K_V1", "IMAGENET1K_V2")
@@ -106,7 +106,7 @@ def load_weights_file(model: MobileNetV2, path: str | Path) -> None:
 
 
 def load_pretrained(model: MobileNetV2, spec: str) -> None:
-    """`spec`: a torchvision weights name (IMAGENET1K_V1/V2), any other weights name (backbone/pretrained.py: the
+    """`spec`: a torchvision weights name (IMAGENET1K_V1/V2), any other weights name (backbone/named_weights.py: the
     backbone of a named detector or segmenter), or a PyTorch weights file (state dict or suite checkpoint)."""
     if spec in TORCHVISION_WEIGHTS:
         load_torchvision_imagenet(model, spec)

