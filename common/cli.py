@@ -1,18 +1,21 @@
 """Entry-point plumbing every command shares: a parser whose errors are one line, the --device check, and
-`run_cli`, the one place where library exceptions become an `error:` line and an exit status."""
+`run_cli`, the one place where library exceptions, the operating system's refusals (disk full, read-only, missing
+folder, permission) and Ctrl-C become one line and an exit status."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence, TypeVar
 
+import cv2
 import torch
 
 from common.distributed import cleanup
-from common.errors import EXIT_DIVERGED, EXIT_USER_ERROR, TrainingDiverged, UserError
+from common.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USER_ERROR, Interrupted, TrainingDiverged, UserError
 
 T = TypeVar("T")
 
@@ -94,18 +97,62 @@ def fail(message: str, status: int = EXIT_USER_ERROR) -> NoReturn:
     raise SystemExit(status)
 
 
+# What the operating system said, and what the user can do about it.
+_OS_ERRORS: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("disk full", "free space or write elsewhere, then run the command again"),
+    errno.EDQUOT: ("disk quota exceeded", "free space or write elsewhere, then run the command again"),
+    errno.EROFS: ("read-only file system", "write somewhere writable (--project, --out, $MNV2_CACHE)"),
+    errno.EACCES: ("permission denied", "write somewhere you may (--project, --out, $MNV2_CACHE) or fix the "
+                                        "permissions"),
+    errno.EPERM: ("operation not permitted", "write somewhere you may, or fix the permissions"),
+    errno.ENOENT: ("no such file or folder", "check the path (was it moved or deleted while the command ran?)"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path"),
+    errno.EISDIR: ("is a folder, not a file", "give a file"),
+    errno.EEXIST: ("is in the way (a file where a folder should be, or the reverse)", "move it or choose another "
+                                                                                    "path"),
+}
+
+
+def describe_os_error(error: OSError) -> str:
+    """An OSError in one line naming the path, what happened and what to do."""
+    path = " → ".join(str(p) for p in (error.filename, error.filename2) if p)
+    what, fix = _OS_ERRORS.get(error.errno or -1, (error.strerror or type(error).__name__, "check the path"))
+    return f"{path + ': ' if path else ''}{what} ({error.strerror or error}); {fix}"
+
+
+_OUT_OF_MEMORY = ("not enough memory", "failed to allocate", "out of memory", "cannot allocate memory")
+
+
 def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
             check: Callable[[argparse.ArgumentParser, argparse.Namespace], None],
             body: Callable[[argparse.Namespace], T]) -> T:  # fmt: skip
-    """Parse, check and run `body`; user errors become one `error:` line and exit status 2, never a traceback.
-    The process group torchrun set up is left cleanly either way."""
+    """Parse, check and run `body`; user errors and the operating system's refusals become one `error:` line and
+    exit status 2, Ctrl-C one line and 130, never a traceback. The process group torchrun set up is left cleanly
+    either way."""
     args = parser.parse_args(argv)
     check(parser, args)
     try:
         return body(args)
     except UserError as e:  # raised in a DataLoader worker too: datasets.loading.Loader hands it back intact
-        fail(str(e))
+        if e.details:
+            print(e.details)
+        fail(str(e), e.exit_status)
     except TrainingDiverged as e:
         fail(str(e), EXIT_DIVERGED)
+    except OSError as e:
+        fail(describe_os_error(e))
+    except (MemoryError, RuntimeError, cv2.error) as e:  # how torch and OpenCV report failed allocations
+        if not isinstance(e, MemoryError) and not any(words in str(e).lower() for words in _OUT_OF_MEMORY):
+            raise
+        fail(f"out of memory ({' '.join(str(e).split())[:200] or 'MemoryError'}): use smaller images or batches")
+    except Interrupted as e:
+        _stop(str(e))
+    except KeyboardInterrupt:
+        _stop("interrupted by Ctrl-C: every file written so far is complete (files are written whole or not at all)")
     finally:
         cleanup()
+
+
+def _stop(message: str) -> NoReturn:
+    print(f"\n{_one_line(message)}", file=sys.stderr)
+    raise SystemExit(EXIT_INTERRUPTED)

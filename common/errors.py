@@ -10,12 +10,24 @@ from os import PathLike
 from typing import Literal
 
 EXIT_OK = 0
-EXIT_USER_ERROR = 2  # bad flags, data, checkpoints: argparse's own status for bad usage
+EXIT_CHECK_FAILED = 1  # a check the command exists to make refused its result (tools.export's verification)
+EXIT_USER_ERROR = 2  # bad flags, data, checkpoints, files the OS refused: argparse's own status for bad usage
 EXIT_DIVERGED = 3  # training stopped on a NaN/inf loss; last.pt holds the last good state
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
 
 class UserError(ValueError):
-    """A problem the user can fix (flags, data, checkpoint): the message names it and says what to do."""
+    """A problem the user can fix (flags, data, checkpoint): the message names it and says what to do.
+    `details` (a table, say) is printed on stdout before the one `error:` line; `exit_status` is what the entry
+    point exits with."""
+
+    exit_status = EXIT_USER_ERROR
+    details: str | None = None
+
+
+class Interrupted(Exception):
+    """Ctrl-C, after the entry point has put its files in order: the message says what was kept and how to go on
+    (printed as it is, one line, exit status EXIT_INTERRUPTED)."""
 
 
 class TrainingDiverged(RuntimeError):

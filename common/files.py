@@ -2,15 +2,18 @@
 
 A temporary name beside the target (same folder, so the rename is atomic; same suffix, so writers that choose a
 format by extension — OpenCV, torch.onnx — still do), renamed over the target only when the writer succeeded, and
-removed when it failed. Stale temporaries of a killed process carry the `.NAME.*.tmp` pattern `stale_temporaries`
-finds.
+removed when it failed. The name carries the writer's process id, `.NAME.<pid>-<random>.tmp<suffix>`: a process
+killed mid-write (kill -9, the OOM killer) leaves its temporary behind, and the next write of the same file removes
+every temporary of it whose writer is gone. An OSError while writing names the file, not its temporary.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
@@ -19,8 +22,42 @@ from common.errors import UserError
 
 
 def temporary_name(path: Path) -> Path:
-    """A fresh hidden name beside `path`: `.NAME.<random>.tmp<suffix>`."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    """A fresh hidden name beside `path`: `.NAME.<pid>-<random>.tmp<suffix>`."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+
+
+def stale_temporaries(folder: str | os.PathLike, name: str) -> list[Path]:
+    """Temporaries of `name` in `folder` whose writer is no longer running (killed mid-write); temporaries of
+    earlier versions, which did not record their writer, count as stale too."""
+    found = []
+    for path in sorted(Path(folder).glob(f".{glob_escape(name)}.*.tmp*")):
+        owner = re.match(r"(\d+)-", path.name[len(name) + 2:])
+        if owner is None or not _running(int(owner[1])):
+            found.append(path)
+    return found
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> None:
+    """Delete what killed writers of `path` left beside it (see the module docstring)."""
+    path = Path(path)
+    for stale in stale_temporaries(path.parent, path.name):
+        stale.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -29,14 +66,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     `path`, on any failure it is deleted and `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(path.parent, os.W_OK):  # before the writer (OpenCV) fails without saying why
+        code = errno.EROFS if os.statvfs(path.parent).f_flag & os.ST_RDONLY else errno.EACCES
+        raise OSError(code, os.strerror(code), str(path))
+    remove_stale_temporaries(path)
     tmp = temporary_name(path)
     try:
         yield tmp
         if not tmp.exists():
-            raise OSError(f"{path}: the writer produced no file")
+            raise OSError(errno.EIO, "the writer produced no file", str(path))
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno is not None and e.filename in (None, str(tmp), tmp):  # name the file, not its temporary
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_atomic_with(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
@@ -51,15 +97,10 @@ def write_atomic_with(path: str | os.PathLike, write: Callable[[BinaryIO], None]
     return path
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+def write_atomic(path: str | os.PathLike, data: str | bytes | memoryview) -> Path:
     """Write text (UTF-8) or bytes to `path` atomically."""
     payload = data.encode() if isinstance(data, str) else data
     return write_atomic_with(path, lambda f: f.write(payload))
-
-
-def stale_temporaries(folder: str | os.PathLike, name: str) -> list[Path]:
-    """Temporaries of `name` in `folder` that a killed writer left behind."""
-    return sorted(Path(folder).glob(f".{name}.*.tmp*"))
 
 
 # ---- Run folders: `runs/<task>/<name>`, or `<name>2`, `<name>3`… when taken, claimed atomically so two runs started

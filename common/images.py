@@ -63,6 +63,27 @@ def read_image(path: str | PathLike[str]) -> np.ndarray:
         return _to_rgb8(image, path)
 
 
+def check_image_file(path: str | PathLike[str]) -> None:
+    """Raise the DatasetError `read_image` would, as cheaply as a file allows: the header read (format, size)
+    without decoding the pixels, and a JPEG's or PNG's end marker looked for in its last bytes, which a truncated
+    copy lacks. A training run checks its validation images so before the first epoch (docs/training.md)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            kind = image.format
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 64))
+            tail = f.read()
+    except FileNotFoundError:
+        raise DatasetError(path, "image file not found", "Check the image folder and the file name in the "
+                           "annotations", kind="missing image") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise _corrupt(path, exc) from None
+    ends = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}.get(kind or "")
+    if ends is not None and ends not in tail:
+        raise _corrupt(path, f"the {kind} data stops before its end marker: a truncated copy?")
+
+
 def _to_rgb8(image: Image.Image, path: Path) -> np.ndarray:
     if image.mode == "RGB":
         return np.array(image)
@@ -77,7 +98,7 @@ def _to_rgb8(image: Image.Image, path: Path) -> np.ndarray:
     return np.array(image.convert("RGB"))
 
 
-def _corrupt(path: Path, exc: BaseException) -> DatasetError:
+def _corrupt(path: Path, exc: BaseException | str) -> DatasetError:
     return DatasetError(path, f"cannot decode image ({exc})", "Replace or remove the file", kind="corrupt image")
 
 
@@ -137,21 +158,18 @@ def resize_pixels(image: np.ndarray, size: tuple[int, int], method: ResizeMethod
     outputs floats and the graph normalises them unrounded; OpenCV's stays 8-bit and is then widened)."""
     check_resize_method(method)
     height, width = size
-    if method == "opencv_linear":
-        if image.shape[:2] != (height, width):
-            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-        return image.astype(np.float32)
-    pixels = image.astype(np.float32)
     if image.shape[:2] == (height, width):
-        return pixels
+        return image.astype(np.float32)
+    if method == "opencv_linear":
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
     aligned = method == "tf_bilinear_aligned"
     y0, y1, wy = _tf_axis(image.shape[0], height, aligned)
     x0, x1, wx = _tf_axis(image.shape[1], width, aligned)
     wx = wx[None, :, None]
     lerped = []  # TF's order: along x within the two source rows, then between them along y
-    for rows in (pixels[y0], pixels[y1]):
-        left = rows[:, x0]
-        lerped.append(left + (rows[:, x1] - left) * wx)
+    for rows in (image[y0], image[y1]):  # only the rows used, widened to float: a huge photo is never copied whole
+        left = rows[:, x0].astype(np.float32)
+        lerped.append(left + (rows[:, x1].astype(np.float32) - left) * wx)
     top, bottom = lerped
     return top + (bottom - top) * wy[:, None, None]
 

@@ -138,8 +138,8 @@ class CocoDetection(DetectionDataset):
                 boxes.append(clip_box(x, y, x + w, y + h, width, height))
             except (KeyError, TypeError, ValueError) as exc:
                 problem = str(exc) if isinstance(exc, ValueError) else "has no valid 'bbox' [x, y, w, h]"
-                raise DatasetError(self.ann_file, f"{where}: {problem}", "Fix or remove the annotation, or pass a "
-                                   "SkipCounter to drop the image", kind="bad box") from None
+                raise DatasetError(self.ann_file, f"{where}: {problem}", "Fix or remove the annotation, or train with "
+                                   "--skip-bad-samples to drop the image", kind="bad box") from None
             labels.append(self.cat_to_label[ann["category_id"]])
         return DetectionRecord(image_id, path, width, height, np.asarray(boxes, np.float32).reshape(-1, 4),
                                np.asarray(labels, np.int64))

@@ -75,6 +75,10 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def files(self) -> tuple[list[Path], list[Path]]:
+        """(image files, mask files) the samples read, for `datasets.errors.check_files`."""
+        return [record.path for record in self.records], []
+
     def __getitem__(self, index: int) -> DetectionSample | None:
         record = self.records[index]
         try:

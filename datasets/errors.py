@@ -1,4 +1,4 @@
-"""Bad-data errors and the opt-in skip policy.
+"""Bad-data errors, the opt-in skip policy, and the cheap check of a dataset's files before they are used.
 
 Every reader raises `DatasetError` naming the file and the problem. A training run that prefers to go on passes a
 `SkipCounter`: the bad sample is then dropped with a warning and counted, and the run prints `summary()` at the
@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import multiprocessing
 import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable
 
 from common.errors import SKIP_KINDS, DatasetError
+from common.images import check_image_file
 
 
 class SkippedSampleWarning(UserWarning):
@@ -62,3 +66,17 @@ def handle(error: DatasetError, skip: SkipCounter | None) -> None:
     if skip is None:
         raise error
     skip.skip(error)
+
+
+def check_files(images: Iterable[Path], masks: Iterable[Path] = ()) -> int:
+    """Raise the first DatasetError of `images` (header and end marker, `check_image_file`) and `masks` (present),
+    in a few threads (the work is waiting on the disk); the number of files checked. Training runs it on the
+    validation set before the first epoch, so a bad file stops the run before anything is trained for it."""
+    images, masks = list(images), list(masks)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in pool.map(check_image_file, images):
+            pass
+    for mask in masks:
+        if not mask.is_file():
+            raise DatasetError(mask, "mask file not found", kind="bad mask")
+    return len(images) + len(masks)

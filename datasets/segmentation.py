@@ -138,6 +138,10 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def files(self) -> tuple[list[Path], list[Path]]:
+        """(image files, mask files) the samples read, for `datasets.errors.check_files`."""
+        return [sample.image for sample in self.samples], [sample.mask for sample in self.samples]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         sample = self.samples[index]
         try:

@@ -98,7 +98,7 @@ class VOCDetection(DetectionDataset):
             except (TypeError, ValueError) as exc:
                 problem = str(exc) if isinstance(exc, ValueError) else "has no complete <bndbox>"
                 raise DatasetError(xml_path, f"object {index} ({name}): {problem}", "Fix or remove the object, or "
-                                   "pass a SkipCounter to drop the image", kind="bad box") from None
+                                   "train with --skip-bad-samples to drop the image", kind="bad box") from None
             labels.append(self.class_to_label[name])
             difficult.append(is_difficult)
         return DetectionRecord(image_id, path, width, height, np.asarray(boxes, np.float32).reshape(-1, 4),

@@ -88,4 +88,5 @@ def load_deeplab(
 ) -> tuple[MobileDeepLabV3, dict[str, Any]]:  # fmt: skip
     """The model of a checkpoint file or weights name, in eval mode, and the checkpoint dict (see
     backbone.checkpoint.load_model; `deeplab_from_checkpoint` for the checks)."""
-    return load_model(name_or_path, partial(deeplab_from_checkpoint, preset=preset, num_classes=num_classes, ema=ema))
+    rebuild = partial(deeplab_from_checkpoint, preset=preset, num_classes=num_classes, ema=ema)
+    return load_model(name_or_path, rebuild, ARCH, "a Mobile DeepLabv3 segmenter")

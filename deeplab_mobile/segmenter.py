@@ -4,10 +4,11 @@ image's own size, and the object a user holds.
     segmenter = Segmenter.from_pretrained("deeplab_coral_voc")
     mask = segmenter([image])[0]          # H×W class ids, segmenter.class_names[i] names id i
 
-`preprocess_image` (resize + normalise as the preset says) and `scores_at_image_size` (batch equal inputs, run,
-average scales and flips, cut the image region out and bring it to the image's size) are what `Segmenter`,
-evaluation (eval/voc_miou.py and training's validation, through the evaluation transform), the export checks and
-the on-device runtime all call, so a reported mIoU is what a user gets. Same shape as `ssdlite.Detector`
+`preprocess_image` (resize + normalise as the preset says) and `masks_at_image_size` (batch equal inputs, run,
+average scales and flips, cut the image region out and bring it to the image's size: `scores_at_image_size`, then
+the argmax) are what `Segmenter`, evaluation (eval/voc_miou.py and training's validation, through the evaluation
+transform), the export checks and the on-device runtime all call, so a reported mIoU is what a user gets. Images
+beyond LARGE × the crop size run at a bounded size (see LARGE). Same shape as `ssdlite.Detector`
 (backbone/predictor.py): `from_pretrained`, `load`, `save`, `to`, `.model`, `.preset`, `.class_names`.
 """
 
@@ -15,17 +16,22 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from backbone.predictor import Predictor, inference_view
-from common.images import as_rgb, normalized_tensor, resize_pixels
+from common.images import as_rgb, check_image_list, normalized_tensor, resize_pixels
 from deeplab_mobile.checkpoint import load_deeplab, save_deeplab
 from deeplab_mobile.model import MobileDeepLabV3
 from deeplab_mobile.presets import DeepLabPreset
 
 PAPER_MF_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # DeepLabv3's multi-scale inputs; with flip this is "MF"
+# An image whose long side exceeds LARGE × the crop size runs brought down to that (input mode "any"), and one with
+# more pixels than (LARGE × crop)² gets its mask (not its class scores) resized back: a 10000×10000 photo costs what
+# a 1539×1539 one costs (crop 513) instead of gigabytes of full-size scores.
+LARGE = 3
 Region = tuple[int, int]  # (h, w) of the image inside a network input, from the top-left corner
 
 
@@ -40,10 +46,16 @@ def padded_region(size: tuple[int, int], crop: int) -> Region:
 
 
 def network_region(size: tuple[int, int], preset: DeepLabPreset) -> Region:
-    """The size an image of `size` (h, w) takes inside the network input, by the preset's input mode."""
+    """The size an image of `size` (h, w) takes inside the network input, by the preset's input mode ("any" brings
+    only images beyond LARGE × the crop down, aspect kept)."""
     if preset.input_mode == "resize":
         return preset.crop_size, preset.crop_size
-    return padded_region(size, preset.crop_size) if preset.input_mode == "pad" else size
+    return padded_region(size, preset.crop_size * (1 if preset.input_mode == "pad" else LARGE))
+
+
+def is_large(size: tuple[int, int], preset: DeepLabPreset) -> bool:
+    """Whether an image of `size` gets its mask resized back rather than its scores (see LARGE)."""
+    return size[0] * size[1] > (LARGE * preset.crop_size) ** 2
 
 
 def preprocess_image(image: np.ndarray, preset: DeepLabPreset) -> tuple[torch.Tensor, Region]:
@@ -98,22 +110,42 @@ def scores_at_image_size(model: MobileDeepLabV3, inputs: Sequence[torch.Tensor],
     return out
 
 
+def masks_at_image_size(model: MobileDeepLabV3, inputs: Sequence[torch.Tensor], regions: Sequence[Region],
+                        sizes: Sequence[tuple[int, int]], scales: Sequence[float] = (1.0,),
+                        flip: bool = False) -> list[torch.Tensor]:  # fmt: skip
+    """The argmax of `scores_at_image_size` per image; for a large image (`is_large`) the argmax at the network's
+    size, resized back by nearest neighbour. `predict` and evaluation both take their masks from here."""
+    large = [is_large(tuple(size), model.preset) for size in sizes]
+    scores = scores_at_image_size(model, inputs, regions, [r if big else s for r, s, big in zip(regions, sizes, large)],
+                                  scales, flip)  # fmt: skip
+    masks = []
+    for one, size, big in zip(scores, sizes, large):
+        mask = one.argmax(0).to(torch.uint8 if model.num_classes <= 256 else torch.int32).cpu()
+        if big:
+            mask = torch.from_numpy(cv2.resize(mask.numpy(), (size[1], size[0]), interpolation=cv2.INTER_NEAREST))
+        masks.append(mask)
+    return masks
+
+
+def _prepared(model: MobileDeepLabV3, images: Sequence[np.ndarray]) -> tuple[list, list, list]:
+    """(network inputs, regions, image sizes) of in-memory images (any `as_rgb` input)."""
+    rgb = [as_rgb(image) for image in check_image_list(images)]
+    prepared = [preprocess_image(image, model.preset) for image in rgb]
+    return [x for x, _ in prepared], [r for _, r in prepared], [image.shape[:2] for image in rgb]
+
+
 def predict_logits(model: MobileDeepLabV3, images: Sequence[np.ndarray], scales: Sequence[float] = (1.0,),
                    flip: bool = False) -> list[torch.Tensor]:  # fmt: skip
     """Class scores [C, H, W] at the size of each image (uint8, any size and channel layout, see `as_rgb`): logits,
-    or with several `scales` / `flip` the averaged probabilities (`class_scores`)."""
-    preset = model.preset
-    rgb = [as_rgb(image) for image in images]
-    prepared = [preprocess_image(image, preset) for image in rgb]
-    return scores_at_image_size(model, [x for x, _ in prepared], [r for _, r in prepared],
-                                [image.shape[:2] for image in rgb], scales, flip)  # fmt: skip
+    or with several `scales` / `flip` the averaged probabilities (`class_scores`). Full-size float scores of a very
+    large image take gigabytes (C × H × W × 4 bytes): `predict`'s masks do not."""
+    return scores_at_image_size(model, *_prepared(model, images), scales, flip)
 
 
 def predict(model: MobileDeepLabV3, images: Sequence[np.ndarray], scales: Sequence[float] = (1.0,),
             flip: bool = False) -> list[np.ndarray]:  # fmt: skip
     """A class-id mask H×W per image (uint8 up to 256 classes, else int32), at that image's own size."""
-    dtype = np.uint8 if model.num_classes <= 256 else np.int32
-    return [scores.argmax(0).cpu().numpy().astype(dtype) for scores in predict_logits(model, images, scales, flip)]
+    return [mask.numpy() for mask in masks_at_image_size(model, *_prepared(model, images), scales, flip)]
 
 
 class Segmenter(Predictor):

@@ -28,7 +28,9 @@ from backbone.mobilenet_weights import TORCHVISION_WEIGHTS, load_pretrained, mob
 from backbone.mobilenetv2 import MobileNetV2
 from backbone.tf.classifier import PREPROCESSING as TF_PREPROCESSING
 from backbone.tf.classifier import mobilenet_v2_from_tflite
-from common.errors import WeightsError
+from common.cli import check_flags, new_parser, run_cli
+from common.errors import UserError, WeightsError
+from common.files import write_atomic
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
 IMAGENET_CATEGORIES: list[str] = MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]
@@ -100,8 +102,8 @@ def format_table(path: str, predictions: list[Prediction]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser("python -m demo.classify", __doc__.split("\n\n")[0])
     parser.add_argument(
         "--weights",
         required=True,
@@ -110,27 +112,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", type=Path, help="photos to classify")
     parser.add_argument("--top", type=int, default=5, help="classes to show per photo (default 5)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def classify_command(args: argparse.Namespace) -> int:
     images = []
     for path in args.images:
         try:
             with Image.open(path) as image:
                 images.append(image.convert("RGB"))
         except OSError as e:  # missing, unreadable or not an image (UnidentifiedImageError)
-            print(f"error: {path}: cannot read image ({e})", file=sys.stderr)
-            return 2
-    try:
-        model, preprocess = load_classifier(args.weights)
-    except WeightsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            raise UserError(f"{path}: cannot read image ({e})") from None
+    model, preprocess = load_classifier(args.weights)
     results = classify(model, images, preprocess, args.top)
     print("\n\n".join(format_table(str(path), top) for path, top in zip(args.images, results)))
     if args.json:
         records = [{"image": str(p), "top": [asdict(x) for x in top]} for p, top in zip(args.images, results)]
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"weights": args.weights, "results": records}, indent=2))
+        write_atomic(args.json, json.dumps({"weights": args.weights, "results": records}, indent=2))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Classify; errors are one `error:` line and exit 2, Ctrl-C one line and exit 130 (common.cli.run_cli)."""
+    return run_cli(build_parser(), argv, lambda parser, args: check_flags(parser, args), classify_command)
 
 
 if __name__ == "__main__":

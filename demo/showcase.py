@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from backbone import named_weights
+from common.cli import check_flags, new_parser, run_cli
 from common.files import write_atomic
 from common.images import read_image
 from datasets.segmentation import read_label_mask
@@ -180,16 +181,24 @@ def write_report(out: Path, lines: list[str]) -> Path:
     return out / "REPORT.md"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m demo.showcase", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser("python -m demo.showcase", __doc__)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     parser.add_argument("--data-root", type=Path, default=Path("data/synthetic_demo"),
                         help="where the demo's synthetic dataset is drawn (default: data/synthetic_demo)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="training epochs for each head (default: 6 for SSDLite, 7 for DeepLab; 1 for a smoke run)")
     parser.add_argument("--workers", type=int, default=1, help="data loading processes (default: 1)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`make demo`; errors are one `error:` line and exit 2, Ctrl-C one line and exit 130 (common.cli.run_cli)."""
+    return run_cli(build_parser(), argv, check_flags, showcase)
+
+
+def showcase(args: argparse.Namespace) -> int:
+    """The six steps of the module docstring; REPORT.md links what they made."""
     recipe = Recipe() if args.epochs is None else Recipe(ssdlite_epochs=args.epochs, deeplab_epochs=args.epochs)
     start = time.perf_counter()
     out = args.out.resolve()

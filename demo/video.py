@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from common.cli import check_device_flag, new_parser, run_cli
 from common.distributed import resolve_device
-from common.errors import UserError
+from common.errors import Interrupted, UserError
 from demo.annotator import Annotated, Annotator, load_annotator
 from demo.overlay import draw_fps, save_contact_sheet, write_png
 from demo.sources import AtomicVideoWriter, Frame, Source, open_source
@@ -250,8 +250,7 @@ def process(args: argparse.Namespace) -> DemoResult:
             bar.close()  # before the message, not after it
             if not source.live:  # leaving the `with` deletes the partial video
                 kept = f": the partial video was deleted, --out {args.out} is as it was" if args.out else ""
-                print(f"\ninterrupted after {frames} frames{kept}", file=sys.stderr)
-                raise
+                raise Interrupted(f"interrupted by Ctrl-C after {frames} frames{kept}") from None
             print("\nstopped by Ctrl-C", file=sys.stderr)  # the normal end of a webcam run
         seconds = time.perf_counter() - start
         result = DemoResult(frames, seconds, image_dir=args.save_images, samples=sampler.frames, classes=classes)
@@ -283,10 +282,8 @@ def run(argv: Sequence[str] | None = None) -> DemoResult:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        run(argv)
-    except KeyboardInterrupt:
-        return 130
+    """The demo; errors are one `error:` line and exit 2, Ctrl-C one line and exit 130 (common.cli.run_cli)."""
+    run(argv)
     return 0
 
 

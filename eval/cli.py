@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from torch.utils.data import DataLoader, Dataset, Subset
 
+import deeplab_mobile  # noqa: F401  (registers the named segmenters, so a detection evaluator names them as such)
 from common.cli import check_flags
 from common.distributed import DistInfo, barrier, gather_objects, shard_dataset
 from common.files import next_run_dir

@@ -1,5 +1,5 @@
 """Segmentation evaluation, shared by training (periodic validation) and eval/voc_miou.py: every validation image
-through the segmenter's own path (`deeplab_mobile.scores_at_image_size`, single-scale or multi-scale + flip, the
+through the segmenter's own path (`deeplab_mobile.segmenter.masks_at_image_size`, single-scale or multi-scale + flip, the
 paper's "MF"), scored at the image's own size into one streaming confusion matrix, summed over processes.
 
 The loader's samples come from `datasets.transforms.SegmentationEvalTransform` with the head's preprocessing and
@@ -20,7 +20,7 @@ from tqdm import tqdm
 from common.distributed import DistInfo, all_reduce_sum
 from common.labels import IGNORE_INDEX
 from deeplab_mobile.model import MobileDeepLabV3
-from deeplab_mobile.segmenter import Region, scores_at_image_size
+from deeplab_mobile.segmenter import Region, masks_at_image_size
 
 
 class ConfusionMatrix:
@@ -88,8 +88,8 @@ def predicted_masks(model: MobileDeepLabV3, loader: DataLoader, scales: Sequence
         if batch is None:  # every sample of the batch was skipped by the dataset's skip policy
             continue
         inputs, masks, regions = batch
-        scores = scores_at_image_size(model, inputs, regions, [tuple(m.shape) for m in masks], scales, flip)
-        yield inputs, regions, [s.argmax(0).cpu() for s in scores], masks
+        yield inputs, regions, masks_at_image_size(model, inputs, regions, [tuple(m.shape) for m in masks], scales,
+                                                   flip), masks  # fmt: skip
 
 
 def evaluate_segmentation(model: MobileDeepLabV3, loader: DataLoader, dist: DistInfo, scales: Sequence[float] = (1.0,),

@@ -73,4 +73,5 @@ def load_ssdlite(
 ) -> tuple[SSDLite, dict[str, Any]]:  # fmt: skip
     """The model of a checkpoint file or weights name, in eval mode, and the checkpoint dict (see
     backbone.checkpoint.load_model; `ssdlite_from_checkpoint` for the checks)."""
-    return load_model(name_or_path, partial(ssdlite_from_checkpoint, preset=preset, num_classes=num_classes, ema=ema))
+    rebuild = partial(ssdlite_from_checkpoint, preset=preset, num_classes=num_classes, ema=ema)
+    return load_model(name_or_path, rebuild, ARCH, "an SSDLite detector")

@@ -158,7 +158,7 @@ def test_checkpoint_round_trip_and_wrong_files(small_model: MobileDeepLabV3, tmp
     with pytest.raises(WeightsError, match=r"d\.pt: a 4-class model, not the 21 classes"):
         load_deeplab(path, num_classes=21)
     ssd = save_checkpoint({"arch": "ssdlite", "config": {}, "model": {}}, tmp_path / "ssd.pt")
-    with pytest.raises(WeightsError, match=r"ssd\.pt: holds a 'ssdlite' model, not a Mobile DeepLabv3"):
+    with pytest.raises(WeightsError, match=r"ssd\.pt: holds an SSDLite detector \(Detector, .*, not a Mobile DeepLabv3"):
         load_deeplab(ssd)
     broken = torch.load(path, weights_only=True)
     broken["model"].pop("head.classifier.weight")

@@ -23,6 +23,8 @@ from demo import video
 from eval.segmentation import image_mean_iou
 from ssdlite.detector import predict as torch_detect
 from tools import export as export_tool
+from tools.export_formats import VerificationError, format_table
+from tools.export_graphs import load_graph
 from tools import export_litert
 from tools.calibration import calibration_images, resolve_source, training_folder
 from tools.export_metadata import ExportError
@@ -71,7 +73,7 @@ def test_int8_deeplab_keeps_fp32_accuracy_and_agrees_with_googles_int8_file(deep
 
     ours = LiteRTModel(deeplab_int8)
     assert ours.is_int8 and ours.metadata["int8"] and "12 images" in ours.metadata["calibration"]
-    graph = export_tool.load_graph("deeplab_coral_voc")
+    graph = load_graph("deeplab_coral_voc")
     google = Interpreter(str(asset(assets_dir, GOOGLE_DEEPLAB)), num_threads=1)
     google.allocate_tensors()
     for name in VOC_SAMPLES:
@@ -110,7 +112,7 @@ def test_int8_pedestrian_detector_keeps_the_people_and_every_confident_detection
     from skimage import data
 
     ours = LiteRTModel(pedestrian_int8)
-    graph = export_tool.load_graph("ssdlite_pedestrian")
+    graph = load_graph("ssdlite_pedestrian")
     photos = {"astronaut": data.astronaut(), "grace_hopper": read_image(asset(assets_dir, "coral/grace_hopper.bmp"))}
     for name in ("coral", "coco8/images", "voc_samples/JPEGImages"):
         photos.update({p.name: read_image(p) for p in sorted((assets_dir / name).rglob("*"))
@@ -153,7 +155,7 @@ def test_video_demo_runs_the_int8_files(pedestrian_int8, deeplab_int8, tmp_path,
 def test_a_collapsed_quantisation_is_refused_and_nothing_is_written(deeplab_int8, tmp_path, monkeypatch,
                                                                     assets_dir) -> None:  # fmt: skip
     """The file is right, the model it is checked against is not: as if quantisation had broken the network."""
-    graph = export_tool.load_graph("deeplab_coral_voc")
+    graph = load_graph("deeplab_coral_voc")
     with torch.no_grad():
         for parameter in list(graph.model.parameters())[-2:]:  # the last layer's weight and bias, negated
             parameter.mul_(-1.0)
@@ -161,9 +163,9 @@ def test_a_collapsed_quantisation_is_refused_and_nothing_is_written(deeplab_int8
     target = tmp_path / "coral_int8.tflite"
     target.write_bytes(b"previous export")
     image = read_image(asset(assets_dir, f"voc_samples/JPEGImages/{VOC_SAMPLES[0]}.png"))
-    with pytest.raises(export_tool.VerificationError) as error:
+    with pytest.raises(VerificationError) as error:
         export_litert.export_tflite(graph, target, [image], "test", [image])
-    assert "FAIL" in export_tool.format_table(error.value.checks)
+    assert "FAIL" in format_table(error.value.checks)
     assert target.read_bytes() == b"previous export" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
 
 
@@ -212,7 +214,7 @@ def test_the_missing_extra_is_one_line_naming_the_install(monkeypatch) -> None:
 ])  # fmt: skip
 def test_on_device_flags_are_checked(flags, message, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        export_tool.parse_args(["x.pt", *flags])
+        export_tool.main(["x.pt", *flags])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 

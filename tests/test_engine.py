@@ -149,7 +149,7 @@ def test_bad_resume_files_are_one_line_errors(tmp_path, capsys):
     noise.write_bytes(bytes(range(256)) * 20)
     weights_only = tmp_path / "weights.pt"
     torch.save({"arch": "toy", "config": {}, "model": {}}, weights_only)  # a model file, not a training state
-    for path, says in ((noise, "not a readable PyTorch checkpoint"), (weights_only, "not a training checkpoint")):
+    for path, says in ((noise, "not a PyTorch checkpoint"), (weights_only, "not a training checkpoint")):
         with pytest.raises(SystemExit) as stop:
             run_toy(tmp_path, "--resume", str(path))
         err = capsys.readouterr().err

@@ -117,12 +117,66 @@ def test_segmenter_batch_equals_one_image_at_a_time(segmenter, images):
         assert np.array_equal(mask, segmenter([image])[0])
 
 
-def test_both_heads_give_the_model_back_in_its_mode(detector, segmenter, images):
+def _same(a, b) -> bool:
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b)
+    return all(np.allclose(x, y, atol=1e-5) for x, y in ((a.boxes, b.boxes), (a.scores, b.scores))) and a.names == b.names
+
+
+def test_threads_sharing_a_training_model_get_the_serial_answers_and_leave_it_alone(detector, segmenter, images):
+    """4 threads calling one Detector / Segmenter whose model is in train mode: every answer is the eval-mode
+    answer given serially, BatchNorm statistics are untouched, the model is still training (issue 21)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     for head in (detector, segmenter):
-        head.model.train()
-        head(images[:2])
-        assert head.model.training
         head.model.eval()
+        serial = [head([image])[0] for image in images]
+        head.model.train()
+        buffers = {k: v.clone() for k, v in head.model.state_dict().items()}
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda i: head([images[i % len(images)]])[0], range(24)))
+        assert all(_same(answer, serial[i % len(images)]) for i, answer in enumerate(answers))
+        assert all(torch.equal(v, head.model.state_dict()[k]) for k, v in buffers.items())
+        assert head.model.training and all(m.training for m in head.model.modules())
+        head.model.eval()
+
+
+@pytest.mark.parametrize("bad, error, says", [
+    (np.zeros((48, 64, 3), np.uint8), TypeError, r"expected a list of images, got one array of shape \[48, 64, 3\]: "
+                                                 r"pass \[image\]"),
+    (None, TypeError, "expected a list of images .* got NoneType"),
+])  # fmt: skip
+def test_the_api_names_a_wrong_argument(detector, segmenter, bad, error, says):
+    for head in (detector, segmenter):
+        with pytest.raises(error, match=says):
+            head(bad)
+
+
+def test_a_nan_threshold_is_refused(detector, images):
+    with pytest.raises(ValueError, match=r"score_threshold must be a number in \[0, 1\], got nan"):
+        detector(images[:1], score_threshold=float("nan"))
+
+
+def test_a_huge_image_costs_a_bounded_amount_of_memory(tmp_path):
+    """A 10000×10000 photo through the segmenter (issue 21: 10.4 GB before): peak memory of the whole process,
+    model and the 286 MB image included, at most 2 GB, for an imported TF model ("pad") and one of ours ("any")."""
+    import subprocess
+    import sys
+
+    script = """
+import resource, sys, numpy as np
+from deeplab_mobile import Segmenter, build_deeplab
+name = sys.argv[1]
+model = Segmenter(build_deeplab("mnv2_os16", num_classes=21)) if name == "any" else Segmenter.from_pretrained(name)
+image = np.random.default_rng(0).integers(0, 256, (10000, 10000, 3), dtype=np.uint8)
+mask = model([image])[0]
+assert mask.shape == (10000, 10000), mask.shape
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+    for name in ("deeplab_coral_voc", "any"):
+        result = subprocess.run([sys.executable, "-c", script, name], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert int(result.stdout.split()[-1]) <= 2 * 2**30, (name, result.stdout)
 
 
 def test_unknown_name_lists_the_known_ones():

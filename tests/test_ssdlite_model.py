@@ -129,7 +129,7 @@ def test_checkpoint_errors_name_file_and_mismatch(tiny_model, tmp_path):
     with pytest.raises(WeightsError, match=r"tiny\.pt: has 4 classes .* but 21 were asked for"):
         load_ssdlite(path, num_classes=21)
     deeplab = save_checkpoint({"arch": "deeplab", "config": {}, "model": {}}, tmp_path / "seg.pt")
-    with pytest.raises(WeightsError, match=r"seg\.pt: holds a 'deeplab' model, not an SSDLite detector"):
+    with pytest.raises(WeightsError, match=r"seg\.pt: holds a Mobile DeepLabv3 segmenter \(Segmenter, .*, not an SSDLite detector"):
         load_ssdlite(deeplab)
     (tmp_path / "broken.pt").write_bytes(before[: len(before) // 2])
     with pytest.raises(WeightsError, match=r"broken\.pt"):

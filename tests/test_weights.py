@@ -3,6 +3,8 @@ user gets for files that do not fit."""
 
 from __future__ import annotations
 
+import json
+
 import urllib.error
 
 import pytest
@@ -79,7 +81,7 @@ def test_truncated_file_is_named(tmp_path, torchvision_model):
     torch.save(torchvision_model.state_dict(), good)
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
-    with pytest.raises(WeightsError, match=r"truncated\.pth: not a readable PyTorch checkpoint"):
+    with pytest.raises(WeightsError, match=r"truncated\.pth: a damaged zip archive \(a truncated copy\?\), not a PyTorch"):
         load_pretrained(MobileNetV2(), str(truncated))
 
 
@@ -105,7 +107,7 @@ def test_other_width_is_named(tmp_path):
 def test_checkpoint_of_another_head_is_named(tmp_path):
     path = tmp_path / "det.pt"
     save_checkpoint({"arch": "ssdlite", "config": {}, "model": {"head.weight": torch.zeros(1)}}, path)
-    with pytest.raises(WeightsError, match=r"det\.pt: holds a 'ssdlite' model"):
+    with pytest.raises(WeightsError, match=r"det\.pt: holds an SSDLite detector \(Detector, eval/coco_map\.py"):
         mobilenet_v2_from_checkpoint(path)
     with pytest.raises(WeightsError, match=r"det\.pt: a 'ssdlite' checkpoint without backbone weights"):
         load_pretrained(MobileNetV2(), str(path))
@@ -134,11 +136,14 @@ def test_unknown_name_lists_the_known_ones():
 def test_a_detector_name_gives_its_backbone(tmp_path, monkeypatch):
     """A head's weights name initialises a backbone from that head's checkpoint, converted once into the cache."""
     from ssdlite import SSDLITE320_VOC, build_ssdlite, save_ssdlite
+    from backbone.named_weights import file_digest
     from ssdlite.named_weights import SSDLITE_PEDESTRIAN
 
     monkeypatch.setenv("MNV2_CACHE", str(tmp_path))
     detector = build_ssdlite(SSDLITE320_VOC)
-    save_ssdlite(detector, SSDLITE_PEDESTRIAN.checkpoint_path)  # stands in for the converted graph
+    save_ssdlite(detector, SSDLITE_PEDESTRIAN.checkpoint_path)  # stands in for the converted graph, with its digests
+    SSDLITE_PEDESTRIAN.digests_path.write_text(json.dumps({"checkpoint": file_digest(SSDLITE_PEDESTRIAN.checkpoint_path),
+                                                           "source": SSDLITE_PEDESTRIAN.source.digest}))
     backbone = MobileNetV2(num_classes=None)
     load_pretrained(backbone, "ssdlite_pedestrian")
     assert torch.equal(backbone.stem.conv.weight, detector.backbone.stem.conv.weight)

@@ -1,7 +1,8 @@
 """A tiny task for exercising the training engine quickly (also runnable under torchrun).
 
     python tests/toy_task.py --project DIR --name N [--kill-at-step K] [--nan-at-step K] [--kill9-at-step K]
-        [--kill9-in-save K] [--term-group-at-step K] [--corrupt-at-index I]
+        [--kill9-in-save K] [--term-group-at-step K] [--ctrl-c-at-step K] [--ctrl-c-twice-at-step K]
+        [--delete-run-at-step K] [--corrupt-at-index I]
 
 Its samples are augmented (random flip and noise drawn from torch's generator in the loading process), so exact
 resume covers the augmentation streams as the real tasks need it. The fault options count steps (and saves) of
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -22,7 +24,7 @@ from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runs from a checkout without installing too
 
-import backbone.checkpoint  # noqa: E402
+import common.files  # noqa: E402
 from common.cli import new_parser  # noqa: E402
 from common.distributed import DistInfo, all_reduce_sum, gather_objects  # noqa: E402
 from common.errors import DatasetError  # noqa: E402
@@ -79,6 +81,13 @@ class ToyTask(Task):
             os.killpg(os.getpgid(0), signal.SIGTERM)
         if self.steps == self.faults.kill9_at_step:
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.steps == self.faults.ctrl_c_at_step:  # a press of Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+        if self.steps == self.faults.ctrl_c_twice_at_step:  # an impatient second press before the step ends
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        if self.steps == self.faults.delete_run_at_step:
+            shutil.rmtree(self.faults.project / self.faults.name)
         x, y = (t.to(device) for t in batch)
         loss = nn.functional.cross_entropy(model(x), y)
         if self.steps == self.faults.nan_at_step:
@@ -98,23 +107,24 @@ class ToyTask(Task):
 
 
 def kill_during_save(nth: int) -> None:
-    """SIGKILL this process half-way through writing its nth checkpoint (a kill during a save)."""
-    save, count = torch.save, [0]
+    """SIGKILL this process half-way through writing its nth checkpoint (a kill during a save): the temporary file
+    holds half the bytes and is never renamed."""
+    write, count = common.files.os.fsync, [0]
 
-    def half_then_die(obj, f, *a, **kw):
-        count[0] += 1
+    def half_then_die(fd):
+        count[0] += os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp.pt")  # checkpoints, not args.json
         if count[0] == nth:
-            f.write(b"PK\x03\x04 half a checkpoint")
-            f.flush()
+            os.ftruncate(fd, os.fstat(fd).st_size // 2)
             os.kill(os.getpid(), signal.SIGKILL)
-        return save(obj, f, *a, **kw)
+        return write(fd)
 
-    backbone.checkpoint.torch.save = half_then_die
+    common.files.os.fsync = half_then_die
 
 
 def main(argv=None):
     parser = new_parser("toy_task.py", __doc__)
-    fault_flags = ("kill_at_step", "nan_at_step", "kill9_at_step", "kill9_in_save", "term_group_at_step")
+    fault_flags = ("kill_at_step", "nan_at_step", "kill9_at_step", "kill9_in_save", "term_group_at_step",
+                   "ctrl_c_at_step", "ctrl_c_twice_at_step", "delete_run_at_step")
     for dest in fault_flags:
         parser.add_argument("--" + dest.replace("_", "-"), type=int, default=0)
     parser.add_argument("--corrupt-at-index", type=int, default=None)

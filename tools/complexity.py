@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from backbone.mobilenetv2 import OUTPUT_STRIDES, MobileNetV2
+from common.cli import new_parser, run_cli
 from common.files import write_atomic
 from deeplab_mobile.model import build_deeplab
 from ssdlite.model import build_ssdlite
@@ -126,17 +127,27 @@ def table(rows: list[Reference]) -> tuple[str, list[dict]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The table; errors are one `error:` line and exit 2, Ctrl-C one line and exit 130 (common.cli.run_cli)."""
+    return run_cli(build_parser(), argv, check_arguments, print_tables)
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.size < 32:
+        parser.error(f"--size {args.size} is too small: MobileNetV2 needs at least 32×32 input")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser("python -m tools.complexity", __doc__)
     parser.add_argument("--width", type=float, help="measure one MobileNetV2 of this width multiplier")
     parser.add_argument("--size", type=int, default=224, help="input height and width (default: 224)")
     parser.add_argument("--output-stride", type=int, default=32, choices=OUTPUT_STRIDES, help="with --width")
     parser.add_argument("--no-classifier", action="store_true", help="with --width: feature extractor only")
     parser.add_argument("--markdown", type=Path, help="also write the table to this Markdown file")
     parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
-    args = parser.parse_args(argv)
-    if args.size < 32:
-        parser.error(f"--size {args.size} is too small: MobileNetV2 needs at least 32×32 input")
+    return parser
 
+
+def print_tables(args: argparse.Namespace) -> int:
     if args.width is not None:
         kwargs = dict(width_mult=args.width, output_stride=args.output_stride)
         if args.no_classifier:

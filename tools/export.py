@@ -34,39 +34,15 @@ import numpy as np
 
 from backbone.checkpoint import load_checkpoint
 from backbone.named_weights import resolve
+from common.cli import new_parser, run_cli
 from common.files import write_atomic
 from common.images import read_image
 from tools.calibration import DATA_KINDS as CALIBRATION_KINDS
 from tools.calibration import DEFAULT_COUNT as DEFAULT_CALIBRATION_COUNT
 from tools.calibration import calibration_images, resolve_source
-from tools.export_formats import (
-    DEFAULT_OPSET,
-    FORMATS,
-    OPSETS,
-    Check,
-    VerificationError,
-    export,
-    format_table,
-)
-from tools.export_graphs import ATOL, DeepLabGraph, ExportGraph, SSDLiteGraph, load_graph, ssdlite_postprocess_onnx
+from tools.export_formats import DEFAULT_OPSET, FORMATS, OPSETS, Check, export, format_table
+from tools.export_graphs import ATOL, ExportGraph, load_graph
 from tools.export_litert import build_tflite
-from tools.export_metadata import ExportError, read_metadata
-
-__all__ = [
-    "FORMATS",
-    "Check",
-    "DeepLabGraph",
-    "ExportError",
-    "ExportGraph",
-    "SSDLiteGraph",
-    "VerificationError",
-    "export",
-    "format_table",
-    "load_graph",
-    "main",
-    "read_metadata",
-    "ssdlite_postprocess_onnx",
-]  # fmt: skip
 
 MIN_SIDE = 32  # SSDLite's six maps need at least 32×32
 
@@ -85,24 +61,18 @@ def verification_images(paths: Sequence[Path] | None) -> list[np.ndarray]:
     return [data.astronaut(), data.coffee(), data.chelsea()]
 
 
-def _image_size(values: list[int] | None, parser: argparse.ArgumentParser) -> tuple[int, int] | None:
-    if values is None:
-        return None
-    if len(values) > 2 or min(values) < MIN_SIDE:
-        parser.error(f"--imgsz takes HEIGHT [WIDTH], each at least {MIN_SIDE} pixels; got {values}")
-    return (values[0], values[-1])
+def image_size(values: list[int] | None) -> tuple[int, int] | None:
+    """--imgsz HEIGHT [WIDTH] as (h, w)."""
+    return None if values is None else (values[0], values[-1])
 
 
-def _opset(value: int, parser: argparse.ArgumentParser) -> int:
-    if value not in OPSETS:
-        parser.error(f"--opset {value}: the exporter writes opsets {OPSETS.start} to {OPSETS.stop - 1}")
-    return value
+def formats_asked(names: Sequence[str]) -> list[str]:
+    """--format with "both" spelled out, each once, in the order given."""
+    return list(dict.fromkeys(f for name in names for f in (FORMATS if name == "both" else (name,))))
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m tools.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser("python -m tools.export", __doc__)
     parser.add_argument("checkpoint", type=Path, help="SSDLite or DeepLab checkpoint (.pt), trained here or imported, "
                         "or a weights name (README: Model zoo; written to NAME.* in --out or here)")  # fmt: skip
     parser.add_argument("--format", choices=(*FORMATS, "both", "tflite"), nargs="+", default=["both"], metavar="FMT",
@@ -134,10 +104,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "docs/export.md (no detection >= 0.5 gained or lost; 95%% of pixels the same) (default: on)")  # fmt: skip
     parser.add_argument("--images", type=Path, nargs="+", metavar="FILE",
                         help="photos to verify on (default: scikit-image's astronaut, coffee and chelsea)")  # fmt: skip
-    args = parser.parse_args(argv)
-    args.imgsz = _image_size(args.imgsz, parser)
-    args.opset = _opset(args.opset, parser)
-    args.format = list(dict.fromkeys(f for name in args.format for f in (FORMATS if name == "both" else (name,))))
+    return parser
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.imgsz is not None and (len(args.imgsz) > 2 or min(args.imgsz) < MIN_SIDE):
+        parser.error(f"--imgsz takes HEIGHT [WIDTH], each at least {MIN_SIDE} pixels; got {args.imgsz}")
+    if args.opset not in OPSETS:
+        parser.error(f"--opset {args.opset}: the exporter writes opsets {OPSETS.start} to {OPSETS.stop - 1}")
     calibration_flags = [flag for flag, given in (("--calib-data", args.calib_data), ("--calib-root", args.calib_root),
                          ("--calib-images", args.calib_images != DEFAULT_CALIBRATION_COUNT)) if given]  # fmt: skip
     if (args.int8 or calibration_flags) and "tflite" not in args.format:
@@ -149,7 +123,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--calib-root is the folder of a --calib-data kind ({', '.join(CALIBRATION_KINDS)})")
     if args.calib_images < 1:
         parser.error(f"--calib-images {args.calib_images}: give at least 1")
-    return args
 
 
 def on_device_file(args: argparse.Namespace, graph: ExportGraph,
@@ -166,29 +139,22 @@ def on_device_file(args: argparse.Namespace, graph: ExportGraph,
     return (path, *build_tflite(graph, calibration, source, images))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    formats = [f for f in args.format if f in FORMATS]
+def export_command(args: argparse.Namespace) -> list[Path]:
+    """What `python -m tools.export` does: the files written (none unless every check passed)."""
+    formats = formats_asked(args.format)
     tables, paths = [], []
-    try:
-        graph = load_graph(args.checkpoint, args.imgsz)
-        images = verification_images(args.images) if args.verify else []
-        on_device = on_device_file(args, graph, images) if "tflite" in args.format else None  # verified, unwritten
-        if formats:
-            paths, checks = export(graph, formats, args.out or args.checkpoint.parent, args.checkpoint.stem,
-                                   args.opset, images)  # fmt: skip
-            tables.append(checks)
-        if on_device:  # written last, so that a refused file of either kind leaves everything as it was
-            path, content, checks = on_device
-            paths.append(write_atomic(path, content))
-            tables.append(checks)
-    except VerificationError as e:
-        print(format_table(e.checks))
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, OSError) as e:  # ExportError, WeightsError and DatasetError are ValueErrors (UserError)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    graph = load_graph(args.checkpoint, image_size(args.imgsz))
+    images = verification_images(args.images) if args.verify else []
+    on_device = on_device_file(args, graph, images) if "tflite" in formats else None  # verified, unwritten
+    onnx_torchscript = [f for f in formats if f in FORMATS]
+    if onnx_torchscript:
+        paths, checks = export(graph, onnx_torchscript, args.out or args.checkpoint.parent, args.checkpoint.stem,
+                               args.opset, images)  # fmt: skip
+        tables.append(checks)
+    if on_device:  # written last, so that a refused file of either kind leaves everything as it was
+        path, content, checks = on_device
+        paths.append(write_atomic(path, content))
+        tables.append(checks)
     meta = graph.metadata()
     print(f"{args.checkpoint}: {meta['arch']} (preset {meta['preset']}, {len(meta['class_names'])} classes), "
           f"input [batch, 3, {meta['image_size'][0]}, {meta['image_size'][1]}]")  # fmt: skip
@@ -197,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
             print(format_table(checks))
     for path in paths:
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Export; a user error is one `error:` line and exit 2, a file that fails its check exit 1 (with the table)."""
+    run_cli(build_parser(), argv, check_arguments, export_command)
     return 0
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from backbone.predictor import fuse_for_inference
+from common.errors import EXIT_CHECK_FAILED
 from common.files import atomic_path
 from tools.export_graphs import ATOL, ExportGraph, Outputs
 from tools.export_metadata import SUFFIXES, ExportError, add_onnx_metadata, require, torchscript_extra_files
@@ -43,10 +44,14 @@ class Check:
 
 
 class VerificationError(ExportError):
-    """An exported file disagrees with eager PyTorch; nothing was written."""
+    """An exported file disagrees with eager PyTorch; nothing was written. The entry point prints the table of
+    checks (`details`) before the error line, and exits 1."""
+
+    exit_status = EXIT_CHECK_FAILED
 
     def __init__(self, checks: list[Check]) -> None:
         self.checks = checks
+        self.details = format_table(checks)
         formats = sorted({c.format for c in checks if not c.ok})
         super().__init__(
             f"the {' and '.join(formats)} file disagrees with eager PyTorch (table above), so nothing was written; "

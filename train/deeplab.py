@@ -57,6 +57,7 @@ class DeepLabTask(Task):
         evaluation = SegmentationEvalTransform(partial(preprocess_image, preset=preset))
         self.data = segmentation_data(args, training, evaluation, self.skip)
         self.preset = dataclasses.replace(preset, num_classes=len(self.data.class_names))  # the dataset's classes
+        self.input_size, self.size_flags = (preset.crop_size,) * 2, f"--crop-size {preset.crop_size}"
 
     def new_model(self) -> nn.Module:
         return build_deeplab(self.preset, class_names=self.data.class_names)

@@ -31,7 +31,8 @@ from backbone.checkpoint import save_checkpoint
 from common.allocator import tune_allocator
 from common.cli import run_cli
 from common.distributed import all_reduce_sum, barrier, cleanup, gather_objects, init_distributed
-from common.errors import TrainingDiverged, UserError
+from common.errors import Interrupted, TrainingDiverged, UserError
+from datasets.errors import check_files
 from train.batchnorm import freeze_batchnorm, recalibrate_batchnorm
 from train.data import TrainingData
 from train.flags import check_training_arguments
@@ -136,6 +137,28 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+# A training step's memory per input pixel of its batch, both heads (forward activations kept for the backward pass,
+# gradients, the optimiser): 2.0-3.1 KB measured on the CPU (SSDLite at 160 and 320, DeepLab at 128 and 513), so the
+# low end refuses only runs that cannot fit.
+BYTES_PER_INPUT_PIXEL = 2000
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes a run on `device` can use at most: the GPU's memory, or the machine's RAM."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_step_fits(flags: str, batch: int, size: tuple[int, int], device: torch.device) -> None:
+    """Refuse, before a run folder exists, flags whose training step cannot fit in the device's memory."""
+    need, have = batch * size[0] * size[1] * BYTES_PER_INPUT_PIXEL, device_memory(device)
+    if need > have:
+        raise UserError(f"{flags} and --batch-size {batch} per process need about {need / 2**30:,.0f} GiB for a "
+                        f"training step (about {BYTES_PER_INPUT_PIXEL} bytes per input pixel), more than the "
+                        f"{have / 2**30:,.0f} GiB of {device}: use a smaller size or batch")  # fmt: skip
+
+
 def channels_last_inputs(module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
     """Forward pre-hook: image batches enter a channels_last model in channels_last (else it runs NCHW kernels)."""
     return tuple(
@@ -168,6 +191,7 @@ class Trainer:
                             f"{self.batch_per_process} per process; BatchNorm needs 2: raise it or add --frozen-bn")
         self.stop = StopRequest()
         self.folder: RunFolder | None = None  # rank 0 only
+        self.validation_check = ""
 
     # ---- the loop
 
@@ -180,37 +204,59 @@ class Trainer:
         if args.resume:
             self._resume()
         if self.folder:
-            self.folder.start_logs(self.position, {**saved_arguments(args), **self.task.run_record()})
+            self.folder.start_logs(self.position, {**saved_arguments(args), **self.task.run_record()},
+                                   self.evaluation_pending)  # fmt: skip
         if allocator:
             self._log(f"allocator: {allocator}")
         self._log(f"compile: {self.compile_decision}")
+        if self.validation_check:
+            self._log(self.validation_check)
         self._log(
             f"{self.task.name}: {self.steps_per_epoch} steps/epoch × {args.epochs} epochs, batch {args.batch_size} "
             f"on {self.dist.world_size} × {self.device}, amp {self.amp}, channels_last {args.channels_last} → {self.run_dir}"
         )
         self.stop.install()
         try:
+            if self.evaluation_pending:  # a run stopped between an epoch's last step and its evaluation
+                self._evaluate_and_save()
             while self.epoch < args.epochs:
                 if not self._train_epoch():
                     return self.run_dir
                 self.epoch, self.step_in_epoch = self.epoch + 1, 0
-                if self.data.val is not None and (self.epoch % args.eval_interval == 0 or self.epoch == args.epochs):
-                    if self._evaluate():
-                        self._save("best.pt")
-                self._save("last.pt")
+                self.evaluation_pending = self.data.val is not None and (self.epoch % args.eval_interval == 0 or
+                                                                         self.epoch == args.epochs)  # fmt: skip
+                self._save("last.pt")  # the epoch is kept even if its evaluation then fails
+                if self.evaluation_pending:
+                    self._evaluate_and_save()
             return self.run_dir
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise UserError(f"disk full writing to {self.run_dir} ({e.strerror}): free space, then continue with "
-                                f"--resume {self.run_dir / 'last.pt'}, which holds the last completed save (files "
-                                "are written whole or not at all)") from None  # fmt: skip
-            raise
+            raise self._os_error(e) from None
         finally:
             self.stop.restore()
             if self.folder:
                 self.folder.close()
             self.ddp_model = None  # DDP's reducer must go before its process group, or gloo may abort at exit
             cleanup()
+
+    def _evaluate_and_save(self) -> None:
+        improved = self._evaluate()
+        self.evaluation_pending = False
+        if improved:
+            self._save("best.pt")
+        self._save("last.pt")
+
+    def _os_error(self, error: OSError) -> Exception:
+        """What a run says when the disk or the run folder fails it."""
+        last = self.run_dir / "last.pt"
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            then = (f"then continue with --resume {last}, which holds the last completed save (files are written "
+                    "whole or not at all)" if last.is_file() else "then run again: nothing was saved yet")  # fmt: skip
+            return UserError(f"disk full writing to {self.run_dir} ({error.strerror}): free space, {then}")
+        if error.errno == errno.ENOENT and not self.run_dir.is_dir():
+            return UserError(f"the run folder {self.run_dir} was removed or moved while training ({error.filename}: "
+                             f"{error.strerror}): its checkpoints went with it; put it back and --resume, or start "
+                             "a new run")  # fmt: skip
+        return error
 
     def _train_epoch(self) -> bool:
         """One epoch from `step_in_epoch`; False when a signal stopped training (after checkpointing).
@@ -231,8 +277,11 @@ class Trainer:
             if flags[0] > 0:
                 bar.close()
                 self._save("last.pt")
-                self._log(f"{self.stop.signal_name or 'signal'}: saved {self.run_dir / 'last.pt'} at epoch "
-                          f"{self.epoch + 1}, step {self.step_in_epoch}; continue with --resume {self.run_dir / 'last.pt'}")
+                said = (f"{self.stop.signal_name or 'signal'}: saved {self.run_dir / 'last.pt'} at epoch {self.epoch + 1}, "
+                        f"step {self.step_in_epoch}; continue with --resume {self.run_dir / 'last.pt'}")  # fmt: skip
+                if self.stop.signal_name == "SIGINT":  # Ctrl-C: exit 130, as a shell expects
+                    raise Interrupted(said)
+                self._log(said)  # SIGTERM from a scheduler: a clean stop, exit 0
                 return False
             self.step_in_epoch += 1
             bar.update()
@@ -266,10 +315,11 @@ class Trainer:
         with torch.autocast(self.device.type, enabled=self.amp):
             loss, logs = self.task.compute_loss(self.ddp_model, batch, self.device)
         if all_reduce_sum(torch.tensor([float(not torch.isfinite(loss))], device=self.device))[0] > 0:
-            raise TrainingDiverged(
-                f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step_in_epoch}; "
-                f"{self.run_dir / 'last.pt'} still holds the last good state. Try a lower --lr or --clip-grad."
-            )
+            last = self.run_dir / "last.pt"
+            kept = (f"{last} still holds the last good state (resume from it with a lower --lr)" if last.is_file()
+                    else "nothing was saved yet (the first checkpoint comes at the end of epoch 1)")  # fmt: skip
+            raise TrainingDiverged(f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step_in_epoch}; "
+                                   f"{kept}. Try a lower --lr or --clip-grad.")  # fmt: skip
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.args.clip_grad > 0:
@@ -310,6 +360,8 @@ class Trainer:
 
     def _build(self) -> None:
         args = self.args
+        if self.task.input_size is not None:
+            check_step_fits(self.task.size_flags, self.batch_per_process, self.task.input_size, self.device)
         seed_everything(args.seed + self.dist.rank)
         model = self.task.build_model(announce=not args.resume)
         if args.frozen_bn:
@@ -325,6 +377,10 @@ class Trainer:
         train_set, val_set = self.task.build_datasets()
         if len(train_set) < args.batch_size:
             raise UserError(f"the training set has {len(train_set)} samples, fewer than --batch-size {args.batch_size}")
+        if val_set is not None and self.task.skip is None and hasattr(val_set, "files"):
+            started = time.perf_counter()  # a bad validation file stops the run now, not after its first epoch
+            checked = check_files(*val_set.files())
+            self.validation_check = f"{checked} validation files checked in {time.perf_counter() - started:.1f} s"
         self.data = TrainingData(train_set, val_set, self.task.collate, self.task.eval_collate, args, self.dist,
                                  self.batch_per_process)  # fmt: skip
         self.steps_per_epoch = len(train_set) // args.batch_size
@@ -342,7 +398,7 @@ class Trainer:
         compiled, self.compile_decision = compile_decision(args.compile, self.device, len(train_set) * args.epochs)
         if compiled:  # the training forward only: checkpoints, EMA and evaluation use the plain module
             self.ddp_model = torch.compile(self.ddp_model)
-        self.epoch, self.step_in_epoch, self.best_score = 0, 0, -math.inf
+        self.epoch, self.step_in_epoch, self.best_score, self.evaluation_pending = 0, 0, -math.inf, False
 
     def _open_run_folder(self) -> Path:
         """Rank 0 claims and locks the folder; its path, or its error, reaches every process."""
@@ -372,6 +428,8 @@ class Trainer:
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "best_score": self.best_score,
+            "evaluation_pending": self.evaluation_pending,
+            "train_samples": len(self.data.train_set),
             "rng": rng_state(),
             "args": saved_arguments(self.args),
         }
@@ -386,6 +444,12 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step_in_epoch, self.best_score = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["best_score"]
+        self.evaluation_pending = bool(ckpt.get("evaluation_pending", False))
+        samples = ckpt.get("train_samples", len(self.data.train_set))
+        if samples != len(self.data.train_set):
+            raise UserError(f"--resume {self.args.resume}: the run trained on {samples} samples, the training set "
+                            f"here has {len(self.data.train_set)}: resume only with the same data (new paths are "
+                            "fine), or start a new run")  # fmt: skip
         set_rng_state(ckpt["rng"])
         self._log(f"resumed {self.args.resume} at epoch {self.epoch + 1}, step {self.step_in_epoch}")
 

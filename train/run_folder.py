@@ -34,16 +34,18 @@ class RunFolder:
                 stale.unlink(missing_ok=True)
         return folder
 
-    def start_logs(self, position: int, args: dict[str, Any]) -> None:
+    def start_logs(self, position: int, args: dict[str, Any], evaluation_pending: bool = False) -> None:
         """Write args.json and open the logs at global step `position` (0 for a new run): records of later steps,
-        which a killed run wrote after its last checkpoint and the resumed run will write again, are dropped."""
+        which a killed run wrote after its last checkpoint and the resumed run will write again, are dropped, and
+        so is the evaluation at `position` when the resumed run is to evaluate it again."""
         from torch.utils.tensorboard import SummaryWriter
 
         write_atomic(self.path / "args.json", json.dumps(args, indent=2))
         metrics = self.path / "metrics.jsonl"
         if metrics.exists():
             kept = [line for line in metrics.read_text().splitlines() if _step(line) is not None and
-                    _step(line) <= position]  # fmt: skip
+                    (_step(line) < position or _step(line) == position and not (evaluation_pending and
+                                                                                '"val/' in line))]  # fmt: skip
             write_atomic(metrics, "".join(f"{line}\n" for line in kept))
         self.writer = SummaryWriter(self.path, purge_step=position + 1 if position else None)
 

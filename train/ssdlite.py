@@ -64,6 +64,7 @@ class SSDLiteTask(Task):
         self.data = detection_data(args, training, evaluation, self.skip)
         self.preset = dataclasses.replace(preset, num_classes=len(self.data.class_names))  # the dataset's classes
         self.loss = SSDLiteLoss(self.preset.classification)
+        self.input_size, self.size_flags = self.preset.image_size, f"--image-size {self.preset.image_size[0]}"
 
     def new_model(self) -> nn.Module:
         return build_ssdlite(self.preset, class_names=self.data.class_names)

@@ -30,6 +30,8 @@ class Task:
 
     name: str  # results go to runs/<name>/...
     data: DataSplits
+    input_size: tuple[int, int] | None = None  # (h, w) of a training input, for the engine's memory check ...
+    size_flags: str = ""  # ... and the flags that set it, for its message
 
     def __init__(self, weights: str = "none", freeze: int = 0, skip_bad_samples: bool = False) -> None:
         """`weights`: what to start from (a weights name, a checkpoint file or "none"); `freeze`: backbone blocks
