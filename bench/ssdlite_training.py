@@ -124,6 +124,10 @@ def _training_section(quick: bool) -> tuple[list[str], float]:
         "the loss stays eager, as in train/ssdlite.py --compile.",
         *_what_holds_back(tuned),
         "",
+        *_op_by_op(tuned if isinstance(tuned, dict) else default),
+        "",
+        *_run_to_run(default),
+        "",
         f"### 4. `--compile` on the CPU: what it costs and when it pays, batch {TRAIN_BATCH}",
         "",
         markdown_table(["allocator, compile", "compile s (first step, compiled − eager)", "eager images/s",
@@ -159,8 +163,53 @@ def _what_holds_back(result: dict | str) -> list[str]:
                 f"{TARGET}× the reference needs {needed:.0f} ms. If the convolutions keep their {convolution:.0f} ms, "
                 f"every other op ({', '.join(rest)}) would have to run in {needed - convolution:.0f} ms instead of "
                 f"{step - convolution:.0f} ms, {100 * (1 - (needed - convolution) / (step - convolution)):.0f}% less. "
-                "That takes faster convolution kernels, or no BatchNorm backward (`--frozen-bn` when fine-tuning), "
-                "not a change of architecture."]
+                "The op-by-op table below says whether any batch norm or activation of ours takes a slower path than "
+                "the reference's same op (layout, shape, subnormal inputs); where both groups are within "
+                f"{TARGET}×, the gap is not a slow path of ours: the same ops on the same kernels cost the same, and "
+                f"{TARGET}× a model of the same architecture would take faster kernels than PyTorch's CPU ones (a "
+                "fused convolution + batch norm + ReLU6 backward) or less work (`--frozen-bn` when fine-tuning)."]
+
+
+def _op_by_op(result: dict) -> list[str]:
+    """Batch norm and activation ops of one step of ours beside the reference's, op by op with input shapes and
+    memory layouts (bench.common.op_calls), whether each group is within TARGET× the reference's, and how many of
+    their inputs were subnormal floats."""
+    from bench.common import OP_GROUPS, op_comparison
+
+    ours, reference = result["ops"]["ours"], result["ops"]["ref_cl"]
+    table, summary = op_comparison(ours["calls"], reference["calls"])
+
+    def group_ms(calls: dict[str, list], group: str) -> float:
+        return sum(ms for key, (_, ms) in calls.items() if any(k in key.split("|")[0] for k in OP_GROUPS[group]))
+
+    verdicts = []
+    for group in ("batch norm", "activations"):
+        mine, theirs = group_ms(ours["calls"], group), group_ms(reference["calls"], group)
+        verdicts.append(f"{group} {mine:.0f} vs {theirs:.0f} ms ({mine / theirs:.2f}×, "
+                        f"{'within' if mine <= TARGET * theirs else 'over'} {TARGET}×)")  # fmt: skip
+    layouts = {key.split("|")[2] for key in ours["calls"]}
+    denormals = "; ".join(f"{name} {r['subnormal']} of {r['values'] / 1e6:.0f}M"
+                          for name, r in (("ours", ours), ("reference", reference)))  # fmt: skip
+    return [
+        "Batch norm and activations op by op (median of 3 steps each after the timed ones, each op timed on the "
+        "calling thread by a TorchDispatchMode, which also reads its input's memory layout; ops matched by name and "
+        "input shape; the rows where ours costs most more than the reference first):",
+        "",
+        table,
+        "",
+        f"Per op, ours vs reference: {summary}. Groups: {'; '.join(verdicts)}. Input layouts our batch norm and "
+        f"activation ops saw: {', '.join(sorted(layouts))}. Subnormal floats among those ops' inputs over the 3 "
+        f"steps (which would slow elementwise kernels and call for flush-to-zero): {denormals}.",
+    ]
+
+
+def _run_to_run(default: dict) -> list[str]:
+    """Images/s of each default-malloc process per candidate: how much a candidate moves between fresh processes."""
+    short = {"ours": "ours", "ours_compiled": "ours compiled", "ref_cl": "reference channels_last",
+             "ref_nchw": "reference NCHW", "tv_cl": "MobileNetV3 context"}
+    spread = [f"{short[k]} " + " / ".join(f"{r:.1f}" for r in rates) for k, rates in default["per_process"].items()]
+    return ["Run to run (images/s of each fresh default-malloc process, in the order they ran): " + "; ".join(spread)
+            + "."]
 
 
 def _loss_section(quick: bool, step_seconds: float) -> list[str]:

@@ -5,11 +5,15 @@ folder, permission) and Ctrl-C become one line and an exit status."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import io
 import math
+import os
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence, TypeVar
+from typing import Any, Callable, Iterator, NoReturn, Sequence, TypeVar
 
 import cv2
 import torch
@@ -84,6 +88,25 @@ def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error(f"--{dest.replace('_', '-')} {rule}, got {value}")
     if getattr(args, "device", None) is not None:
         check_device_flag(parser, args.device)
+
+
+@contextlib.contextmanager
+def native_stderr_captured() -> Iterator[io.StringIO]:
+    """File descriptor 2 (not just sys.stderr) into the yielded buffer for the duration, filled when it ends: where
+    C++ libraries (OpenCV, the LiteRT interpreter, TensorFlow and absl under the converter) log straight to the
+    process's stderr. Callers quote it when something fails, and drop it otherwise."""
+    sys.stderr.flush()
+    buffer, saved, scratch = io.StringIO(), os.dup(2), tempfile.TemporaryFile()
+    os.dup2(scratch.fileno(), 2)
+    try:
+        yield buffer
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        scratch.seek(0)
+        buffer.write(scratch.read().decode(errors="replace"))
+        scratch.close()
 
 
 def _one_line(text: str) -> str:

@@ -113,18 +113,24 @@ def scores_at_image_size(model: MobileDeepLabV3, inputs: Sequence[torch.Tensor],
 def masks_at_image_size(model: MobileDeepLabV3, inputs: Sequence[torch.Tensor], regions: Sequence[Region],
                         sizes: Sequence[tuple[int, int]], scales: Sequence[float] = (1.0,),
                         flip: bool = False) -> list[torch.Tensor]:  # fmt: skip
-    """The argmax of `scores_at_image_size` per image; for a large image (`is_large`) the argmax at the network's
-    size, resized back by nearest neighbour. `predict` and evaluation both take their masks from here."""
+    """The argmax of `scores_at_image_size` per image (`mask_at_image_size`: for a large image the argmax at the
+    network's size, resized back by nearest neighbour). `predict` and evaluation both take their masks from here."""
     large = [is_large(tuple(size), model.preset) for size in sizes]
     scores = scores_at_image_size(model, inputs, regions, [r if big else s for r, s, big in zip(regions, sizes, large)],
                                   scales, flip)  # fmt: skip
-    masks = []
-    for one, size, big in zip(scores, sizes, large):
-        mask = one.argmax(0).to(torch.uint8 if model.num_classes <= 256 else torch.int32).cpu()
-        if big:
-            mask = torch.from_numpy(cv2.resize(mask.numpy(), (size[1], size[0]), interpolation=cv2.INTER_NEAREST))
-        masks.append(mask)
-    return masks
+    return [mask_at_image_size(one, tuple(size), model.preset) for one, size in zip(scores, sizes)]
+
+
+def mask_at_image_size(scores: torch.Tensor, size: tuple[int, int], preset: DeepLabPreset) -> torch.Tensor:
+    """The class-id mask (uint8 up to 256 classes, else int32) at `size` (h, w) of class scores [C, h', w'] of the
+    image's region: bilinear on the scores, or for a large image (`is_large`) nearest neighbour on the argmax. The
+    on-device runtime (tools/litert_runtime.py) finishes its masks here too."""
+    if not is_large(size, preset) and tuple(scores.shape[-2:]) != size:
+        scores = F.interpolate(scores[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    mask = scores.argmax(0).to(torch.uint8 if scores.shape[0] <= 256 else torch.int32).cpu()
+    if tuple(mask.shape) != size:
+        mask = torch.from_numpy(cv2.resize(mask.numpy(), (size[1], size[0]), interpolation=cv2.INTER_NEAREST))
+    return mask
 
 
 def _prepared(model: MobileDeepLabV3, images: Sequence[np.ndarray]) -> tuple[list, list, list]:

@@ -20,7 +20,7 @@ from demo.overlay import Colour, blend, class_colours, draw_detections, draw_leg
 from ssdlite.checkpoint import load_ssdlite
 from ssdlite.detector import predict as detect
 from ssdlite.postprocess import Detections
-from tools.export_metadata import ExportError
+from tools.export_graphs import ExportError
 from tools.litert_runtime import LiteRTModel
 
 Detector = Callable[[Sequence[np.ndarray], float], list[Detections]]  # frames, score threshold → detections

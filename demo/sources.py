@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from common.cli import native_stderr_captured
 from common.errors import UserError
 from common.files import atomic_path
 from common.images import IMAGE_SUFFIXES, read_image
@@ -26,20 +25,6 @@ from demo.overlay import letterbox
 
 IMAGE_FPS = 5.0  # frame rate of a video made from images, with or without --stride: each shows for 0.2 s
 DEFAULT_FPS = 30.0  # for cameras and files that do not say
-
-
-@contextlib.contextmanager
-def native_stderr_muted() -> Iterator[None]:
-    """Silence file descriptor 2 (not just sys.stderr) for the duration: where OpenCV's C++ code writes."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 @dataclass(frozen=True)
@@ -131,7 +116,7 @@ def open_source(spec: str, stride: int = 1) -> Source:
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
             return ImageSource([path], stride)
-        with native_stderr_muted():
+        with native_stderr_captured():
             capture = cv2.VideoCapture(str(path))
         if not capture.isOpened():
             raise UserError(f"--source {spec}: OpenCV cannot read this video (unknown format or codec, or a damaged "
@@ -139,7 +124,7 @@ def open_source(spec: str, stride: int = 1) -> Source:
                             "out.mp4")  # fmt: skip
         return VideoSource(capture, spec, live=False, stride=stride)
     if spec.isdigit():
-        with native_stderr_muted():
+        with native_stderr_captured():
             capture = cv2.VideoCapture(int(spec))
         if not capture.isOpened():
             raise UserError(f"--source {spec}: no webcam at index {spec} could be opened: check that one is "
@@ -174,7 +159,7 @@ class AtomicVideoWriter:
         except OSError as e:
             raise UserError(f"{self.path}: cannot create its folder ({e.strerror})") from None
         tmp = self._file.enter_context(atomic_path(self.path))
-        with native_stderr_muted():
+        with native_stderr_captured():
             writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, self.size)
         if not writer.isOpened():
             raise UserError(f"{self.path}: OpenCV cannot write a '{self.path.suffix}' video with codec "

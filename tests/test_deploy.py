@@ -1,10 +1,14 @@
-"""On-device export (issue 13): int8 LiteRT files of Google's imported models meet the accuracy bounds against fp32
-and against Google's own int8 file, a file that misses them is never written, the video demo runs the file, and
-bad input (no extra, no calibration images, a foreign .tflite, flags without --format tflite) is one clear line."""
+"""The phone file (issues 13 and 20): int8 LiteRT files that MediaPipe Tasks runs as it runs Google's (uint8 image
+in, labels and box decoding in the file), checked against our PyTorch `Detector` and `Segmenter` through
+`mediapipe.tasks.python.vision` on the CPU, for Google's imported models and for models fine-tuned here; the
+verification judges what int8 can keep (Google's own int8 DeepLab passes it, a broken file does not); calibration
+never silently uses other data; the export says only its own lines; the video demo runs the files; bad input is
+one clear line."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -18,26 +22,34 @@ from PIL import Image
 
 from common.errors import UserError
 from common.images import read_image
-from datasets.segmentation import read_label_mask
+from datasets.synthetic import SYNTHETIC_CLASSES, synthetic_detection
+from deeplab_mobile import Segmenter
 from demo import video
-from eval.segmentation import image_mean_iou
-from ssdlite.detector import predict as torch_detect
+from ssdlite import Detector
 from tools import export as export_tool
+from tools import export_litert, mediapipe_tasks
 from tools.export_formats import VerificationError, format_table
-from tools.export_graphs import load_graph
-from tools import export_litert
-from tools.calibration import calibration_images, resolve_source, training_folder
-from tools.export_metadata import ExportError
-from tools.litert_metadata import embed_metadata, read_tflite_metadata
-from tools.litert_runtime import LiteRTModel
+from tools.export_graphs import ExportError, load_graph
+from tools.litert_metadata import read_labels, read_tflite_metadata
+from tools.litert_runtime import LiteRTModel, phone_input
 
 REPO = Path(__file__).resolve().parent.parent
 VOC_SAMPLES = ("vainf_1", "vainf_23", "vainf_114")
 GOOGLE_DEEPLAB = "coral/deeplabv3_mnv2_pascal_quant.tflite"
-needs_converter = pytest.mark.skipif(
-    importlib.util.find_spec("litert_torch") is None,
-    reason="litert-torch is not installed: pip install -e '.[mobile]'",
+needs_phone_tools = pytest.mark.skipif(
+    importlib.util.find_spec("litert_torch") is None or not mediapipe_tasks.available(),
+    reason="the phone toolchain is not installed: pip install -e '.[mobile]' and pip install --no-deps mediapipe",
 )
+# What the converter's libraries print unless silenced: absl/glog lines, the absl preamble, deprecation warnings.
+NOISE = re.compile(r"^[IWEF]\d{4} |WARNING: All log messages|[Dd]eprecat|absl::")
+
+
+def export_in_subprocess(*args: str) -> subprocess.CompletedProcess:
+    """The CLI in its own process: the converter imports JAX, whose threads would make every later fork of this
+    pytest process (DataLoader workers in the training tests) risk a deadlock."""
+    result = subprocess.run([sys.executable, "-m", "tools.export", *args], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -50,85 +62,158 @@ def calibration_folder(tmp_path_factory, assets_dir: Path) -> Path:
     return folder
 
 
-def export_in_subprocess(*args: str) -> None:
-    """The CLI in its own process: the converter imports JAX, whose threads would make every later fork of this
-    pytest process (DataLoader workers in the training tests) risk a deadlock."""
-    result = subprocess.run([sys.executable, "-m", "tools.export", *args], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def voc_sample(assets_dir: Path, name: str) -> np.ndarray:
+    return read_image(asset(assets_dir, f"voc_samples/JPEGImages/{name}.png"))
 
 
 @pytest.fixture(scope="module")
-def deeplab_int8(tmp_path_factory, assets_dir, calibration_folder) -> Path:
+def deeplab_int8(tmp_path_factory, assets_dir, calibration_folder) -> tuple[Path, str]:
+    """Google's VOC DeepLab as an int8 phone file, verified on the VOC samples: (the file, what the export said)."""
     out = tmp_path_factory.mktemp("deeplab")
     images = [str(asset(assets_dir, f"voc_samples/JPEGImages/{name}.png")) for name in VOC_SAMPLES]
-    export_in_subprocess("deeplab_coral_voc", "--format", "tflite", "--int8", "--calib-data", str(calibration_folder),
-                         "--out", str(out), "--images", *images)  # fmt: skip
-    return out / "deeplab_coral_voc_int8.tflite"
-
-
-@needs_converter
-@pytest.mark.slow
-def test_int8_deeplab_keeps_fp32_accuracy_and_agrees_with_googles_int8_file(deeplab_int8, assets_dir) -> None:
-    from ai_edge_litert.interpreter import Interpreter
-
-    ours = LiteRTModel(deeplab_int8)
-    assert ours.is_int8 and ours.metadata["int8"] and "12 images" in ours.metadata["calibration"]
-    graph = load_graph("deeplab_coral_voc")
-    google = Interpreter(str(asset(assets_dir, GOOGLE_DEEPLAB)), num_threads=1)
-    google.allocate_tensors()
-    for name in VOC_SAMPLES:
-        image = read_image(assets_dir / "voc_samples" / "JPEGImages" / f"{name}.png")
-        truth = read_label_mask(assets_dir / "voc_samples" / "SegmentationClass" / f"{name}.png")
-        x, _ = graph.prepare([image])
-        with torch.no_grad():
-            fp32 = graph(x)[1][0].numpy()
-        (int8,) = ours.run(x.numpy())[0]
-        google.set_tensor(google.get_input_details()[0]["index"], _uint8_513(image)[None])
-        google.invoke()
-        theirs = google.get_tensor(google.get_output_details()[0]["index"])[0]
-        assert abs(image_mean_iou(int8, truth, 21) - image_mean_iou(fp32, truth, 21)) <= 0.01, name
-        assert (int8 == theirs).mean() >= 0.98, name
-        assert ours.segment([image])[0].shape == image.shape[:2]
-
-
-def _uint8_513(image: np.ndarray) -> np.ndarray:
-    from common.images import resize_batch
-
-    pixels = resize_batch([image], (513, 513), "tf_bilinear_aligned")[0][0]
-    return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+    said = export_in_subprocess("deeplab_coral_voc", "--format", "tflite", "--int8", "--calib-data",
+                                str(calibration_folder), "--out", str(out), "--images", *images)  # fmt: skip
+    return out / "deeplab_coral_voc_int8.tflite", said.stdout + said.stderr
 
 
 @pytest.fixture(scope="module")
 def pedestrian_int8(tmp_path_factory, calibration_folder) -> Path:
+    """Google's pedestrian SSDLite as an int8 phone file, verified on the default photos."""
     out = tmp_path_factory.mktemp("pedestrian")
     export_in_subprocess("ssdlite_pedestrian", "--format", "tflite", "--int8", "--calib-data", str(calibration_folder),
                          "--out", str(out))  # fmt: skip
     return out / "ssdlite_pedestrian_int8.tflite"
 
 
-@needs_converter
-@pytest.mark.slow
-def test_int8_pedestrian_detector_keeps_the_people_and_every_confident_detection(pedestrian_int8, assets_dir) -> None:
+def photos_of_the_assets(assets_dir: Path) -> dict[str, np.ndarray]:
     from skimage import data
 
-    ours = LiteRTModel(pedestrian_int8)
-    graph = load_graph("ssdlite_pedestrian")
     photos = {"astronaut": data.astronaut(), "grace_hopper": read_image(asset(assets_dir, "coral/grace_hopper.bmp"))}
     for name in ("coral", "coco8/images", "voc_samples/JPEGImages"):
         photos.update({p.name: read_image(p) for p in sorted((assets_dir / name).rglob("*"))
                        if p.suffix in (".jpg", ".png", ".bmp")})  # fmt: skip
-    for name, image in photos.items():
-        (fp32,) = torch_detect(graph.model, [image], score_threshold=0.45)
-        (int8,) = ours.detect([image], 0.45)
-        agrees, summary = export_litert._detections_agree(fp32, int8)
-        assert agrees, f"{name}: {summary}"  # no detection above 0.5 gained or lost
-        if name in ("astronaut", "grace_hopper"):  # the person is kept: box within 5 px, score within 0.05
-            assert len(int8["scores"]) and int8["labels"][0] == 1, name
-            assert (int8["boxes"][0] - fp32["boxes"][0]).abs().max() <= 5.0
-            assert abs(float(int8["scores"][0] - fp32["scores"][0])) <= 0.05
+    return photos
 
 
-@needs_converter
+def assert_detector_agrees(path: Path, detector: Detector, photos: dict[str, np.ndarray], targets: list[str]) -> None:
+    """ObjectDetector on the file against the PyTorch `Detector`: no detection >= 0.5 gained or lost on any photo,
+    class names read from the file, and on the `targets` photos where PyTorch's best scores >= 0.5 the best detection
+    within 5 px and 0.05 (weaker ones may fall under MediaPipe's threshold of 0.3, as the export's check allows)."""
+    names = list(photos)
+    found = mediapipe_tasks.detect(path, list(photos.values()), score_threshold=0.3)
+    expected = detector(list(photos.values()), score_threshold=0.3)
+    as_tensors = [{"boxes": torch.from_numpy(e.boxes), "scores": torch.from_numpy(e.scores),
+                   "labels": torch.from_numpy(e.labels)} for e in expected]  # fmt: skip
+    verdicts = export_litert.detections_agree(as_tensors,
+                                              [export_litert.as_detections(f, detector.class_names) for f in found])
+    confident = 0
+    for name, ours, theirs, (agrees, summary) in zip(names, expected, found, verdicts):
+        assert agrees, f"{name}: {summary}"
+        assert set(theirs["names"]) <= set(detector.class_names[1:]), theirs["names"]
+        if name in targets and len(ours.scores) and ours.scores[0] >= export_litert.DETECTION_SCORE:
+            confident += 1
+            assert len(theirs["scores"]) and theirs["names"][0] == ours.names[0], name
+            assert np.abs(theirs["boxes"][0] - ours.boxes[0]).max() <= 5.0, (name, theirs["boxes"][0], ours.boxes[0])
+            assert abs(float(theirs["scores"][0] - ours.scores[0])) <= 0.05, name
+    assert confident, f"no confident detection on any of {targets}: the close comparison compared nothing"
+
+
+def assert_segmenter_agrees(path: Path, segmenter: Segmenter, images: list[np.ndarray]) -> None:
+    """ImageSegmenter's category mask on the file equals the PyTorch `Segmenter`'s on >= 98% of each image."""
+    for i, (theirs, ours) in enumerate(zip(mediapipe_tasks.segment(path, images), segmenter(images))):
+        assert theirs.shape == ours.shape
+        assert (theirs == ours).mean() >= 0.98, f"image {i}: {100 * (theirs == ours).mean():.2f}% of pixels agree"
+
+
+@needs_phone_tools
+@pytest.mark.slow
+def test_mediapipe_object_detector_runs_the_int8_pedestrian_file(pedestrian_int8, pedestrian, assets_dir) -> None:
+    assert read_labels(pedestrian_int8) == ["person"]  # the label file MediaPipe and Android Studio read
+    assert_detector_agrees(pedestrian_int8, Detector.from_pretrained(pedestrian), photos_of_the_assets(assets_dir),
+                           targets=["astronaut", "grace_hopper"])  # fmt: skip
+
+
+@needs_phone_tools
+@pytest.mark.slow
+def test_mediapipe_image_segmenter_runs_the_int8_coral_file(deeplab_int8, assets_dir) -> None:
+    path, _ = deeplab_int8
+    segmenter = Segmenter.from_pretrained("deeplab_coral_voc")
+    assert read_labels(path) == segmenter.class_names
+    assert_segmenter_agrees(path, segmenter, [voc_sample(assets_dir, name) for name in VOC_SAMPLES])
+
+
+@needs_phone_tools
+@pytest.mark.slow
+def test_models_fine_tuned_here_ship_to_mediapipe(synthetic_ssdlite, synthetic_deeplab, generalisation_set,
+                                                  tmp_path) -> None:  # fmt: skip
+    """The two checks above for the 5-class models trained on the synthetic set (calibrated on their own training
+    images, which the export finds from the checkpoint)."""
+    val = synthetic_detection(generalisation_set, "val").records[:8]
+    images = {record.path.name: read_image(record.path) for record in val}
+    for run in (synthetic_ssdlite, synthetic_deeplab):
+        export_in_subprocess(str(run / "best.pt"), "--format", "tflite", "--int8", "--out", str(tmp_path / run.name),
+                             "--images", *[str(record.path) for record in val[:4]])  # fmt: skip
+    detector_file = tmp_path / "ssdlite" / "best_int8.tflite"
+    assert read_labels(detector_file) == list(SYNTHETIC_CLASSES)
+    assert_detector_agrees(detector_file, Detector.from_pretrained(synthetic_ssdlite / "best.pt"), images,
+                           targets=list(images))  # fmt: skip
+    segmenter_file = tmp_path / "deeplab" / "best_int8.tflite"
+    assert read_labels(segmenter_file) == ["background", *SYNTHETIC_CLASSES]
+    assert "the checkpoint's training data" in read_tflite_metadata(segmenter_file)[0]["calibration"]
+    assert_segmenter_agrees(segmenter_file, Segmenter.from_pretrained(synthetic_deeplab / "best.pt"),
+                            list(images.values()))  # fmt: skip
+
+
+@needs_phone_tools
+@pytest.mark.slow
+def test_the_export_prints_only_its_own_lines(deeplab_int8) -> None:
+    _, said = deeplab_int8
+    assert not [line for line in said.splitlines() if NOISE.search(line)], said
+    assert "calibrating on 12 images" in said and "tflite int8 MediaPipe" in said  # both runtimes' checks in the table
+
+
+def test_googles_int8_deeplab_passes_the_verification_against_our_fp32(assets_dir) -> None:
+    """The bound judges what int8 can keep: Google's own quantised file (quantisation-aware trained) agrees with
+    our fp32 import where fp32 is decided, on the default photos and the VOC samples."""
+    interpreter_module = pytest.importorskip("ai_edge_litert.interpreter", reason="pip install -e '.[mobile]'")
+    from skimage import data
+
+    graph = load_graph("deeplab_coral_voc")
+    google = interpreter_module.Interpreter(str(asset(assets_dir, GOOGLE_DEEPLAB)), num_threads=2)
+    google.allocate_tensors()
+    images = [data.astronaut(), data.coffee(), data.chelsea(), *[voc_sample(assets_dir, n) for n in VOC_SAMPLES]]
+    metadata = {**graph.metadata(), "input": "uint8 NHWC"}
+    for image, probabilities in zip(images, export_litert.fp32_probabilities(graph, images, stretched=False)):
+        pixels, (h, w) = phone_input(image, metadata)  # Google's input: resized, padded with the mean colour
+        google.set_tensor(google.get_input_details()[0]["index"], pixels[None])
+        google.invoke()
+        labels = google.get_tensor(google.get_output_details()[0]["index"])[0][:h, :w]
+        mask = np.asarray(Image.fromarray(labels.astype(np.uint8)).resize(image.shape[1::-1], Image.NEAREST))
+        agrees, summary = export_litert.masks_agree(probabilities, mask)
+        assert agrees, summary
+
+
+@needs_phone_tools
+@pytest.mark.slow
+def test_a_collapsed_quantisation_is_refused_and_nothing_is_written(deeplab_int8, tmp_path, monkeypatch,
+                                                                    assets_dir) -> None:  # fmt: skip
+    """The file is right, the model it is checked against is not: as if quantisation had broken the network."""
+    graph = load_graph("deeplab_coral_voc")
+    with torch.no_grad():
+        for parameter in list(graph.model.parameters())[-2:]:  # the last layer's weight and bias, negated
+            parameter.mul_(-1.0)
+    monkeypatch.setattr(export_litert, "convert", lambda graph, calibration: deeplab_int8[0].read_bytes())
+    monkeypatch.setattr(export_litert, "phone_file", lambda content, *metadata: content)  # it has its metadata
+    target = tmp_path / "coral_int8.tflite"
+    target.write_bytes(b"previous export")
+    image = voc_sample(assets_dir, VOC_SAMPLES[0])
+    with pytest.raises(VerificationError) as error:
+        export_litert.export_tflite(graph, target, [image], "test", [image])
+    assert "FAIL" in format_table(error.value.checks)
+    assert target.read_bytes() == b"previous export" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+@needs_phone_tools
 @pytest.mark.slow
 def test_video_demo_runs_the_int8_files(pedestrian_int8, deeplab_int8, tmp_path, capsys) -> None:
     import cv2
@@ -140,7 +225,7 @@ def test_video_demo_runs_the_int8_files(pedestrian_int8, deeplab_int8, tmp_path,
                        "--quiet"])  # fmt: skip
     assert boxes.frames == 1 and boxes.classes == {"person": 1}  # the box's legend entry: the int8 file found her
     assert "(--det LiteRT int8, CPU; --batch-size 1" in capsys.readouterr().out  # the summary says what ran
-    masks = video.run(["--source", str(photo), "--seg", str(deeplab_int8), "--save-images", str(tmp_path / "seg"),
+    masks = video.run(["--source", str(photo), "--seg", str(deeplab_int8[0]), "--save-images", str(tmp_path / "seg"),
                        "--quiet"])  # fmt: skip
     assert "person" in masks.classes  # the int8 DeepLab's mask marks her too
     capsys.readouterr()
@@ -150,44 +235,13 @@ def test_video_demo_runs_the_int8_files(pedestrian_int8, deeplab_int8, tmp_path,
     assert exit_info.value.code == 2 and "an SSDLite (boxes): pass it as --det" in capsys.readouterr().err
 
 
-@needs_converter
-@pytest.mark.slow
-def test_a_collapsed_quantisation_is_refused_and_nothing_is_written(deeplab_int8, tmp_path, monkeypatch,
-                                                                    assets_dir) -> None:  # fmt: skip
-    """The file is right, the model it is checked against is not: as if quantisation had broken the network."""
-    graph = load_graph("deeplab_coral_voc")
-    with torch.no_grad():
-        for parameter in list(graph.model.parameters())[-2:]:  # the last layer's weight and bias, negated
-            parameter.mul_(-1.0)
-    monkeypatch.setattr(export_litert, "convert", lambda graph, calibration: deeplab_int8.read_bytes())
-    target = tmp_path / "coral_int8.tflite"
-    target.write_bytes(b"previous export")
-    image = read_image(asset(assets_dir, f"voc_samples/JPEGImages/{VOC_SAMPLES[0]}.png"))
-    with pytest.raises(VerificationError) as error:
-        export_litert.export_tflite(graph, target, [image], "test", [image])
-    assert "FAIL" in format_table(error.value.checks)
-    assert target.read_bytes() == b"previous export" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
-
-
-def test_metadata_round_trip_keeps_the_file_runnable(assets_dir, tmp_path) -> None:
-    Interpreter = pytest.importorskip("ai_edge_litert.interpreter", reason="pip install -e '.[mobile]'").Interpreter
-
-    content = asset(assets_dir, GOOGLE_DEEPLAB).read_bytes()
-    anchors = np.arange(12, dtype=np.float32).reshape(3, 4)
-    tagged = embed_metadata(content, {"arch": "deeplab", "class_names": ["background", "cat"]}, anchors)
-    path = tmp_path / "tagged.tflite"
-    path.write_bytes(tagged)
-    metadata, read_anchors = read_tflite_metadata(path)
-    assert metadata["class_names"] == ["background", "cat"] and np.array_equal(read_anchors, anchors)
-    outputs = []
-    for model in (asset(assets_dir, GOOGLE_DEEPLAB), path):
-        interpreter = Interpreter(str(model), num_threads=1)
-        interpreter.allocate_tensors()
-        detail = interpreter.get_input_details()[0]
-        interpreter.set_tensor(detail["index"], np.full(detail["shape"], 100, detail["dtype"]))
-        interpreter.invoke()
-        outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
-    assert np.array_equal(*outputs)
+def test_an_imported_model_without_calibration_data_stops_at_once_naming_the_flag(tmp_path) -> None:
+    """The README's phone command, as a new user types it without --calib-data: one line, exit 2, nothing written
+    (no minutes of conversion first)."""
+    result = subprocess.run([sys.executable, "-m", "tools.export", "deeplab_coral_voc", "--format", "tflite", "--int8",
+                             "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 2 and "--calib-data" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
 
 
 def test_a_tflite_without_our_metadata_is_named(assets_dir, tmp_path) -> None:
@@ -222,28 +276,32 @@ def test_calibration_sources(tmp_path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UserError, match=f"--calib-data {empty}: no images"):
-        calibration_images(empty)
+        export_litert.calibration_images(empty)
     with pytest.raises(UserError, match="not a folder of images"):
-        resolve_source(str(tmp_path / "absent"), None, None)
+        export_litert.calibration_set(str(tmp_path / "absent"), None, {})
     with pytest.raises(UserError, match="--calib-data coco needs --calib-root"):
-        resolve_source("coco", None, None)
+        export_litert.calibration_set("coco", None, {})
+    with pytest.raises(UserError, match="an imported model records no training data.*--calib-data"):
+        export_litert.calibration_set(None, None, {"args": None})
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
     for i in range(10):
         Image.fromarray(np.full((8, 8, 3), i * 20, np.uint8)).save(folder / ("sub" if i % 2 else ".") / f"{i}.png")
-    picked = calibration_images(folder, 4)
+    picked = export_litert.calibration_images(folder, 4)
     assert len(picked) == 4 and len({int(p[0, 0, 0]) for p in picked}) == 4  # spread, not the first four twice
     trained = {"data": "custom", "train_images": str(folder)}
-    assert resolve_source(None, None, trained) == (folder, "the checkpoint's training data")
+    images, source = export_litert.calibration_set(None, None, {"args": trained}, 3)
+    assert len(images) == 3 and source == f"{folder}, the checkpoint's training data"
+    with pytest.raises(UserError, match="is not here: pass --calib-data"):
+        export_litert.calibration_set(None, None, {"args": {"data": "custom", "train_images": str(tmp_path / "gone")}})
     coco = tmp_path / "coco"
     (coco / "train2017").mkdir(parents=True)
-    assert training_folder({"data": "coco", "data_root": str(coco)}) == coco / "train2017"
-    assert training_folder({"data": "voc", "data_root": str(coco)}) is None  # not here: the default takes over
+    assert export_litert.training_folder({"data": "coco", "data_root": str(coco)}) == coco / "train2017"
+    assert export_litert.training_folder({"data": "voc", "data_root": str(coco)}) is None  # not here
     drawn = tmp_path / "synthetic"
     (drawn / "coco" / "train").mkdir(parents=True)
-    assert training_folder({"data": "synthetic", "data_root": str(drawn)}) == drawn / "coco" / "train"
-    assert training_folder({"data": "synthetic", "data_root": str(tmp_path / "gone")}) is None
-    assert training_folder(None) is None
+    assert export_litert.training_folder({"data": "synthetic", "data_root": str(drawn)}) == drawn / "coco" / "train"
+    assert export_litert.training_folder({"data": "synthetic", "data_root": str(tmp_path / "gone")}) is None
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     with pytest.raises(UserError, match="broken.jpg"):
-        calibration_images(folder, 100)
+        export_litert.calibration_images(folder, 100)

@@ -23,9 +23,8 @@ from ssdlite.named_weights import pedestrian_graph
 from ssdlite.tf_import import import_graph
 from tools import export as export_tool
 from tools import export_formats
-from tools.export_formats import FORMATS, Check, export, format_table
-from tools.export_graphs import load_graph, ssdlite_postprocess_onnx
-from tools.export_metadata import ExportError, read_metadata
+from tools.export_formats import FORMATS, Check, export, format_table, read_metadata
+from tools.export_graphs import ExportError, load_graph, ssdlite_postprocess_onnx
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install -e '.[export]'")
 

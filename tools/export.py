@@ -1,26 +1,27 @@
-"""Export an SSDLite or Mobile DeepLabv3 checkpoint (trained here or imported) to ONNX and TorchScript, or to an
-on-device LiteRT file (fp32 or int8), and check each file against eager PyTorch on real photos before it is put
-in place.
+"""Export an SSDLite or Mobile DeepLabv3 checkpoint (trained here or imported) to ONNX and TorchScript, or to the
+phone file (LiteRT .tflite, fp32 or int8), and check each file against eager PyTorch on real photos before it is
+put in place.
 
     python -m tools.export runs/ssdlite/exp/best.pt                     # ONNX + TorchScript, verified, beside the .pt
     python -m tools.export deeplab_tf.pt --format onnx --opset 17 --out exported/
     python -m tools.export pedestrian.pt --imgsz 320 --images street.jpg crowd.png
     python -m tools.export runs/ssdlite/exp/best.pt --format tflite --int8 --calib-data photos/   # for phones
 
-Input "images": float32 [batch, 3, H, W], RGB, (pixels / 255 - mean) / std with the preset's mean and std (both in
-the file's metadata). The batch axis is dynamic; H and W are fixed at export (--imgsz).
+ONNX / TorchScript input "images": float32 [batch, 3, H, W], RGB, (pixels / 255 - mean) / std with the preset's
+mean and std (both in the file's metadata). The batch axis is dynamic; H and W are fixed at export (--imgsz).
   SSDLite → "boxes" [batch, A, 4] (x0, y0, x1, y1) in [0, 1] of the input, clipped, and "scores" [batch, A, C - 1]
             (no background column): box decoding is in the graph, the anchors are constants. NMS is a separate
-            step: `ssdlite_postprocess_onnx` in this module gives exactly the suite's detections.
+            step: `tools.export_graphs.ssdlite_postprocess_onnx` gives exactly the suite's detections.
   DeepLab → "logits" [batch, C, H, W] and "mask" [batch, H, W] (int64 argmax).
 Files: NAME.onnx and NAME.torchscript (NAME: the checkpoint's), metadata as JSON values (ONNX metadata_props,
-TorchScript extra file config.txt; see `read_metadata`). How to run them: docs/export.md.
-The .tflite (NAME.tflite, NAME_int8.tflite; the .[mobile] extra) has batch 1, the network's raw SSDLite outputs or
-DeepLab's argmax mask, and runs in tools.litert_runtime.LiteRTModel and demo/video.py (docs/export.md, On-device).
+TorchScript extra file config.txt; `tools.export_formats.read_metadata`). How to run them: docs/export.md.
+The phone file (NAME.tflite, NAME_int8.tflite; the .[mobile] extra and mediapipe) takes uint8 RGB [1, H, W, 3] and
+carries its labels, anchors and TFLite Model Metadata: MediaPipe Tasks' ObjectDetector / ImageSegmenter run it as
+they run Google's files, and so do tools.litert_runtime.LiteRTModel and demo/video.py (docs/export.md, In an app).
 
-This module is the command line and the public names; the work is done in tools/export_graphs.py (what is
-exported), tools/export_formats.py (writing and verifying), tools/export_metadata.py (the files' metadata) and
-tools/export_litert.py (the on-device file).
+This module is the command line; the work is done in tools/export_graphs.py (what is exported),
+tools/export_formats.py (ONNX and TorchScript: writing, metadata, verifying) and tools/export_litert.py (the phone
+file: conversion, calibration, checks in LiteRT and MediaPipe), with tools/litert_metadata.py (the file's metadata).
 """
 
 from __future__ import annotations
@@ -32,17 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from backbone.checkpoint import load_checkpoint
-from backbone.named_weights import resolve
 from common.cli import new_parser, run_cli
 from common.files import write_atomic
 from common.images import read_image
-from tools.calibration import DATA_KINDS as CALIBRATION_KINDS
-from tools.calibration import DEFAULT_COUNT as DEFAULT_CALIBRATION_COUNT
-from tools.calibration import calibration_images, resolve_source
 from tools.export_formats import DEFAULT_OPSET, FORMATS, OPSETS, Check, export, format_table
 from tools.export_graphs import ATOL, ExportGraph, load_graph
-from tools.export_litert import build_tflite
+from tools.export_litert import DATA_KINDS as CALIBRATION_KINDS
+from tools.export_litert import DEFAULT_COUNT as DEFAULT_CALIBRATION_COUNT
+from tools.export_litert import build_tflite, calibration_set
 
 MIN_SIDE = 32  # SSDLite's six maps need at least 32×32
 
@@ -84,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "--calib-data and verified against fp32 before it is written")  # fmt: skip
     g.add_argument("--calib-data", metavar="DIR|KIND",
                    help=f"calibration images: a folder, or a dataset kind ({', '.join(CALIBRATION_KINDS)}) with "
-                   "--calib-root (default: the checkpoint's training data when it is here, else the embedded "
-                   "synthetic set)")  # fmt: skip
+                   "--calib-root (default: the checkpoint's training data when it is here; an imported model "
+                   "needs this flag)")  # fmt: skip
     g.add_argument("--calib-root", type=Path, metavar="DIR", help="--data-root of a --calib-data KIND")
     g.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_COUNT, metavar="N",
                    help="how many calibration images, spread over the folder (default: %(default)s)")  # fmt: skip
@@ -101,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"run the files (ONNX Runtime, CPU; TorchScript) against eager PyTorch and write "
                         f"nothing unless raw outputs agree within {ATOL:g}, NMS keeps the same detections and the "
                         "argmax masks are the same; the .tflite in the LiteRT interpreter, by the looser bounds of "
-                        "docs/export.md (no detection >= 0.5 gained or lost; 95%% of pixels the same) (default: on)")  # fmt: skip
+                        "docs/export.md (no detection >= 0.5 gained or lost; 98%% of the pixels fp32 is sure of the same), in "
+                        "LiteRT and, when installed, in MediaPipe Tasks (default: on)")  # fmt: skip
     parser.add_argument("--images", type=Path, nargs="+", metavar="FILE",
                         help="photos to verify on (default: scikit-image's astronaut, coffee and chelsea)")  # fmt: skip
     return parser
@@ -131,11 +130,9 @@ def on_device_file(args: argparse.Namespace, graph: ExportGraph,
     path = (args.out or args.checkpoint.parent) / f"{args.checkpoint.stem}{'_int8' if args.int8 else ''}.tflite"
     calibration, source = None, None
     if args.int8:
-        training_args = None if args.calib_data else load_checkpoint(resolve(args.checkpoint)).get("args")
-        folder, why = resolve_source(args.calib_data, args.calib_root, training_args)
-        calibration = calibration_images(folder, args.calib_images)
-        source = f"{len(calibration)} images of {folder} ({why})"
-        print(f"calibrating on {source}", flush=True)
+        calibration, source = calibration_set(args.calib_data, args.calib_root, {"args": graph.training_args},
+                                              args.calib_images)  # fmt: skip
+        print(f"calibrating on {len(calibration)} images: {source}", flush=True)
     return (path, *build_tflite(graph, calibration, source, images))
 
 

@@ -1,14 +1,24 @@
-"""Writing an export graph to ONNX and TorchScript, and verifying the files against eager PyTorch before they are put
-in place: each file is written under a temporary name (common.files.atomic_path) and renamed only when every
-requested file is written and agrees."""
+"""Writing an export graph to ONNX and TorchScript with its metadata, and verifying the files against eager PyTorch
+before they are put in place: each file is written under a temporary name (common.files.atomic_path) and renamed
+only when every requested file is written and agrees.
+
+The metadata (preset, image size, mean/std, class names, SSDLite's NMS settings) is stored as JSON values: ONNX
+`metadata_props`, TorchScript extra file config.txt. `read_metadata` never runs the file: a TorchScript archive is a
+zip, and loading it with torch.jit.load would run the TorchScript code inside (a module's `__setstate__`, for one),
+so the config.txt entry is read with zipfile.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,8 +27,46 @@ from torch import nn
 from backbone.predictor import fuse_for_inference
 from common.errors import EXIT_CHECK_FAILED
 from common.files import atomic_path
-from tools.export_graphs import ATOL, ExportGraph, Outputs
-from tools.export_metadata import SUFFIXES, ExportError, add_onnx_metadata, require, torchscript_extra_files
+from tools.export_graphs import ATOL, ExportError, ExportGraph, Outputs, require
+
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript"}  # yolov5's names
+TORCHSCRIPT_METADATA = "config.txt"
+
+
+def add_onnx_metadata(proto: Any, metadata: Mapping[str, Any]) -> None:
+    """Store each entry of `metadata` as a JSON value in the ONNX model's metadata_props."""
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=json.dumps(value))
+
+
+def torchscript_extra_files(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """The `_extra_files` argument of torch.jit.save that carries `metadata`."""
+    return {TORCHSCRIPT_METADATA: json.dumps(metadata)}
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of an exported .onnx or .torchscript file, read without running anything in it."""
+    path = Path(path)
+    if path.suffix == SUFFIXES["onnx"]:
+        proto = require("onnx").load(str(path), load_external_data=False)
+        return {entry.key: json.loads(entry.value) for entry in proto.metadata_props}
+    return json.loads(_torchscript_entry(path))
+
+
+def _torchscript_entry(path: Path) -> bytes:
+    """The bytes of `<archive>/extra/config.txt` (torch.jit.save names the top folder after the file it wrote)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.split("/")[1:] == ["extra", TORCHSCRIPT_METADATA]]
+            if len(names) != 1:
+                raise ExportError(
+                    f"{path}: a TorchScript file without one extra/{TORCHSCRIPT_METADATA} entry: "
+                    "not written by tools.export; export the checkpoint again"
+                )
+            return archive.read(names[0])
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ExportError(f"{path}: not a readable TorchScript file ({e})") from e
+
 
 DEFAULT_OPSET = 17  # yolov5's default, read by every current ONNX Runtime
 # 11: the first opset with Pad and Resize sizes computed in the graph (TF "SAME" padding, align_corners);

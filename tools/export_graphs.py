@@ -8,8 +8,10 @@ and "mask" [batch, H, W] (int64 argmax).
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,7 @@ from torch import nn
 
 from backbone.checkpoint import load_checkpoint
 from backbone.named_weights import resolve
-from common.errors import WeightsError
+from common.errors import UserError, WeightsError
 from common.images import as_rgb, normalization_stats
 from deeplab_mobile.checkpoint import ARCH as DEEPLAB_ARCH
 from deeplab_mobile.checkpoint import deeplab_from_checkpoint
@@ -30,7 +32,19 @@ from ssdlite.checkpoint import ssdlite_from_checkpoint
 from ssdlite.detector import preprocess
 from ssdlite.model import SSDLite
 from ssdlite.postprocess import Detections, decode_outputs, select_detections
-from tools.export_metadata import ExportError
+
+
+class ExportError(UserError):
+    """An export that cannot be done as asked; the message says what to do."""
+
+
+def require(module: str, extra: str = "export") -> ModuleType:
+    """Import an optional dependency, or say in one line which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ExportError(f"{module} is not installed: pip install -e '.[{extra}]'") from None
+
 
 ATOL = 1e-4  # the most an exported file's raw outputs may differ from eager PyTorch
 BOX_ATOL_PX = 0.01  # detections after NMS count as the same when their boxes agree to a hundredth of a pixel
@@ -44,9 +58,10 @@ class SSDLiteGraph(nn.Module):
 
     output_names = ("boxes", "scores")
 
-    def __init__(self, model: SSDLite) -> None:
+    def __init__(self, model: SSDLite, training_args: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.model = model
+        self.training_args = training_args  # the flags it was trained with, if trained here (where its data was)
         self.register_buffer("anchors", model.anchors(model.preset.image_size).clone())
 
     @property
@@ -98,9 +113,11 @@ class DeepLabGraph(nn.Module):
 
     output_names = ("logits", "mask")
 
-    def __init__(self, model: MobileDeepLabV3, crop_size: int | None = None) -> None:
+    def __init__(self, model: MobileDeepLabV3, crop_size: int | None = None,
+                 training_args: Mapping[str, Any] | None = None) -> None:  # fmt: skip
         super().__init__()
         self.model = model  # owns its preset and class names
+        self.training_args = training_args  # the flags it was trained with, if trained here (where its data was)
         preset = model.preset
         # A fixed input: "any" becomes "pad" (an image larger than the crop is brought down to it).
         changes = {"crop_size": crop_size or preset.crop_size, "input_mode": "pad" if preset.input_mode == "any"
@@ -179,13 +196,13 @@ def load_graph(path: str | os.PathLike, image_size: tuple[int, int] | None = Non
             resized = SSDLite(model.preset.derive(image_size=tuple(image_size)), model.class_names)
             resized.load_state_dict(model.state_dict())
             model = resized.eval()
-        return SSDLiteGraph(model).eval()
+        return SSDLiteGraph(model, checkpoint.get("args")).eval()
     if arch == DEEPLAB_ARCH:
         if image_size is not None and image_size[0] != image_size[1]:
             raise ExportError(f"--imgsz {image_size[0]} {image_size[1]}: a DeepLab file takes a square input (its "
                               "crop size, padded as the model was trained); give one size")  # fmt: skip
         model = deeplab_from_checkpoint(checkpoint, str(path))
-        return DeepLabGraph(model, image_size[0] if image_size else None).eval()
+        return DeepLabGraph(model, image_size[0] if image_size else None, checkpoint.get("args")).eval()
     found = f"its arch is {arch!r}" if arch is not None else "no 'arch' entry"
     raise WeightsError(
         f"{path}: not an SSDLite or DeepLab checkpoint ({found}): pass a .pt written by train/ssdlite.py, "

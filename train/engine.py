@@ -109,8 +109,9 @@ def compile_decision(choice: str, device: torch.device, planned_images: int) -> 
     return True, f"auto → on ({planned_images:,} images planned ≥ {threshold:,})"
 
 
-# ---- SIGINT/SIGTERM: finish the step, checkpoint, exit 0. Schedulers (systemd, Slurm, Kubernetes) signal the whole
-# process group; DataLoader workers ignore the signal (datasets.loading.init_worker), so only the main process acts.
+# ---- SIGINT/SIGTERM: finish the step, checkpoint, exit (130 after Ctrl-C, 0 after SIGTERM). Schedulers (systemd,
+# Slurm, Kubernetes) signal the whole process group; DataLoader workers ignore the signal
+# (datasets.loading.init_worker), so only the main process acts.
 
 @dataclass
 class StopRequest:
