@@ -27,7 +27,14 @@ from datasets.segmentation import (
     trainaug_samples,
     voc_segmentation_samples,
 )
-from datasets.synthetic import FORMAT_VERSION, SYNTHETIC_CLASSES, generate, synthetic_detection, synthetic_segmentation
+from datasets.synthetic import (
+    FORMAT_VERSION,
+    SYNTHETIC_CLASSES,
+    SyntheticPaths,
+    generate,
+    synthetic_detection,
+    synthetic_segmentation,
+)
 from datasets.voc import VOC0712_TRAINVAL, VOC_CLASSES, VOCDetection, voc_detection_union
 
 DATA_KINDS = ("synthetic", "coco", "voc", "custom")
@@ -99,6 +106,18 @@ def year_folder(root: Path, year: str) -> Path:
     """root/VOC<year> for a VOCdevkit, or root itself when it already is a year folder."""
     nested = root / f"VOC{year}"
     return nested if nested.is_dir() or not (root / "ImageSets").is_dir() else root
+
+
+def training_images(kind: str, root: Path) -> Path:
+    """The folder of training images of a `--data` kind under its dataset root (synthetic, coco, voc: VOC2012's
+    JPEGImages), for what needs the images alone, such as int8 calibration."""
+    if kind == "synthetic":
+        return SyntheticPaths(root).coco_images("train")
+    if kind == "coco":
+        return root / "train2017"
+    if kind == "voc":
+        return year_folder(root, "2012") / "JPEGImages"
+    raise ValueError(f"no single training-image folder for --data {kind}")
 
 
 def detection_data(args: argparse.Namespace, train_transform: Callable, val_transform: Callable,

@@ -44,7 +44,7 @@ from common.cli import native_stderr_captured
 from common.errors import UserError
 from common.files import write_atomic
 from common.images import IMAGE_SUFFIXES, read_image
-from datasets.sources import DEFAULT_SYNTHETIC_ROOT, ensure_synthetic, year_folder
+from datasets.sources import DEFAULT_SYNTHETIC_ROOT, ensure_synthetic, training_images
 from deeplab_mobile.segmenter import preprocess_image as deeplab_preprocess
 from deeplab_mobile.segmenter import scores_at_image_size
 from ssdlite.anchors import decode_boxes
@@ -74,14 +74,12 @@ DEFAULT_COUNT = 200  # "a few hundred": ranges settle by then on the suite's mod
 
 
 def image_folder(kind: str, root: Path | None) -> Path:
-    """The training-image folder of a train/ dataset kind at `root` (the synthetic set is drawn if absent)."""
+    """The training-image folder of `--calib-data kind` with `--calib-root` (the synthetic set is drawn if absent)."""
     if kind == "synthetic":
-        return ensure_synthetic(root or DEFAULT_SYNTHETIC_ROOT) / "coco" / "train"
+        return training_images(kind, ensure_synthetic(root or DEFAULT_SYNTHETIC_ROOT))
     if root is None:
         raise UserError(f"--calib-data {kind} needs --calib-root (the dataset folder, as --data-root in training)")
-    if kind == "coco":
-        return root / "train2017"
-    return year_folder(root, "2012") / "JPEGImages"
+    return training_images(kind, root)
 
 
 def training_folder(training_args: Mapping[str, Any] | None) -> Path | None:
@@ -93,10 +91,8 @@ def training_folder(training_args: Mapping[str, Any] | None) -> Path | None:
     if kind == "custom":
         folder = Path(training_args["train_images"]) if training_args.get("train_images") else (
             Path(root) / "JPEGImages" if root else None)  # fmt: skip
-    elif kind == "synthetic":
-        folder = Path(root or DEFAULT_SYNTHETIC_ROOT) / "coco" / "train"
-    elif kind in DATA_KINDS and root:
-        folder = image_folder(kind, Path(root))
+    elif kind in DATA_KINDS and (root or kind == "synthetic"):  # looked up, never drawn
+        folder = training_images(kind, Path(root or DEFAULT_SYNTHETIC_ROOT))
     else:
         folder = None
     return folder if folder is not None and folder.is_dir() else None
