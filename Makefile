@@ -5,11 +5,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install demo test bench complexity clean
+.PHONY: help install demo test check lint numeric bench complexity clean
 
 help:
 	@echo "make demo        run the main job on the embedded data (creates .venv on first use)"
-	@echo "make test        run the test suite"
+	@echo "make test        run the whole test suite (what CI runs)"
+	@echo "make check       the fast lane: every test not marked slow (the inner loop)"
+	@echo "make lint        ruff format --check and ruff check"
+	@echo "make numeric     the numerically sensitive tests again under PyTorch's portable kernels"
 	@echo "make bench       run the side-by-side benchmarks and rewrite BENCHMARKS.md"
 	@echo "make complexity  print params and multiply-adds beside the paper's figures"
 	@echo "make clean       remove .venv and runs/"
@@ -34,6 +37,19 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+check: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+
+# The tests marked `numeric` once more on another kernel path: a bound fitted to one CPU's kernels fails here on
+# every machine. NUMERIC_ENV picks the path (default: PyTorch's portable, non-SIMD kernels).
+NUMERIC_ENV ?= ATEN_CPU_CAPABILITY=default
+numeric: $(STAMP)
+	env $(NUMERIC_ENV) $(PY) -m pytest -m numeric
 
 bench: $(STAMP)
 	$(PY) -m bench.run

@@ -22,7 +22,7 @@ PACKAGES_FOLDER = "mobilenetv2-suite"  # mnv2_import_hook.PACKAGES_FOLDER
 # A file of the folder itself, so that pip's uninstall, which removes the folders all of whose files it installed,
 # removes this one too.
 FOLDER_NOTE = (f"{PACKAGES_FOLDER}/README.txt", b"The packages of mobilenetv2-suite; mnv2_import_hook.py puts this "
-               b"folder on sys.path.\n")  # fmt: skip
+               b"folder on sys.path.\n")
 
 
 def _record_line(name: str, data: bytes) -> str:

@@ -43,28 +43,40 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
         raise WeightsError("an empty path was given as weights: give a checkpoint file or a weights name")
     path = Path(text)
     if path.is_dir():
-        raise WeightsError(f"{path}: is a folder, not a checkpoint file: give a file in it (a training run's "
-                           f"{path / 'best.pt'} or last.pt)")  # fmt: skip
+        raise WeightsError(
+            f"{path}: is a folder, not a checkpoint file: give a file in it (a training run's "
+            f"{path / 'best.pt'} or last.pt)"
+        )
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
     kind = file_kind(path)
     if kind != TORCH_ARCHIVE:
-        raise WeightsError(f"{path}: {kind}, not a PyTorch checkpoint written by torch.save; "
-                           f"{_WHAT_TO_DO.get(kind, 'give a checkpoint of this suite or a weights name')}")  # fmt: skip
+        raise WeightsError(
+            f"{path}: {kind}, not a PyTorch checkpoint written by torch.save; "
+            f"{_WHAT_TO_DO.get(kind, 'give a checkpoint of this suite or a weights name')}"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError, KeyError,
-            IndexError) as e:  # fmt: skip
+    except (
+        RuntimeError,
+        EOFError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+        KeyError,
+        IndexError,
+    ) as e:
         raise WeightsError(f"{path}: {_reason(e)}") from e
 
 
 TORCH_ARCHIVE = "a torch.save archive"
 _WHAT_TO_DO = {
     "a TFLite model": "import it first (python -m tools.import_tflite, tools.import_tf_segmentation) or use a "
-                      "weights name",
+    "weights name",
     "a TorchScript archive": "load the checkpoint it was exported from",
     "a plain pickle": "save the state dict with torch.save, or use a weights name",
-}  # fmt: skip
+}
 
 
 def file_kind(path: Path) -> str:
@@ -104,8 +116,10 @@ def _reason(error: BaseException) -> str:
     refused = re.search(r"(?:unsupported )?GLOBAL ([\w.]+)", text, flags=re.IGNORECASE)
     if "Weights only load failed" in text or refused:
         asked = f"the Python global {refused[1]}" if refused else "an object that is not a tensor or a container"
-        return (f"refused: its pickle asks for {asked}, which a weights file never needs (only tensors and plain "
-                "containers are loaded, so nothing in it ran); get the weights from their source or a weights name")
+        return (
+            f"refused: its pickle asks for {asked}, which a weights file never needs (only tensors and plain "
+            "containers are loaded, so nothing in it ran); get the weights from their source or a weights name"
+        )
     first = next((line for line in text.splitlines() if line.strip()), type(error).__name__)
     return f"not a readable PyTorch checkpoint (truncated or damaged?): {first}"
 
@@ -118,9 +132,7 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
     """
     own = model.state_dict()
     state = {
-        k: v
-        for k, v in state.items()
-        if not k.startswith("classifier.") or (k in own and own[k].shape == v.shape)
+        k: v for k, v in state.items() if not k.startswith("classifier.") or (k in own and own[k].shape == v.shape)
     }
     missing = [k for k in own if k not in state and not k.startswith("classifier.") and "num_batches_tracked" not in k]
     unexpected = [k for k in state if k not in own and "num_batches_tracked" not in k]
@@ -140,11 +152,12 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
             f"{source}: weights do not fit {type(model).__name__} (width {width}): {'; '.join(parts)}. "
             "Is it a checkpoint of another architecture or width?"
         )
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
 
 
-def model_from_checkpoint(checkpoint: Any, source: str, arch: str, what: str,
-                          build: Callable[[Mapping[str, Any]], M], ema: bool = True) -> M:  # fmt: skip
+def model_from_checkpoint(
+    checkpoint: Any, source: str, arch: str, what: str, build: Callable[[Mapping[str, Any]], M], ema: bool = True
+) -> M:
     """The model a loaded checkpoint of family `arch` describes (`what` names the family in messages), built by
     `build(checkpoint)` (which checks the configuration against what the caller expects), with its weights.
 
@@ -154,8 +167,10 @@ def model_from_checkpoint(checkpoint: Any, source: str, arch: str, what: str,
     if not isinstance(checkpoint, Mapping) or not {"arch", "config", "model"} <= checkpoint.keys():
         raise WeightsError(f"{source}: not a suite checkpoint (needs 'arch', 'config' and 'model' entries)")
     if checkpoint["arch"] != arch:
-        raise WeightsError(f"{source}: {other_model(checkpoint['arch'])}, not {what}: pass a checkpoint of that model, "
-                           "written by its training script or import tool")  # fmt: skip
+        raise WeightsError(
+            f"{source}: {other_model(checkpoint['arch'])}, not {what}: pass a checkpoint of that model, "
+            "written by its training script or import tool"
+        )
     model = build(checkpoint)
     weights = checkpoint["ema"] if ema and checkpoint.get("ema") is not None else checkpoint["model"]
     load_state_dict_checked(model, weights, source)
@@ -175,8 +190,9 @@ def other_model(arch: Any) -> str:
     return f"holds {_FAMILIES[arch]}" if arch in _FAMILIES else f"holds a {arch!r} model"
 
 
-def load_model(name_or_path: str | os.PathLike, rebuild: Callable[[Any, str], M], arch: str,
-               what: str) -> tuple[M, dict[str, Any]]:  # fmt: skip
+def load_model(
+    name_or_path: str | os.PathLike, rebuild: Callable[[Any, str], M], arch: str, what: str
+) -> tuple[M, dict[str, Any]]:
     """The model of a checkpoint file or weights name (backbone/named_weights.py), rebuilt by `rebuild(checkpoint,
     source)` (a head's `*_from_checkpoint`, which checks it), in eval mode, and the checkpoint dict (extras such as
     the training epoch or import provenance). A weights name of another family (`arch`, `what`) is refused before

@@ -101,9 +101,7 @@ class InvertedResidual(nn.Module):
     ) -> None:
         super().__init__()
         hidden = int(round(in_channels * expand_ratio))
-        self.expand: nn.Module = (
-            ConvBNAct(in_channels, hidden, 1, norm=norm) if expand_ratio != 1 else nn.Identity()
-        )
+        self.expand: nn.Module = ConvBNAct(in_channels, hidden, 1, norm=norm) if expand_ratio != 1 else nn.Identity()
         self.depthwise = ConvBNAct(
             hidden, hidden, 3, stride, dilation, groups=hidden, norm=norm, padding_mode=padding_mode
         )

@@ -33,7 +33,12 @@ _TORCHVISION_RULES: tuple[tuple[str, str], ...] = (
     (r"^features\.18\.1\.", "last_conv.bn."),
     (r"^classifier\.1\.", "classifier."),
 )
-_FIRST_BLOCK = {"conv.0.0": "depthwise.conv", "conv.0.1": "depthwise.bn", "conv.1": "project.conv", "conv.2": "project.bn"}
+_FIRST_BLOCK = {
+    "conv.0.0": "depthwise.conv",
+    "conv.0.1": "depthwise.bn",
+    "conv.1": "project.conv",
+    "conv.2": "project.bn",
+}
 _OTHER_BLOCKS = {
     "conv.0.0": "expand.conv",
     "conv.0.1": "expand.bn",
@@ -118,8 +123,10 @@ def resolve_pytorch_weights(spec: str) -> Path:
     """The PyTorch file a weights name or path stands for; a TFLite file is refused with its import command."""
     path = resolve(spec)
     if path.suffix == ".tflite":
-        raise WeightsError(f"{spec}: TFLite files are converted once, then loaded: "
-                           f"python -m tools.import_tflite {spec} --out {path.with_suffix('.pt')}")  # fmt: skip
+        raise WeightsError(
+            f"{spec}: TFLite files are converted once, then loaded: "
+            f"python -m tools.import_tflite {spec} --out {path.with_suffix('.pt')}"
+        )
     return path
 
 
@@ -135,5 +142,6 @@ def mobilenet_v2_from_checkpoint(name_or_path: str | Path) -> MobileNetV2:
     def build(checkpoint: Mapping) -> MobileNetV2:
         return MobileNetV2(**checkpoint["config"])
 
-    return model_from_checkpoint(load_checkpoint(path), str(path), "mobilenet_v2", "a MobileNetV2 classifier/backbone",
-                                 build)  # fmt: skip
+    return model_from_checkpoint(
+        load_checkpoint(path), str(path), "mobilenet_v2", "a MobileNetV2 classifier/backbone", build
+    )

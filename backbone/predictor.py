@@ -29,8 +29,9 @@ def inference_view(model: nn.Module) -> nn.Module:
 
 def _eval_view(module: nn.Module) -> nn.Module:
     view = copy.copy(module)  # a shallow copy shares the parameter, buffer and hook dicts
-    view.__dict__["_modules"] = {name: None if child is None else _eval_view(child)
-                                 for name, child in module._modules.items()}  # fmt: skip
+    view.__dict__["_modules"] = {
+        name: None if child is None else _eval_view(child) for name, child in module._modules.items()
+    }
     view.training = False
     return view
 

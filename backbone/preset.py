@@ -56,8 +56,11 @@ class Preset:
     def differences(self, other: Preset, ignore: Iterable[str] = NOT_COMPARED) -> list[str]:
         """`field: ours vs theirs` for every compared field where the two presets differ."""
         skip = set(ignore)
-        return [f"{f.name}: {_text(getattr(self, f.name))} vs {_text(getattr(other, f.name))}"
-                for f in dataclasses.fields(self) if f.name not in skip and getattr(self, f.name) != getattr(other, f.name)]  # fmt: skip
+        return [
+            f"{f.name}: {_text(getattr(self, f.name))} vs {_text(getattr(other, f.name))}"
+            for f in dataclasses.fields(self)
+            if f.name not in skip and getattr(self, f.name) != getattr(other, f.name)
+        ]
 
 
 def _text(value: Any) -> str:
@@ -90,8 +93,10 @@ def check_preset(stored: P, expected: P | str | None, table: Mapping[str, P], so
         return
     if isinstance(expected, str):
         if expected not in table:
-            raise WeightsError(f"{source}: made with preset {stored.name!r}, not {expected!r}: use --preset "
-                               f"{stored.name.partition('[')[0]} or another checkpoint")  # fmt: skip
+            raise WeightsError(
+                f"{source}: made with preset {stored.name!r}, not {expected!r}: use --preset "
+                f"{stored.name.partition('[')[0]} or another checkpoint"
+            )
         expected = table[expected]
     differences = stored.differences(expected)
     if differences:

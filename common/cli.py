@@ -111,7 +111,7 @@ def native_stderr_captured() -> Iterator[io.StringIO]:
 
 def _one_line(text: str) -> str:
     text = " ".join(text.split())
-    return text[len("error: "):] if text.startswith("error: ") else text
+    return text[len("error: ") :] if text.startswith("error: ") else text
 
 
 def fail(message: str, status: int = EXIT_USER_ERROR) -> NoReturn:
@@ -125,14 +125,15 @@ _OS_ERRORS: dict[int, tuple[str, str]] = {
     errno.ENOSPC: ("disk full", "free space or write elsewhere, then run the command again"),
     errno.EDQUOT: ("disk quota exceeded", "free space or write elsewhere, then run the command again"),
     errno.EROFS: ("read-only file system", "write somewhere writable (--project, --out, $MNV2_CACHE)"),
-    errno.EACCES: ("permission denied", "write somewhere you may (--project, --out, $MNV2_CACHE) or fix the "
-                                        "permissions"),
+    errno.EACCES: (
+        "permission denied",
+        "write somewhere you may (--project, --out, $MNV2_CACHE) or fix the permissions",
+    ),
     errno.EPERM: ("operation not permitted", "write somewhere you may, or fix the permissions"),
     errno.ENOENT: ("no such file or folder", "check the path (was it moved or deleted while the command ran?)"),
     errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path"),
     errno.EISDIR: ("is a folder, not a file", "give a file"),
-    errno.EEXIST: ("is in the way (a file where a folder should be, or the reverse)", "move it or choose another "
-                                                                                    "path"),
+    errno.EEXIST: ("is in the way (a file where a folder should be, or the reverse)", "move it or choose another path"),
 }
 
 
@@ -146,9 +147,12 @@ def describe_os_error(error: OSError) -> str:
 _OUT_OF_MEMORY = ("not enough memory", "failed to allocate", "out of memory", "cannot allocate memory")
 
 
-def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-            check: Callable[[argparse.ArgumentParser, argparse.Namespace], None],
-            body: Callable[[argparse.Namespace], T]) -> T:  # fmt: skip
+def run_cli(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    check: Callable[[argparse.ArgumentParser, argparse.Namespace], None],
+    body: Callable[[argparse.Namespace], T],
+) -> T:
     """Parse, check and run `body`; user errors and the operating system's refusals become one `error:` line and
     exit status 2, Ctrl-C one line and 130, never a traceback. The process group torchrun set up is left cleanly
     either way."""

@@ -42,7 +42,13 @@ SkipKind = Literal[
     "missing image", "corrupt image", "size mismatch", "bad annotation", "bad box", "unknown category", "bad mask"
 ]
 SKIP_KINDS: tuple[SkipKind, ...] = (
-    "missing image", "corrupt image", "size mismatch", "bad annotation", "bad box", "unknown category", "bad mask"
+    "missing image",
+    "corrupt image",
+    "size mismatch",
+    "bad annotation",
+    "bad box",
+    "unknown category",
+    "bad mask",
 )
 
 

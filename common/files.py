@@ -31,7 +31,7 @@ def stale_temporaries(folder: str | os.PathLike, name: str) -> list[Path]:
     earlier versions, which did not record their writer, count as stale too."""
     found = []
     for path in sorted(Path(folder).glob(f".{glob_escape(name)}.*.tmp*")):
-        owner = re.match(r"(\d+)-", path.name[len(name) + 2:])
+        owner = re.match(r"(\d+)-", path.name[len(name) + 2 :])
         if owner is None or not _running(int(owner[1])):
             found.append(path)
     return found
@@ -141,8 +141,10 @@ class RunLock:
         except OSError:
             owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise UserError(f"{self.path.parent} is in use by a running training run (pid {owner}): wait for it to "
-                            "finish, or choose another --name") from None
+            raise UserError(
+                f"{self.path.parent} is in use by a running training run (pid {owner}): wait for it to "
+                "finish, or choose another --name"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd

@@ -49,8 +49,12 @@ def read_image(path: str | PathLike[str]) -> np.ndarray:
     try:
         image = Image.open(path)
     except FileNotFoundError:
-        raise DatasetError(path, "image file not found", "Check the image folder and the file name in the "
-                           "annotations", kind="missing image") from None
+        raise DatasetError(
+            path,
+            "image file not found",
+            "Check the image folder and the file name in the annotations",
+            kind="missing image",
+        ) from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise _corrupt(path, exc) from None
     with image:
@@ -75,8 +79,12 @@ def check_image_file(path: str | PathLike[str]) -> None:
             f.seek(max(0, path.stat().st_size - 64))
             tail = f.read()
     except FileNotFoundError:
-        raise DatasetError(path, "image file not found", "Check the image folder and the file name in the "
-                           "annotations", kind="missing image") from None
+        raise DatasetError(
+            path,
+            "image file not found",
+            "Check the image folder and the file name in the annotations",
+            kind="missing image",
+        ) from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise _corrupt(path, exc) from None
     ends = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}.get(kind or "")
@@ -91,8 +99,12 @@ def _to_rgb8(image: Image.Image, path: Path) -> np.ndarray:
         gray = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if image.mode == "F":
-        raise DatasetError(path, "32-bit float pixels are not a supported image format",
-                           "Convert the file to 8-bit RGB", kind="corrupt image")
+        raise DatasetError(
+            path,
+            "32-bit float pixels are not a supported image format",
+            "Convert the file to 8-bit RGB",
+            kind="corrupt image",
+        )
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return np.array(image.convert("RGB"))
@@ -110,8 +122,9 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
-        raise ValueError(f"expected an image of shape H×W, H×W×1, H×W×3 or H×W×4 (gray, RGB, RGBA), "
-                         f"got {list(image.shape)}")  # fmt: skip
+        raise ValueError(
+            f"expected an image of shape H×W, H×W×1, H×W×3 or H×W×4 (gray, RGB, RGBA), got {list(image.shape)}"
+        )
     if image.shape[2] == 1:
         return np.repeat(image, 3, axis=2)
     return image[..., :3]
@@ -121,11 +134,14 @@ def check_image_list(images: object) -> Sequence[np.ndarray]:
     """The argument of `Detector` / `Segmenter` / `predict`: a list (or tuple) of images. A bare array would be
     read row by row as images, so it is a TypeError that says how to pass one image."""
     if isinstance(images, np.ndarray):
-        raise TypeError(f"expected a list of images, got one array of shape {list(images.shape)}: pass [image] for "
-                        "one image (each H×W, H×W×1, H×W×3 or H×W×4 uint8)")  # fmt: skip
+        raise TypeError(
+            f"expected a list of images, got one array of shape {list(images.shape)}: pass [image] for "
+            "one image (each H×W, H×W×1, H×W×3 or H×W×4 uint8)"
+        )
     if not isinstance(images, (list, tuple)):
-        raise TypeError(f"expected a list of images (each a uint8 array H×W, H×W×1, H×W×3 or H×W×4), got "
-                        f"{type(images).__name__}")  # fmt: skip
+        raise TypeError(
+            f"expected a list of images (each a uint8 array H×W, H×W×1, H×W×3 or H×W×4), got {type(images).__name__}"
+        )
     return images
 
 
@@ -174,8 +190,9 @@ def resize_pixels(image: np.ndarray, size: tuple[int, int], method: ResizeMethod
     return top + (bottom - top) * wy[:, None, None]
 
 
-def resize_batch(images: Sequence[np.ndarray], size: tuple[int, int],
-                 method: ResizeMethod) -> tuple[np.ndarray, list[tuple[int, int]]]:  # fmt: skip
+def resize_batch(
+    images: Sequence[np.ndarray], size: tuple[int, int], method: ResizeMethod
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """In-memory images (any `as_rgb` input) stretched to `size` (h, w) by `method` (aspect not kept, like TF's
     fixed-shape resizer): a float32 N×H×W×3 stack on the 0..255 scale and each image's original (h, w)."""
     rgb = [as_rgb(image) for image in images]

@@ -31,16 +31,22 @@ def load_coco(ann_file: str | PathLike[str]) -> COCO:
     """Load an instances JSON with pycocotools (quietly), or raise naming the file and the problem."""
     ann_file = Path(ann_file)
     if not ann_file.is_file():
-        raise DatasetError(ann_file, "annotation file not found",
-                           "Pass the instances_*.json of the split (e.g. annotations/instances_val2017.json)")
+        raise DatasetError(
+            ann_file,
+            "annotation file not found",
+            "Pass the instances_*.json of the split (e.g. annotations/instances_val2017.json)",
+        )
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO(str(ann_file))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(ann_file, f"is not valid JSON ({exc})") from None
     except (KeyError, TypeError, AssertionError) as exc:
-        raise DatasetError(ann_file, f"is not a COCO instances file (missing or malformed {exc})",
-                           "It needs 'images', 'annotations' and 'categories' lists") from None
+        raise DatasetError(
+            ann_file,
+            f"is not a COCO instances file (missing or malformed {exc})",
+            "It needs 'images', 'annotations' and 'categories' lists",
+        ) from None
     if "categories" not in coco.dataset or not coco.dataset["categories"]:
         raise DatasetError(ann_file, "has no 'categories'", "List the classes as {'id': ..., 'name': ...}")
     if len(coco.imgs) < len(coco.dataset.get("images", [])):  # pycocotools keeps the last image of an id
@@ -48,16 +54,22 @@ def load_coco(ann_file: str | PathLike[str]) -> COCO:
         for image in coco.dataset["images"]:
             seen.setdefault(image.get("id"), []).append(str(image.get("file_name")))
         image_id, names = next((i, n) for i, n in seen.items() if len(n) > 1)
-        raise DatasetError(ann_file, f"image id {image_id} is given to {len(names)} images ({', '.join(names[:3])})",
-                           "Give every image its own id")
+        raise DatasetError(
+            ann_file,
+            f"image id {image_id} is given to {len(names)} images ({', '.join(names[:3])})",
+            "Give every image its own id",
+        )
     return coco
 
 
 def image_files(image_dir: Path) -> set[str]:
     """Names in `image_dir`: one listing instead of a stat per image (COCO train has 118k)."""
     if not image_dir.is_dir():
-        raise DatasetError(image_dir, "image folder does not exist",
-                           "Pass the folder holding the images the annotation file lists (e.g. coco/val2017)")
+        raise DatasetError(
+            image_dir,
+            "image folder does not exist",
+            "Pass the folder holding the images the annotation file lists (e.g. coco/val2017)",
+        )
     return set(os.listdir(image_dir))
 
 
@@ -66,8 +78,12 @@ def image_path(image_dir: Path, file_name: str, listing: set[str], ann_file: Pat
     path = image_dir / file_name
     if (file_name in listing) if "/" not in file_name else path.is_file():
         return path
-    raise DatasetError(path, f"image file not found (listed as image id {image_id} in {ann_file})",
-                       "Check the image folder or remove the image from the annotations", kind="missing image")
+    raise DatasetError(
+        path,
+        f"image file not found (listed as image id {image_id} in {ann_file})",
+        "Check the image folder or remove the image from the annotations",
+        kind="missing image",
+    )
 
 
 class CocoDetection(DetectionDataset):
@@ -77,9 +93,16 @@ class CocoDetection(DetectionDataset):
     and the annotation id; with `skip` the image is dropped and counted instead.
     """
 
-    def __init__(self, image_dir: str | PathLike[str], ann_file: str | PathLike[str],
-                 transform: DetectionTransformFn | None = None, *, drop_empty: bool = False,
-                 label_space: Literal["contiguous", "category_id"] = "contiguous", skip: SkipCounter | None = None):
+    def __init__(
+        self,
+        image_dir: str | PathLike[str],
+        ann_file: str | PathLike[str],
+        transform: DetectionTransformFn | None = None,
+        *,
+        drop_empty: bool = False,
+        label_space: Literal["contiguous", "category_id"] = "contiguous",
+        skip: SkipCounter | None = None,
+    ):
         self.image_dir, self.ann_file = Path(image_dir), Path(ann_file)
         self.coco = load_coco(self.ann_file)
         cats = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
@@ -88,8 +111,11 @@ class CocoDetection(DetectionDataset):
             class_names = ["background", *(c["name"] for c in cats)]
         elif label_space == "category_id":
             if cats[0]["id"] < 1:
-                raise DatasetError(self.ann_file, f"category id {cats[0]['id']} cannot be a label: 0 is background",
-                                   'Use label_space="contiguous"')
+                raise DatasetError(
+                    self.ann_file,
+                    f"category id {cats[0]['id']} cannot be a label: 0 is background",
+                    'Use label_space="contiguous"',
+                )
             self.label_to_cat = {c["id"]: c["id"] for c in cats}
             names = {c["id"]: c["name"] for c in cats}
             class_names = ["background", *(names.get(i, "N/A") for i in range(1, cats[-1]["id"] + 1))]
@@ -107,9 +133,12 @@ class CocoDetection(DetectionDataset):
             if len(record.boxes) or not drop_empty:
                 records.append(record)
         if not records and self.coco.imgs and not self.coco.dataset.get("annotations"):
-            raise DatasetError(self.ann_file, f"contains no usable images: its {len(self.coco.imgs)} images have no "
-                               "annotations, and training uses only images with objects", "Add the boxes to "
-                               "'annotations', or check that this is the right file")  # fmt: skip
+            raise DatasetError(
+                self.ann_file,
+                f"contains no usable images: its {len(self.coco.imgs)} images have no "
+                "annotations, and training uses only images with objects",
+                "Add the boxes to 'annotations', or check that this is the right file",
+            )
         super().__init__(records, class_names, transform, skip, self.ann_file)
 
     @property
@@ -120,17 +149,24 @@ class CocoDetection(DetectionDataset):
     def _record(self, image_id: int, listing: set[str]) -> DetectionRecord:
         info = self.coco.imgs[image_id]
         if "width" not in info or "height" not in info:
-            raise DatasetError(self.ann_file, f"image id {image_id} has no width/height",
-                               "Add the image size to its 'images' entry", kind="bad annotation")
+            raise DatasetError(
+                self.ann_file,
+                f"image id {image_id} has no width/height",
+                "Add the image size to its 'images' entry",
+                kind="bad annotation",
+            )
         width, height = int(info["width"]), int(info["height"])
         path = image_path(self.image_dir, info["file_name"], listing, self.ann_file, image_id)
         boxes, labels = [], []
         for ann in self.coco.imgToAnns.get(image_id, []):
             where = f"annotation id {ann.get('id')} (image id {image_id}, {info['file_name']})"
             if ann.get("category_id") not in self.cat_to_label:
-                raise DatasetError(self.ann_file, f"{where} has unknown category id {ann.get('category_id')}",
-                                   f"Known ids: {sorted(self.cat_to_label)}; fix the annotation or add the "
-                                   "category", kind="unknown category")
+                raise DatasetError(
+                    self.ann_file,
+                    f"{where} has unknown category id {ann.get('category_id')}",
+                    f"Known ids: {sorted(self.cat_to_label)}; fix the annotation or add the category",
+                    kind="unknown category",
+                )
             if ann.get("iscrowd", 0):
                 continue
             try:
@@ -138,19 +174,31 @@ class CocoDetection(DetectionDataset):
                 boxes.append(clip_box(x, y, x + w, y + h, width, height))
             except (KeyError, TypeError, ValueError) as exc:
                 problem = str(exc) if isinstance(exc, ValueError) else "has no valid 'bbox' [x, y, w, h]"
-                raise DatasetError(self.ann_file, f"{where}: {problem}", "Fix or remove the annotation, or train with "
-                                   "--skip-bad-samples to drop the image", kind="bad box") from None
+                raise DatasetError(
+                    self.ann_file,
+                    f"{where}: {problem}",
+                    "Fix or remove the annotation, or train with --skip-bad-samples to drop the image",
+                    kind="bad box",
+                ) from None
             labels.append(self.cat_to_label[ann["category_id"]])
-        return DetectionRecord(image_id, path, width, height, np.asarray(boxes, np.float32).reshape(-1, 4),
-                               np.asarray(labels, np.int64))
+        return DetectionRecord(
+            image_id, path, width, height, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64)
+        )
 
-    def to_coco_results(self, image_id: int, boxes: torch.Tensor | np.ndarray, scores: Sequence[float],
-                        labels: Sequence[int]) -> list[dict]:
+    def to_coco_results(
+        self, image_id: int, boxes: torch.Tensor | np.ndarray, scores: Sequence[float], labels: Sequence[int]
+    ) -> list[dict]:
         """Detections (xyxy in original-image pixels, contiguous labels) as COCO result dicts with COCO ids."""
         out = []
-        for (x0, y0, x1, y1), score, label in zip(np.asarray(boxes, np.float64).tolist(), scores, labels):
+        for (x0, y0, x1, y1), score, label in zip(np.asarray(boxes, np.float64).tolist(), scores, labels, strict=True):
             if int(label) not in self.label_to_cat:  # e.g. an unused "N/A" id of a 91-class COCO model
                 continue
-            out.append({"image_id": int(image_id), "category_id": self.label_to_cat[int(label)],
-                        "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)})
+            out.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": self.label_to_cat[int(label)],
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": float(score),
+                }
+            )
         return out

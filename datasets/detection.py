@@ -25,8 +25,9 @@ DetectionSample = tuple[torch.Tensor, dict]
 DetectionTransformFn = Callable[[np.ndarray, dict], DetectionSample]
 
 
-def clip_box(x0: float, y0: float, x1: float, y1: float, width: int, height: int,
-             tolerance: float = BOX_TOLERANCE_PX) -> tuple[float, float, float, float]:
+def clip_box(
+    x0: float, y0: float, x1: float, y1: float, width: int, height: int, tolerance: float = BOX_TOLERANCE_PX
+) -> tuple[float, float, float, float]:
     """Return the box clipped to the image, or raise ValueError saying what is wrong with it."""
     text = f"box (x0, y0, x1, y1) = ({x0:g}, {y0:g}, {x1:g}, {y1:g})"
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
@@ -62,11 +63,20 @@ class DetectionDataset(Dataset):
     0 is the SSD background), the per-box extras, `image_id` and `orig_size` ((height, width) of the file).
     """
 
-    def __init__(self, records: list[DetectionRecord], class_names: Sequence[str],
-                 transform: DetectionTransformFn | None, skip: SkipCounter | None, source: str | PathLike[str]):
+    def __init__(
+        self,
+        records: list[DetectionRecord],
+        class_names: Sequence[str],
+        transform: DetectionTransformFn | None,
+        skip: SkipCounter | None,
+        source: str | PathLike[str],
+    ):
         if not records:
-            raise DatasetError(source, "contains no usable images",
-                               "Check that the annotations list images and that the image folder holds them")
+            raise DatasetError(
+                source,
+                "contains no usable images",
+                "Check that the annotations list images and that the image folder holds them",
+            )
         self.records = records
         self.class_names = list(class_names)
         self.transform = transform
@@ -89,7 +99,9 @@ class DetectionDataset(Dataset):
                     f"decoded image is {image.shape[1]}x{image.shape[0]} but the annotations say "
                     f"{record.width}x{record.height}",
                     "Fix the size in the annotations or the image file (an EXIF rotation the annotations do not "
-                    "follow also does this)", kind="size mismatch")
+                    "follow also does this)",
+                    kind="size mismatch",
+                )
         except DatasetError as error:
             handle(error, self.skip)
             return None

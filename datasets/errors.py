@@ -46,7 +46,7 @@ class SkipCounter:
     def counts(self) -> dict[str, int]:
         """Skipped samples per kind, only the kinds that occurred."""
         with self._counts.get_lock():
-            return {kind: n for kind, n in zip(SKIP_KINDS, self._counts) if n}
+            return {kind: n for kind, n in zip(SKIP_KINDS, self._counts, strict=True) if n}
 
     @property
     def total(self) -> int:

@@ -28,8 +28,10 @@ def _present(batch: Sequence) -> list:
 
 def _stack_images(images: list[torch.Tensor]) -> torch.Tensor:
     if len({tuple(i.shape) for i in images}) > 1:
-        raise ValueError(f"images in a batch differ in size ({sorted({tuple(i.shape) for i in images})}): "
-                         "use a transform that resizes them to the model size (detection_train_transform, DetectionEvalTransform)")
+        raise ValueError(
+            f"images in a batch differ in size ({sorted({tuple(i.shape) for i in images})}): "
+            "use a transform that resizes them to the model size (detection_train_transform, DetectionEvalTransform)"
+        )
     return torch.stack(images)
 
 
@@ -41,12 +43,13 @@ def collate_detection(batch: Sequence[tuple[torch.Tensor, dict] | None]) -> tupl
     batch = _present(batch)
     if not batch:
         return None
-    images, targets = zip(*batch)
+    images, targets = zip(*batch, strict=True)
     return _stack_images(list(images)), list(targets)
 
 
-def collate_segmentation(batch: Sequence[tuple[torch.Tensor, torch.Tensor] | None],
-                         ) -> tuple[torch.Tensor, torch.Tensor] | None:
+def collate_segmentation(
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor] | None],
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """`(images [B, 3, H, W], masks int64 [B, H, W])`, padding bottom/right to the largest sample (images with 0,
     which is the mean pixel after normalisation; masks with 255 = ignore); None when every sample was skipped."""
     batch = _present(batch)
@@ -58,19 +61,22 @@ def collate_segmentation(batch: Sequence[tuple[torch.Tensor, torch.Tensor] | Non
     def pad(t: torch.Tensor, value: int) -> torch.Tensor:
         return F.pad(t, (0, width - t.shape[-1], 0, height - t.shape[-2]), value=value)
 
-    return (torch.stack([pad(image, 0) for image, _ in batch]),
-            torch.stack([pad(mask, IGNORE_INDEX) for _, mask in batch]))
+    return (
+        torch.stack([pad(image, 0) for image, _ in batch]),
+        torch.stack([pad(mask, IGNORE_INDEX) for _, mask in batch]),
+    )
 
 
-def collate_segmentation_eval(batch: Sequence[tuple[torch.Tensor, torch.Tensor, tuple[int, int]] | None],
-                              ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int]]] | None:
+def collate_segmentation_eval(
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor, tuple[int, int]] | None],
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int]]] | None:
     """For `SegmentationEvalTransform` samples: (network inputs, masks at each image's size, image regions) as
     lists, nothing padded, so that every image is scored exactly as the segmenter sees it alone (padding a batch
     to its largest input would change what the image pooling averages); None when every sample was skipped."""
     batch = _present(batch)
     if not batch:
         return None
-    inputs, masks, regions = zip(*batch)
+    inputs, masks, regions = zip(*batch, strict=True)
     return list(inputs), list(masks), list(regions)
 
 
@@ -169,10 +175,16 @@ class Loader(DataLoader):
     with `workers=0` (torch would turn it into a RuntimeError holding the worker's traceback). With `seed`, the
     sampler yields (*stream, index) keys and each sample's augmentation is seeded from them (`Samples`)."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, *, collate_fn: Callable, seed: int | None = None,
-                 **kwargs: Any) -> None:  # fmt: skip
-        super().__init__(Samples(dataset, seed), batch_size, collate_fn=_CarryFailures(collate_fn),
-                         worker_init_fn=init_worker, **kwargs)  # fmt: skip
+    def __init__(
+        self, dataset: Dataset, batch_size: int, *, collate_fn: Callable, seed: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(
+            Samples(dataset, seed),
+            batch_size,
+            collate_fn=_CarryFailures(collate_fn),
+            worker_init_fn=init_worker,
+            **kwargs,
+        )
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         iterator = super().__iter__()
@@ -198,9 +210,17 @@ def _stop_workers() -> None:
             shutdown()
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int = 2,
-                collate_fn: Callable = collate_detection, distributed: bool = False, seed: int = 0,
-                prefetch_factor: int = 4) -> Loader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    train: bool,
+    workers: int = 2,
+    collate_fn: Callable = collate_detection,
+    distributed: bool = False,
+    seed: int = 0,
+    prefetch_factor: int = 4,
+) -> Loader:
     """A Loader that keeps a CPU or GPU step fed.
 
     Shuffled and dropping the last partial batch when training (BatchNorm dislikes tiny batches); workers stay

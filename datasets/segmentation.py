@@ -73,15 +73,19 @@ def read_label_mask(path: str | PathLike[str]) -> np.ndarray:
         except FileNotFoundError:
             raise DatasetError(path, "mask file not found", kind="bad mask") from None
         except (ValueError, OSError, KeyError, AttributeError, TypeError) as exc:
-            raise DatasetError(path, f"is not an SBD cls .mat with GTcls.Segmentation ({exc!r})",
-                               kind="bad mask") from None
+            raise DatasetError(
+                path, f"is not an SBD cls .mat with GTcls.Segmentation ({exc!r})", kind="bad mask"
+            ) from None
         return np.asarray(mask, dtype=np.uint8)
     try:
         with Image.open(path) as image:
             if image.mode not in ("P", "L"):
-                raise DatasetError(path, f"mask has mode {image.mode}; expected a palette (P) or grayscale (L) PNG "
-                                   "of class indices", "Convert coloured masks to indices through the palette",
-                                   kind="bad mask")
+                raise DatasetError(
+                    path,
+                    f"mask has mode {image.mode}; expected a palette (P) or grayscale (L) PNG of class indices",
+                    "Convert coloured masks to indices through the palette",
+                    kind="bad mask",
+                )
             return np.array(image)
     except FileNotFoundError:
         raise DatasetError(path, "mask file not found", kind="bad mask") from None
@@ -94,9 +98,13 @@ def check_label_mask(mask: np.ndarray, num_classes: int, path: str | PathLike[st
     present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
     bad = [int(v) for v in present if num_classes <= v != IGNORE_INDEX]
     if bad:
-        raise DatasetError(path, f"mask holds values {bad[:10]} that are neither a class index "
-                           f"0..{num_classes - 1} nor {IGNORE_INDEX} (ignore)",
-                           "Check num_classes, or map the mask's values to class indices", kind="bad mask")
+        raise DatasetError(
+            path,
+            f"mask holds values {bad[:10]} that are neither a class index "
+            f"0..{num_classes - 1} nor {IGNORE_INDEX} (ignore)",
+            "Check num_classes, or map the mask's values to class indices",
+            kind="bad mask",
+        )
 
 
 @dataclass(frozen=True)
@@ -111,25 +119,32 @@ class SegSample:
 class SegmentationDataset(Dataset):
     """`(image CHW float tensor, mask int64 HxW)` samples, validated on load; `None` for a skipped sample."""
 
-    def __init__(self, samples: Sequence[SegSample], num_classes: int = len(VOC_SEG_CLASSES),
-                 transform: SegmentationTransformFn | None = None, *, skip: SkipCounter | None = None,
-                 source: str | PathLike[str] = "segmentation dataset"):
+    def __init__(
+        self,
+        samples: Sequence[SegSample],
+        num_classes: int = len(VOC_SEG_CLASSES),
+        transform: SegmentationTransformFn | None = None,
+        *,
+        skip: SkipCounter | None = None,
+        source: str | PathLike[str] = "segmentation dataset",
+    ):
         kept = []
         for sample in samples:
             try:
                 if not sample.image.is_file():
-                    raise DatasetError(sample.image, f"image file not found (paired with {sample.mask})",
-                                       kind="missing image")
+                    raise DatasetError(
+                        sample.image, f"image file not found (paired with {sample.mask})", kind="missing image"
+                    )
                 if not sample.mask.is_file():
-                    raise DatasetError(sample.mask, f"mask file not found (paired with {sample.image})",
-                                       kind="bad mask")
+                    raise DatasetError(
+                        sample.mask, f"mask file not found (paired with {sample.image})", kind="bad mask"
+                    )
             except DatasetError as error:
                 handle(error, skip)
                 continue
             kept.append(sample)
         if not kept:
-            raise DatasetError(source, "contains no usable image/mask pairs",
-                               "Check the root folder and the split")
+            raise DatasetError(source, "contains no usable image/mask pairs", "Check the root folder and the split")
         self.samples = kept
         self.num_classes = num_classes
         self.transform = transform
@@ -147,9 +162,13 @@ class SegmentationDataset(Dataset):
         try:
             image, mask = read_image(sample.image), read_label_mask(sample.mask)
             if mask.shape != image.shape[:2]:
-                raise DatasetError(sample.mask, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                                   f"{sample.image.name} is {image.shape[1]}x{image.shape[0]}",
-                                   "Masks must have their image's size", kind="size mismatch")
+                raise DatasetError(
+                    sample.mask,
+                    f"mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+                    f"{sample.image.name} is {image.shape[1]}x{image.shape[0]}",
+                    "Masks must have their image's size",
+                    kind="size mismatch",
+                )
             check_label_mask(mask, self.num_classes, sample.mask)
         except DatasetError as error:
             handle(error, self.skip)
@@ -173,8 +192,11 @@ def voc_segmentation_samples(root: str | PathLike[str], split: str | None = "tra
     root = Path(root)
     masks = root / "SegmentationClass"
     if not masks.is_dir() or not (root / "JPEGImages").is_dir():
-        raise DatasetError(root, "is not a VOC folder with JPEGImages/ and SegmentationClass/",
-                           "Pass a VOCdevkit year folder such as VOCdevkit/VOC2012")
+        raise DatasetError(
+            root,
+            "is not a VOC folder with JPEGImages/ and SegmentationClass/",
+            "Pass a VOCdevkit year folder such as VOCdevkit/VOC2012",
+        )
     ids = sorted(p.stem for p in masks.glob("*.png")) if split is None else read_split(root, "Segmentation", split)
     images = _stems(root / "JPEGImages")
     return [SegSample(i, images.get(i, root / "JPEGImages" / f"{i}.jpg"), masks / f"{i}.png") for i in ids]
@@ -185,8 +207,11 @@ def sbd_samples(sbd_root: str | PathLike[str], split: str = "train") -> list[Seg
     sbd_root = Path(sbd_root)
     list_file = sbd_root / f"{split}.txt"
     if not list_file.is_file():
-        raise DatasetError(list_file, "SBD split list not found",
-                           "Pass the SBD folder benchmark_RELEASE/dataset (it holds img/, cls/, train.txt, val.txt)")
+        raise DatasetError(
+            list_file,
+            "SBD split list not found",
+            "Pass the SBD folder benchmark_RELEASE/dataset (it holds img/, cls/, train.txt, val.txt)",
+        )
     ids = list_file.read_text().split()
     return [SegSample(i, sbd_root / "img" / f"{i}.jpg", sbd_root / "cls" / f"{i}.mat") for i in ids]
 
@@ -211,10 +236,16 @@ def trainaug_samples(voc2012_root: str | PathLike[str], sbd_root: str | PathLike
     return samples
 
 
-def coco_voc_segmentation_samples(image_dir: str | PathLike[str], ann_file: str | PathLike[str],
-                                  cache_dir: str | PathLike[str], *, class_map: Mapping[str, int] = COCO_TO_VOC,
-                                  min_area: float = 1000.0, skip: SkipCounter | None = None,
-                                  progress: bool = True) -> list[SegSample]:
+def coco_voc_segmentation_samples(
+    image_dir: str | PathLike[str],
+    ann_file: str | PathLike[str],
+    cache_dir: str | PathLike[str],
+    *,
+    class_map: Mapping[str, int] = COCO_TO_VOC,
+    min_area: float = 1000.0,
+    skip: SkipCounter | None = None,
+    progress: bool = True,
+) -> list[SegSample]:
     """COCO instance masks rasterised (pycocotools) to VOC class-index PNGs, cached under `cache_dir`.
 
     Only images whose `class_map` objects cover at least `min_area` pixels are kept (the torchvision reference
@@ -255,13 +286,20 @@ def _mapped_annotations(coco, image_id: int, labels: dict[int, int], ann_file: P
     anns = []
     for ann in coco.imgToAnns.get(image_id, []):
         if ann.get("category_id") not in labels:
-            raise DatasetError(ann_file, f"annotation id {ann.get('id')} (image id {image_id}) has unknown category "
-                               f"id {ann.get('category_id')}", kind="unknown category")
+            raise DatasetError(
+                ann_file,
+                f"annotation id {ann.get('id')} (image id {image_id}) has unknown category id {ann.get('category_id')}",
+                kind="unknown category",
+            )
         if labels[ann["category_id"]] == 0:
             continue
         if not ann.get("segmentation"):
-            raise DatasetError(ann_file, f"annotation id {ann.get('id')} (image id {image_id}) has no "
-                               "'segmentation'", "Masks need instance polygons or RLE", kind="bad annotation")
+            raise DatasetError(
+                ann_file,
+                f"annotation id {ann.get('id')} (image id {image_id}) has no 'segmentation'",
+                "Masks need instance polygons or RLE",
+                kind="bad annotation",
+            )
         anns.append(ann)
     return anns
 

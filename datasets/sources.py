@@ -1,10 +1,10 @@
 """The `--data` choices of the training and evaluation entry points: which readers, folders and splits.
 
-    synthetic  the embedded dataset (generated into --data-root on first use, default data/synthetic)
-    coco       a COCO 2017 tree: train2017/, val2017/, annotations/instances_{train,val}2017.json
-    voc        a VOCdevkit: detection trains on 07+12 trainval and validates on 07 test; segmentation trains on
-               trainaug (VOC2012 + SBD via --sbd-root) and validates on VOC2012 val
-    custom     your own data: COCO-format JSON + images (detection) or a VOC-layout folder (segmentation)
+synthetic  the embedded dataset (generated into --data-root on first use, default data/synthetic)
+coco       a COCO 2017 tree: train2017/, val2017/, annotations/instances_{train,val}2017.json
+voc        a VOCdevkit: detection trains on 07+12 trainval and validates on 07 test; segmentation trains on
+           trainaug (VOC2012 + SBD via --sbd-root) and validates on VOC2012 val
+custom     your own data: COCO-format JSON + images (detection) or a VOC-layout folder (segmentation)
 """
 
 from __future__ import annotations
@@ -53,19 +53,24 @@ class DataSplits:
 def add_data_arguments(parser: argparse.ArgumentParser, segmentation: bool) -> None:
     g = parser.add_argument_group("data")
     g.add_argument("--data", choices=DATA_KINDS, default="synthetic", help="dataset kind (default: synthetic)")
-    g.add_argument("--data-root", type=Path, default=None,
-                   help=f"dataset folder (default for synthetic: {DEFAULT_SYNTHETIC_ROOT})")  # fmt: skip
+    g.add_argument(
+        "--data-root", type=Path, default=None, help=f"dataset folder (default for synthetic: {DEFAULT_SYNTHETIC_ROOT})"
+    )
     if segmentation:
         g.add_argument("--sbd-root", type=Path, help="--data voc: SBD benchmark_RELEASE/dataset for trainaug")
-        g.add_argument("--num-classes", type=int, default=21,
-                       help="--data custom: classes including background (default: 21)")  # fmt: skip
+        g.add_argument(
+            "--num-classes", type=int, default=21, help="--data custom: classes including background (default: 21)"
+        )
     else:
         g.add_argument("--train-ann", type=Path, help="--data custom: training instances JSON (COCO format)")
         g.add_argument("--train-images", type=Path, help="--data custom: training image folder")
         g.add_argument("--val-ann", type=Path, help="--data custom: validation instances JSON (COCO format)")
         g.add_argument("--val-images", type=Path, help="--data custom: validation image folder")
-    g.add_argument("--skip-bad-samples", action="store_true",
-                   help="drop unreadable images and bad annotations with a warning instead of stopping")  # fmt: skip
+    g.add_argument(
+        "--skip-bad-samples",
+        action="store_true",
+        help="drop unreadable images and bad annotations with a warning instead of stopping",
+    )
 
 
 def ensure_synthetic(root: Path, **params: Any) -> Path:
@@ -79,13 +84,18 @@ def ensure_synthetic(root: Path, **params: Any) -> Path:
         if drawn.get("version") == FORMAT_VERSION:
             return root
         kept = {key: drawn[key] for key in ("num_train", "num_val", "seed", "size") if key in drawn}
-        print(f"redrawing the synthetic dataset in {root}: it has format {drawn.get('version')}, "
-              f"this version draws format {FORMAT_VERSION}")
+        print(
+            f"redrawing the synthetic dataset in {root}: it has format {drawn.get('version')}, "
+            f"this version draws format {FORMAT_VERSION}"
+        )
         generate(root, **{**kept, **params}, overwrite=True)
         return root
     if root.exists() and any(root.iterdir()):
-        raise DatasetError(root, "exists but holds no synthetic dataset (synthetic.json missing)",
-                           "Point --data-root elsewhere or remove the folder")  # fmt: skip
+        raise DatasetError(
+            root,
+            "exists but holds no synthetic dataset (synthetic.json missing)",
+            "Point --data-root elsewhere or remove the folder",
+        )
     print(f"drawing the synthetic dataset into {root} (once)")
     generate(root, **params)
     return root
@@ -120,26 +130,32 @@ def training_images(kind: str, root: Path) -> Path:
     raise ValueError(f"no single training-image folder for --data {kind}")
 
 
-def detection_data(args: argparse.Namespace, train_transform: Callable, val_transform: Callable,
-                   skip: SkipCounter | None = None) -> DataSplits:  # fmt: skip
+def detection_data(
+    args: argparse.Namespace, train_transform: Callable, val_transform: Callable, skip: SkipCounter | None = None
+) -> DataSplits:
     """Datasets for `--data`; training sets drop images without objects, validation sets keep them."""
     kw: dict[str, Any] = {"skip": skip}
     if args.data == "custom":
-        missing = [f"--{n.replace('_', '-')}" for n in ("train_ann", "train_images", "val_ann", "val_images")
-                   if getattr(args, n) is None]  # fmt: skip
+        missing = [
+            f"--{n.replace('_', '-')}"
+            for n in ("train_ann", "train_images", "val_ann", "val_images")
+            if getattr(args, n) is None
+        ]
         if missing:
             raise UserError(f"--data custom needs {', '.join(missing)}")
         train = CocoDetection(args.train_images, args.train_ann, train_transform, drop_empty=True, **kw)
         val = CocoDetection(args.val_images, args.val_ann, val_transform, **kw)
         if val.class_names != train.class_names:
-            raise DatasetError(args.val_ann, f"lists other categories than {args.train_ann}",
-                               "Give both splits the same categories")  # fmt: skip
+            raise DatasetError(
+                args.val_ann, f"lists other categories than {args.train_ann}", "Give both splits the same categories"
+            )
         return DataSplits(train, val, train.class_names)
     root = data_root(args)
     if args.data == "synthetic":
         train = synthetic_detection(root, "train", train_transform, drop_empty=True, **kw)
         return DataSplits(train, synthetic_detection(root, "val", val_transform, **kw), train.class_names)
     if args.data == "coco":
+
         def coco(split: str, transform: Callable, drop: bool) -> CocoDetection:
             ann = root / "annotations" / f"instances_{split}2017.json"
             return CocoDetection(root / f"{split}2017", ann, transform, drop_empty=drop, **kw)
@@ -151,23 +167,32 @@ def detection_data(args: argparse.Namespace, train_transform: Callable, val_tran
     return DataSplits(train, val, ["background", *VOC_CLASSES])
 
 
-def segmentation_split(args: argparse.Namespace, split: str, transform: Callable, skip: SkipCounter | None = None,
-                       class_names: Sequence[str] = (), progress: bool = True,
-                       ) -> tuple[SegmentationDataset, list[str], str]:  # fmt: skip
+def segmentation_split(
+    args: argparse.Namespace,
+    split: str,
+    transform: Callable,
+    skip: SkipCounter | None = None,
+    class_names: Sequence[str] = (),
+    progress: bool = True,
+) -> tuple[SegmentationDataset, list[str], str]:
     """One split of `--data` for segmentation (class index masks, 0 = background, 255 = ignore), its class names
     and a description. --data custom counts --num-classes classes, else those of `class_names` (a checkpoint's),
     whose names it keeps when the counts agree."""
     root = data_root(args)
     if args.data == "synthetic":
-        return (synthetic_segmentation(root, split, transform, skip=skip), ["background", *SYNTHETIC_CLASSES],
-                f"{root / 'voc'} split {split}")  # fmt: skip
+        return (
+            synthetic_segmentation(root, split, transform, skip=skip),
+            ["background", *SYNTHETIC_CLASSES],
+            f"{root / 'voc'} split {split}",
+        )
     names = list(VOC_SEG_CLASSES)
     if args.data == "coco":
         if split not in ("train", "val"):
             raise UserError(f"--data coco has the splits train and val (COCO's train2017, val2017), not {split}")
         ann = root / "annotations" / f"instances_{split}2017.json"
-        samples = coco_voc_segmentation_samples(root / f"{split}2017", ann, root / "voc_masks_cache", skip=skip,
-                                                progress=progress)  # fmt: skip
+        samples = coco_voc_segmentation_samples(
+            root / f"{split}2017", ann, root / "voc_masks_cache", skip=skip, progress=progress
+        )
         source, description = ann, f"{ann}: the 20 VOC classes"
     elif args.data == "voc":
         source = year_folder(root, "2012")
@@ -176,14 +201,16 @@ def segmentation_split(args: argparse.Namespace, split: str, transform: Callable
         description = f"{source} split {'trainaug' if split == 'train' and sbd else split}"
     else:
         count = args.num_classes or len(class_names)
-        names = (list(class_names) if count == len(class_names)
-                 else ["background", *(f"class{i}" for i in range(1, count))])  # fmt: skip
+        names = (
+            list(class_names) if count == len(class_names) else ["background", *(f"class{i}" for i in range(1, count))]
+        )
         samples, source, description = voc_segmentation_samples(root, split), root, f"{root} split {split}"
     return SegmentationDataset(samples, len(names), transform, skip=skip, source=source), names, description
 
 
-def segmentation_data(args: argparse.Namespace, train_transform: Callable, val_transform: Callable,
-                      skip: SkipCounter | None = None) -> DataSplits:  # fmt: skip
+def segmentation_data(
+    args: argparse.Namespace, train_transform: Callable, val_transform: Callable, skip: SkipCounter | None = None
+) -> DataSplits:
     """Training and validation splits of `--data` for segmentation (see `segmentation_split`)."""
     train, names, _ = segmentation_split(args, "train", train_transform, skip)
     val, _, _ = segmentation_split(args, "val", val_transform, skip)

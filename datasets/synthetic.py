@@ -73,19 +73,22 @@ class SyntheticPaths:
         return self.root / "voc"
 
 
-def synthetic_detection(root: str | PathLike[str], split: str = "train",
-                        transform: DetectionTransformFn | None = None, **kwargs) -> CocoDetection:
+def synthetic_detection(
+    root: str | PathLike[str], split: str = "train", transform: DetectionTransformFn | None = None, **kwargs
+) -> CocoDetection:
     """The synthetic dataset's COCO side as a detection dataset (labels 1..5 in `SYNTHETIC_CLASSES` order)."""
     paths = SyntheticPaths(Path(root))
     return CocoDetection(paths.coco_images(split), paths.coco_annotations(split), transform, **kwargs)
 
 
-def synthetic_segmentation(root: str | PathLike[str], split: str = "train",
-                           transform: SegmentationTransformFn | None = None, **kwargs) -> SegmentationDataset:
+def synthetic_segmentation(
+    root: str | PathLike[str], split: str = "train", transform: SegmentationTransformFn | None = None, **kwargs
+) -> SegmentationDataset:
     """The synthetic dataset's VOC side as a segmentation dataset (0 = background, 1..5 the shapes, 255 ignore)."""
     voc = SyntheticPaths(Path(root)).voc_root
-    return SegmentationDataset(voc_segmentation_samples(voc, split), len(SYNTHETIC_CLASSES) + 1, transform,
-                               source=voc, **kwargs)
+    return SegmentationDataset(
+        voc_segmentation_samples(voc, split), len(SYNTHETIC_CLASSES) + 1, transform, source=voc, **kwargs
+    )
 
 
 # ---------------------------------------------------------------------------------------------- drawing a scene
@@ -103,8 +106,9 @@ def _class_colour(rng: np.random.Generator, label: int) -> np.ndarray:
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 
-def _texture(rng: np.random.Generator, shape: tuple[int, int], scale: int, first: np.ndarray,
-             second: np.ndarray) -> np.ndarray:
+def _texture(
+    rng: np.random.Generator, shape: tuple[int, int], scale: int, first: np.ndarray, second: np.ndarray
+) -> np.ndarray:
     """An HxWx3 float32 image mixing two colours: flat, gradient, stripes, checks or smooth noise.
 
     `scale` is the scene size, so patterns look alike whatever the region's shape."""
@@ -116,8 +120,10 @@ def _texture(rng: np.random.Generator, shape: tuple[int, int], scale: int, first
         angle = rng.uniform(0, math.pi)
         period = rng.uniform(0.6, 2.0) * scale if kind == 1 else rng.uniform(6, 24) * scale / 320
         phase = np.float32(2 * math.pi / period)
-        ramp = (np.float32(np.cos(angle)) * phase * np.arange(width, dtype=np.float32)[None, :]
-                + np.float32(np.sin(angle)) * phase * np.arange(height, dtype=np.float32)[:, None])
+        ramp = (
+            np.float32(np.cos(angle)) * phase * np.arange(width, dtype=np.float32)[None, :]
+            + np.float32(np.sin(angle)) * phase * np.arange(height, dtype=np.float32)[:, None]
+        )
         weight = 0.5 + 0.5 * np.sin(ramp + np.float32(rng.uniform(0, 6.3)))
     elif kind == 3:
         cell = max(2, int(rng.uniform(8, 40) * scale / 320))
@@ -170,11 +176,24 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     for _ in range(rng.integers(0, 5)):  # arcs: open, thin, so never a ring
         axes = tuple(int(v) for v in rng.integers(size // 20, size // 5, 2))
         start = rng.uniform(0, 360)
-        cv2.ellipse(image, tuple(map(int, rng.integers(0, size, 2))), axes, rng.uniform(0, 180), start,
-                    start + rng.uniform(40, 200), _colour(rng).tolist(), int(rng.integers(1, 3)))
+        cv2.ellipse(
+            image,
+            tuple(map(int, rng.integers(0, size, 2))),
+            axes,
+            rng.uniform(0, 180),
+            start,
+            start + rng.uniform(40, 200),
+            _colour(rng).tolist(),
+            int(rng.integers(1, 3)),
+        )
     for _ in range(rng.integers(0, 30)):  # dots, far smaller than the smallest object
-        cv2.circle(image, tuple(map(int, rng.integers(0, size, 2))), int(rng.integers(1, max(2, size // 100))),
-                   _colour(rng).tolist(), -1)
+        cv2.circle(
+            image,
+            tuple(map(int, rng.integers(0, size, 2))),
+            int(rng.integers(1, max(2, size // 100))),
+            _colour(rng).tolist(),
+            -1,
+        )
     for _ in range(rng.integers(0, 3)):  # irregular blobs
         blob = np.zeros((size, size), np.uint8)
         cv2.fillPoly(blob, [_polygon(rng, "blob", rng.uniform(0, size, 2), size * rng.uniform(0.04, 0.12))], 1)
@@ -244,10 +263,13 @@ def _voc_xml(stem: str, size: int, boxes: list[tuple[str, list[int], bool]]) -> 
         f"<object><name>{escape(name)}</name><pose>Unspecified</pose><truncated>{int(truncated)}</truncated>"
         f"<difficult>0</difficult><bndbox><xmin>{x + 1}</xmin><ymin>{y + 1}</ymin><xmax>{x + w}</xmax>"
         f"<ymax>{y + h}</ymax></bndbox></object>\n"
-        for name, (x, y, w, h), truncated in boxes)
-    return (f"<annotation><folder>synthetic</folder><filename>{stem}.jpg</filename>\n"
-            f"<size><width>{size}</width><height>{size}</height><depth>3</depth></size><segmented>1</segmented>\n"
-            f"{objects}</annotation>\n")
+        for name, (x, y, w, h), truncated in boxes
+    )
+    return (
+        f"<annotation><folder>synthetic</folder><filename>{stem}.jpg</filename>\n"
+        f"<size><width>{size}</width><height>{size}</height><depth>3</depth></size><segmented>1</segmented>\n"
+        f"{objects}</annotation>\n"
+    )
 
 
 def _write_image(job: tuple[Path, str, int, int, int]) -> tuple[dict, list[dict]]:
@@ -256,8 +278,9 @@ def _write_image(job: tuple[Path, str, int, int, int]) -> tuple[dict, list[dict]
     rng = np.random.default_rng([seed, image_id])
     image, objects = draw_scene(rng, size)
     stem = f"{image_id:06d}"
-    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(75, 96))])
+    ok, jpeg = cv2.imencode(
+        ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(75, 96))]
+    )
     assert ok, "OpenCV could not encode a JPEG"
     for folder in (tmp / "coco" / split, tmp / "voc" / "JPEGImages"):
         (folder / f"{stem}.jpg").write_bytes(jpeg.tobytes())
@@ -266,16 +289,32 @@ def _write_image(job: tuple[Path, str, int, int, int]) -> tuple[dict, list[dict]
     for label, visible in objects:
         x, y, w, h = cv2.boundingRect(visible.astype(np.uint8))
         rle = mask_utils.encode(np.asfortranarray(visible.astype(np.uint8)))
-        anns.append({"image_id": image_id, "category_id": label, "bbox": [float(x), float(y), float(w), float(h)],
-                     "area": float(visible.sum()), "iscrowd": 0,
-                     "segmentation": {"size": [size, size], "counts": rle["counts"].decode()}})
+        anns.append(
+            {
+                "image_id": image_id,
+                "category_id": label,
+                "bbox": [float(x), float(y), float(w), float(h)],
+                "area": float(visible.sum()),
+                "iscrowd": 0,
+                "segmentation": {"size": [size, size], "counts": rle["counts"].decode()},
+            }
+        )
         boxes.append((SYNTHETIC_CLASSES[label - 1], [x, y, w, h], x == 0 or y == 0 or x + w == size or y + h == size))
     (tmp / "voc" / "Annotations" / f"{stem}.xml").write_text(_voc_xml(stem, size, boxes))
     return {"id": image_id, "file_name": f"{stem}.jpg", "width": size, "height": size}, anns
 
 
-def generate(out: str | PathLike[str], num_train: int = 800, num_val: int = 200, seed: int = 0, size: int = 320,
-             *, overwrite: bool = False, workers: int | None = None, progress: bool = True) -> SyntheticPaths:
+def generate(
+    out: str | PathLike[str],
+    num_train: int = 800,
+    num_val: int = 200,
+    seed: int = 0,
+    size: int = 320,
+    *,
+    overwrite: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> SyntheticPaths:
     """Write the synthetic dataset to `out` (see the module docstring) and return its paths.
 
     `workers` processes draw in parallel (default: all CPUs); the files do not depend on it.
@@ -290,34 +329,55 @@ def generate(out: str | PathLike[str], num_train: int = 800, num_val: int = 200,
     shutil.rmtree(tmp, ignore_errors=True)
     workers = workers or os.cpu_count() or 1
     try:
-        for folder in ("coco/train", "coco/val", "coco/annotations", "voc/JPEGImages", "voc/Annotations",
-                       "voc/SegmentationClass", "voc/ImageSets/Main", "voc/ImageSets/Segmentation"):
+        for folder in (
+            "coco/train",
+            "coco/val",
+            "coco/annotations",
+            "voc/JPEGImages",
+            "voc/Annotations",
+            "voc/SegmentationClass",
+            "voc/ImageSets/Main",
+            "voc/ImageSets/Segmentation",
+        ):
             (tmp / folder).mkdir(parents=True)
         first_id = {"train": 1, "val": num_train + 1}
         counts = {"train": num_train, "val": num_val}
         categories = [{"id": i, "name": n, "supercategory": "shape"} for i, n in enumerate(SYNTHETIC_CLASSES, 1)]
         stems: dict[str, list[str]] = {}
-        with tqdm(total=num_train + num_val, desc="synthetic images", disable=not progress) as bar, \
-                multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        with (
+            tqdm(total=num_train + num_val, desc="synthetic images", disable=not progress) as bar,
+            multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool,
+        ):
             for split in SPLITS:
                 jobs = [(tmp, split, first_id[split] + i, seed, size) for i in range(counts[split])]
                 images, annotations = [], []
-                for info, anns in (pool.imap(_write_image, jobs, chunksize=8) if pool else map(_write_image, jobs)):
+                for info, anns in pool.imap(_write_image, jobs, chunksize=8) if pool else map(_write_image, jobs):
                     images.append(info)
                     annotations += anns
                     bar.update()
                 for ann_id, ann in enumerate(annotations, start=1):
                     ann["id"] = ann_id
-                dataset = {"info": {"description": f"synthetic shapes, seed {seed}", "version": str(FORMAT_VERSION)},
-                           "licenses": [], "images": images, "annotations": annotations, "categories": categories}
+                dataset = {
+                    "info": {"description": f"synthetic shapes, seed {seed}", "version": str(FORMAT_VERSION)},
+                    "licenses": [],
+                    "images": images,
+                    "annotations": annotations,
+                    "categories": categories,
+                }
                 (tmp / "coco" / "annotations" / f"instances_{split}.json").write_text(json.dumps(dataset))
                 stems[split] = [Path(i["file_name"]).stem for i in images]
         stems["trainval"] = stems["train"] + stems["val"]
         for split, names in stems.items():
             for kind in ("Main", "Segmentation"):
                 (tmp / "voc" / "ImageSets" / kind / f"{split}.txt").write_text("\n".join(names) + "\n")
-        params = {"version": FORMAT_VERSION, "classes": list(SYNTHETIC_CLASSES), "num_train": num_train,
-                  "num_val": num_val, "seed": seed, "size": size}
+        params = {
+            "version": FORMAT_VERSION,
+            "classes": list(SYNTHETIC_CLASSES),
+            "num_train": num_train,
+            "num_val": num_val,
+            "seed": seed,
+            "size": size,
+        }
         (tmp / "synthetic.json").write_text(json.dumps(params, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -328,8 +388,9 @@ def generate(out: str | PathLike[str], num_train: int = 800, num_val: int = 200,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m datasets.synthetic", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m datasets.synthetic", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder (created; must be empty or absent)")
     parser.add_argument("--num-train", type=int, default=800, help="training images (default: 800)")
     parser.add_argument("--num-val", type=int, default=200, help="validation images (default: 200)")
@@ -341,12 +402,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        paths = generate(args.out, args.num_train, args.num_val, args.seed, args.size, overwrite=args.overwrite,
-                         workers=args.workers, progress=not args.quiet)
+        paths = generate(
+            args.out,
+            args.num_train,
+            args.num_val,
+            args.seed,
+            args.size,
+            overwrite=args.overwrite,
+            workers=args.workers,
+            progress=not args.quiet,
+        )
     except (FileExistsError, ValueError) as exc:
         parser.error(str(exc))
-    print(f"wrote {args.num_train} train + {args.num_val} val images to {paths.root} "
-          f"in {time.perf_counter() - start:.1f} s")
+    print(
+        f"wrote {args.num_train} train + {args.num_val} val images to {paths.root} "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
     return 0
 
 

@@ -40,9 +40,14 @@ class MinIoURandomCrop(BaseCrop):
     overlaps it with IoU >= the drawn threshold; threshold 1.0 means "keep the whole image".
     """
 
-    def __init__(self, min_ious: Sequence[float] = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0),
-                 scale: tuple[float, float] = (0.3, 1.0), aspect: tuple[float, float] = (0.5, 2.0),
-                 trials: int = 40, p: float = 1.0):
+    def __init__(
+        self,
+        min_ious: Sequence[float] = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0),
+        scale: tuple[float, float] = (0.3, 1.0),
+        aspect: tuple[float, float] = (0.5, 2.0),
+        trials: int = 40,
+        p: float = 1.0,
+    ):
         super().__init__(p=p)
         self.min_ious = tuple(min_ious)
         self.scale = scale
@@ -68,12 +73,22 @@ class MinIoURandomCrop(BaseCrop):
             crops = np.concatenate([start, start + size], axis=1)
             aspect = size[:, 0] / np.maximum(size[:, 1], 1)
             shaped = (size > 0).all(axis=1) & (aspect >= self.aspect[0]) & (aspect <= self.aspect[1])
-            inside = ((centres[None, :, 0] > crops[:, None, 0]) & (centres[None, :, 0] < crops[:, None, 2])
-                      & (centres[None, :, 1] > crops[:, None, 1]) & (centres[None, :, 1] < crops[:, None, 3]))
-            ix = np.clip(np.minimum(boxes[None, :, 2], crops[:, None, 2])
-                         - np.maximum(boxes[None, :, 0], crops[:, None, 0]), 0, None)
-            iy = np.clip(np.minimum(boxes[None, :, 3], crops[:, None, 3])
-                         - np.maximum(boxes[None, :, 1], crops[:, None, 1]), 0, None)
+            inside = (
+                (centres[None, :, 0] > crops[:, None, 0])
+                & (centres[None, :, 0] < crops[:, None, 2])
+                & (centres[None, :, 1] > crops[:, None, 1])
+                & (centres[None, :, 1] < crops[:, None, 3])
+            )
+            ix = np.clip(
+                np.minimum(boxes[None, :, 2], crops[:, None, 2]) - np.maximum(boxes[None, :, 0], crops[:, None, 0]),
+                0,
+                None,
+            )
+            iy = np.clip(
+                np.minimum(boxes[None, :, 3], crops[:, None, 3]) - np.maximum(boxes[None, :, 1], crops[:, None, 1]),
+                0,
+                None,
+            )
             inter = ix * iy
             iou = inter / (areas[None, :] + (size[:, 0] * size[:, 1])[:, None] - inter)
             passing = np.flatnonzero(shaped & (inside & (iou >= min_iou)).any(axis=1))
@@ -159,8 +174,11 @@ class DetectionTransform(_Pipeline):
         normalization_stats(normalization)  # raises on an unknown name
         self.geometric, self.pixel, self.normalization = geometric, pixel, normalization
 
-    def __call__(self, image: np.ndarray, target: dict[str, np.ndarray] | None = None,
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    def __call__(
+        self,
+        image: np.ndarray,
+        target: dict[str, np.ndarray] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         self._seed_for_this_process()
         boxes = np.zeros((0, 4), np.float32) if target is None else np.asarray(target["boxes"], np.float32)
         out = self.geometric(image=image, bboxes=boxes.reshape(-1, 4), indices=np.arange(len(boxes)))
@@ -180,8 +198,11 @@ class SegmentationTransform(_Pipeline):
         normalization_stats(normalization)  # raises on an unknown name
         self.compose, self.normalization = compose, normalization
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None,
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         self._seed_for_this_process()
         out = self.compose(image=image) if mask is None else self.compose(image=image, mask=mask)
         tensor = normalized_tensor(out["image"], self.normalization)
@@ -196,8 +217,11 @@ class DetectionEvalTransform:
     def __init__(self, preprocess: Callable[[np.ndarray], torch.Tensor]):
         self.preprocess = preprocess
 
-    def __call__(self, image: np.ndarray, target: dict[str, np.ndarray] | None = None,
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    def __call__(
+        self,
+        image: np.ndarray,
+        target: dict[str, np.ndarray] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         tensor = self.preprocess(image)
         if target is None:
             return tensor, None
@@ -215,8 +239,11 @@ class SegmentationEvalTransform:
     def __init__(self, preprocess: Callable[[np.ndarray], tuple[torch.Tensor, tuple[int, int]]]):
         self.preprocess = preprocess
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None,
-                 ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+    def __call__(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
         tensor, region = self.preprocess(image)
         return tensor, None if mask is None else torch.from_numpy(mask.astype(np.int64)), region
 
@@ -239,10 +266,15 @@ def to_tensors(image: np.ndarray, target: dict[str, np.ndarray]) -> tuple[torch.
     return image_to_tensor(image), _target_tensors(np.asarray(target["boxes"], np.float32).reshape(-1, 4), fields)
 
 
-def detection_train_transform(size: int | tuple[int, int] = 320, normalization: Normalization = "imagenet",
-                              resize: ResizeMethod = "opencv_linear", *,
-                              expand_p: float = 0.5, max_expand: float = 4.0, min_visibility: float = 0.3,
-                              ) -> DetectionTransform:
+def detection_train_transform(
+    size: int | tuple[int, int] = 320,
+    normalization: Normalization = "imagenet",
+    resize: ResizeMethod = "opencv_linear",
+    *,
+    expand_p: float = 0.5,
+    max_expand: float = 4.0,
+    min_visibility: float = 0.3,
+) -> DetectionTransform:
     """SSD training augmentation: zoom-out, min-IoU crop, resize, flip, photometric distortion.
 
     Zoom-out pads each side by 0..(max_expand-1)/2 of the image (sampled per side, so the image lands anywhere on a
@@ -254,29 +286,41 @@ def detection_train_transform(size: int | tuple[int, int] = 320, normalization: 
     height, width = (size, size) if isinstance(size, int) else size
     side = (max_expand - 1.0) / 2
     geometric = [
-        A.CropAndPad(percent=(0.0, side), keep_size=False, sample_independently=True,
-                     fill=mean_pixel(normalization), p=expand_p),
+        A.CropAndPad(
+            percent=(0.0, side), keep_size=False, sample_independently=True, fill=mean_pixel(normalization), p=expand_p
+        ),
         MinIoURandomCrop(),
         PresetResize(height, width, resize),
         A.HorizontalFlip(p=0.5),
     ]
-    bbox_params = A.BboxParams(format="pascal_voc", label_fields=["indices"], min_visibility=min_visibility,
-                               min_width=1.0, min_height=1.0, clip=True)
+    bbox_params = A.BboxParams(
+        format="pascal_voc",
+        label_fields=["indices"],
+        min_visibility=min_visibility,
+        min_width=1.0,
+        min_height=1.0,
+        clip=True,
+    )
     # p=0.5 for all four: two distortions per image on average, as SSD's (each op with p=0.5) gives.
     pixel = [A.ColorJitter(brightness=32 / 255, contrast=0.5, saturation=0.5, hue=18 / 360, p=0.5)]
     return DetectionTransform(A.Compose(geometric, bbox_params=bbox_params), A.Compose(pixel), normalization)
 
 
-def segmentation_train_transform(crop: int = 513, scale: tuple[float, float] = (0.5, 2.0),
-                                 normalization: Normalization = "imagenet", resize: ResizeMethod = "opencv_linear",
-                                 augment: bool = True) -> SegmentationTransform:  # fmt: skip
+def segmentation_train_transform(
+    crop: int = 513,
+    scale: tuple[float, float] = (0.5, 2.0),
+    normalization: Normalization = "imagenet",
+    resize: ResizeMethod = "opencv_linear",
+    augment: bool = True,
+) -> SegmentationTransform:
     """DeepLab training augmentation: random scale (by the preset's resize method), pad to the crop (image with the
     mean pixel, mask with 255 = ignore), random crop, horizontal flip. `augment=False` (--no-augment) only pads
     bottom/right and crops the top-left `crop` × `crop`, as evaluation feeds an image that fits the crop."""
     fill = dict(fill=mean_pixel(normalization), fill_mask=IGNORE_INDEX)
     if not augment:
-        return SegmentationTransform(A.Compose([A.PadIfNeeded(crop, crop, position="top_left", **fill),
-                                                A.Crop(0, 0, crop, crop)]), normalization)  # fmt: skip
+        return SegmentationTransform(
+            A.Compose([A.PadIfNeeded(crop, crop, position="top_left", **fill), A.Crop(0, 0, crop, crop)]), normalization
+        )
     transforms = [
         PresetRandomScale(scale_limit=(scale[0] - 1.0, scale[1] - 1.0), method=resize),
         A.RandomCrop(crop, crop, pad_if_needed=True, pad_position="random", **fill),

@@ -21,8 +21,26 @@ from datasets.detection import DetectionDataset, DetectionRecord, DetectionTrans
 from datasets.errors import SkipCounter, handle
 
 VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
-    "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 VOC0712_TRAINVAL: tuple[tuple[str, str], ...] = (("2007", "trainval"), ("2012", "trainval"))
 
@@ -30,14 +48,20 @@ VOC0712_TRAINVAL: tuple[tuple[str, str], ...] = (("2007", "trainval"), ("2012", 
 def read_split(root: Path, subdir: str, split: str) -> list[str]:
     """Image ids listed in `root/ImageSets/<subdir>/<split>.txt`, or an error naming what was expected."""
     if not root.is_dir():
-        raise DatasetError(root, "VOC folder does not exist",
-                           "Pass a VOCdevkit year folder such as VOCdevkit/VOC2007 (it holds Annotations/, "
-                           "JPEGImages/ and ImageSets/)")
+        raise DatasetError(
+            root,
+            "VOC folder does not exist",
+            "Pass a VOCdevkit year folder such as VOCdevkit/VOC2007 (it holds Annotations/, "
+            "JPEGImages/ and ImageSets/)",
+        )
     list_file = root / "ImageSets" / subdir / f"{split}.txt"
     if not list_file.is_file():
-        raise DatasetError(list_file, "split list not found",
-                           f"Pass a VOCdevkit year folder (such as VOCdevkit/VOC2012) and a split that has a list "
-                           f"in ImageSets/{subdir}/")
+        raise DatasetError(
+            list_file,
+            "split list not found",
+            f"Pass a VOCdevkit year folder (such as VOCdevkit/VOC2012) and a split that has a list "
+            f"in ImageSets/{subdir}/",
+        )
     ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
     if not ids:
         raise DatasetError(list_file, "lists no images", "Fill the split list or pick another split")
@@ -52,9 +76,16 @@ class VOCDetection(DetectionDataset):
     dropped and counted instead.
     """
 
-    def __init__(self, root: str | PathLike[str], split: str = "trainval",
-                 transform: DetectionTransformFn | None = None, *, classes: Sequence[str] = VOC_CLASSES,
-                 keep_difficult: bool = True, skip: SkipCounter | None = None):
+    def __init__(
+        self,
+        root: str | PathLike[str],
+        split: str = "trainval",
+        transform: DetectionTransformFn | None = None,
+        *,
+        classes: Sequence[str] = VOC_CLASSES,
+        keep_difficult: bool = True,
+        skip: SkipCounter | None = None,
+    ):
         self.root = Path(root)
         self.class_to_label = {name: label for label, name in enumerate(classes, start=1)}
         self.keep_difficult = keep_difficult
@@ -66,8 +97,9 @@ class VOCDetection(DetectionDataset):
                 records.append(self._record(image_id, listing))
             except DatasetError as error:
                 handle(error, skip)
-        super().__init__(records, ["background", *classes], transform, skip, self.root / "ImageSets" / "Main"
-                         / f"{split}.txt")
+        super().__init__(
+            records, ["background", *classes], transform, skip, self.root / "ImageSets" / "Main" / f"{split}.txt"
+        )
 
     def _record(self, image_id: str, listing: set[str]) -> DetectionRecord:
         xml_path = self.root / "Annotations" / f"{image_id}.xml"
@@ -78,17 +110,22 @@ class VOCDetection(DetectionDataset):
         except FileNotFoundError:
             raise DatasetError(xml_path, "annotation file not found", kind="bad annotation") from None
         except (ET.ParseError, TypeError, ValueError) as exc:
-            raise DatasetError(xml_path, f"is not a VOC annotation with <size><width>/<height> ({exc})",
-                               kind="bad annotation") from None
+            raise DatasetError(
+                xml_path, f"is not a VOC annotation with <size><width>/<height> ({exc})", kind="bad annotation"
+            ) from None
         file_name = tree.findtext("filename") or f"{image_id}.jpg"
         path = image_path(self.root / "JPEGImages", file_name, listing, xml_path, image_id)
         boxes, labels, difficult = [], [], []
         for index, obj in enumerate(tree.iter("object")):
             name = (obj.findtext("name") or "").strip()
             if name not in self.class_to_label:
-                raise DatasetError(xml_path, f"object {index} has unknown class {name!r}",
-                                   f"Known classes: {', '.join(self.class_to_label)}; pass classes=... for a "
-                                   "custom VOC-format dataset", kind="unknown category")
+                raise DatasetError(
+                    xml_path,
+                    f"object {index} has unknown class {name!r}",
+                    f"Known classes: {', '.join(self.class_to_label)}; pass classes=... for a "
+                    "custom VOC-format dataset",
+                    kind="unknown category",
+                )
             is_difficult = (obj.findtext("difficult") or "0").strip() == "1"
             if is_difficult and not self.keep_difficult:
                 continue
@@ -97,19 +134,35 @@ class VOCDetection(DetectionDataset):
                 boxes.append(clip_box(x0 - 1, y0 - 1, x1, y1, width, height))
             except (TypeError, ValueError) as exc:
                 problem = str(exc) if isinstance(exc, ValueError) else "has no complete <bndbox>"
-                raise DatasetError(xml_path, f"object {index} ({name}): {problem}", "Fix or remove the object, or "
-                                   "train with --skip-bad-samples to drop the image", kind="bad box") from None
+                raise DatasetError(
+                    xml_path,
+                    f"object {index} ({name}): {problem}",
+                    "Fix or remove the object, or train with --skip-bad-samples to drop the image",
+                    kind="bad box",
+                ) from None
             labels.append(self.class_to_label[name])
             difficult.append(is_difficult)
-        return DetectionRecord(image_id, path, width, height, np.asarray(boxes, np.float32).reshape(-1, 4),
-                               np.asarray(labels, np.int64), {"difficult": np.asarray(difficult, bool)})
+        return DetectionRecord(
+            image_id,
+            path,
+            width,
+            height,
+            np.asarray(boxes, np.float32).reshape(-1, 4),
+            np.asarray(labels, np.int64),
+            {"difficult": np.asarray(difficult, bool)},
+        )
 
 
-def voc_detection_union(devkit: str | PathLike[str], parts: Sequence[tuple[str, str]] = VOC0712_TRAINVAL,
-                        transform: DetectionTransformFn | None = None, **kwargs) -> ConcatDataset:
+def voc_detection_union(
+    devkit: str | PathLike[str],
+    parts: Sequence[tuple[str, str]] = VOC0712_TRAINVAL,
+    transform: DetectionTransformFn | None = None,
+    **kwargs,
+) -> ConcatDataset:
     """Several VOC years/splits as one dataset; the default is the usual "07+12" trainval (16,551 images).
 
     `devkit` is the VOCdevkit folder holding VOC2007/ and VOC2012/; `kwargs` go to every `VOCDetection`.
     """
-    return ConcatDataset([VOCDetection(Path(devkit) / f"VOC{year}", split, transform, **kwargs)
-                          for year, split in parts])
+    return ConcatDataset(
+        [VOCDetection(Path(devkit) / f"VOC{year}", split, transform, **kwargs) for year, split in parts]
+    )

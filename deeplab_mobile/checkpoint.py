@@ -29,8 +29,14 @@ _OLD_MODEL_FIELDS = ("bn_eps", "bn_momentum", "dropout", "align_corners")
 
 def checkpoint_dict(model: MobileDeepLabV3, **extra: Any) -> dict[str, Any]:
     """The checkpoint of `model`, its preset and class names included."""
-    return {"arch": ARCH, "preset": model.preset.name, "config": model.preset.to_config(),
-            "class_names": list(model.class_names), "model": model.state_dict(), **extra}  # fmt: skip
+    return {
+        "arch": ARCH,
+        "preset": model.preset.name,
+        "config": model.preset.to_config(),
+        "class_names": list(model.class_names),
+        "model": model.state_dict(),
+        **extra,
+    }
 
 
 def save_deeplab(model: MobileDeepLabV3, path: str | os.PathLike, **extra: Any) -> Path:
@@ -48,8 +54,11 @@ def _converted_config(checkpoint: Mapping[str, Any], source: str) -> dict[str, A
     old.update({k: model[k] for k in _OLD_MODEL_FIELDS if k in model})
     if model.get("num_classes", old.get("num_classes")) != old.get("num_classes"):
         raise WeightsError(f"{source}: its preset and model disagree on the class count")
-    print(f"note: {source}: a DeepLab checkpoint of the earlier layout, converted on read; save it again "
-          "(Segmenter.load(path).save(path)) to skip this", file=sys.stderr)
+    print(
+        f"note: {source}: a DeepLab checkpoint of the earlier layout, converted on read; save it again "
+        "(Segmenter.load(path).save(path)) to skip this",
+        file=sys.stderr,
+    )
     return old
 
 
@@ -63,9 +72,13 @@ def stored_preset(checkpoint: Mapping[str, Any], source: str) -> DeepLabPreset:
 
 
 def deeplab_from_checkpoint(
-    checkpoint: Any, source: str, *, preset: DeepLabPreset | str | None = None, num_classes: int | None = None,
+    checkpoint: Any,
+    source: str,
+    *,
+    preset: DeepLabPreset | str | None = None,
+    num_classes: int | None = None,
     ema: bool = True,
-) -> MobileDeepLabV3:  # fmt: skip
+) -> MobileDeepLabV3:
     """Rebuild the model a loaded checkpoint describes; `preset` / `num_classes` state what the caller expects, and
     every mismatch is a WeightsError naming `source`."""
 
@@ -83,9 +96,12 @@ def deeplab_from_checkpoint(
 
 
 def load_deeplab(
-    name_or_path: str | os.PathLike, *, preset: DeepLabPreset | str | None = None, num_classes: int | None = None,
+    name_or_path: str | os.PathLike,
+    *,
+    preset: DeepLabPreset | str | None = None,
+    num_classes: int | None = None,
     ema: bool = True,
-) -> tuple[MobileDeepLabV3, dict[str, Any]]:  # fmt: skip
+) -> tuple[MobileDeepLabV3, dict[str, Any]]:
     """The model of a checkpoint file or weights name, in eval mode, and the checkpoint dict (see
     backbone.checkpoint.load_model; `deeplab_from_checkpoint` for the checks)."""
     rebuild = partial(deeplab_from_checkpoint, preset=preset, num_classes=num_classes, ema=ema)

@@ -56,8 +56,9 @@ class MobileDeepLabV3(PresetModel):
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=self.preset.align_corners)
 
 
-def build_deeplab(preset: DeepLabPreset | str, num_classes: int | None = None,
-                  class_names: Sequence[str] | None = None) -> MobileDeepLabV3:  # fmt: skip
+def build_deeplab(
+    preset: DeepLabPreset | str, num_classes: int | None = None, class_names: Sequence[str] | None = None
+) -> MobileDeepLabV3:
     """The model of `preset` (a preset or its name), optionally with another class count (`class_names` also sets
     it), as `ssdlite.build_ssdlite`."""
     if isinstance(preset, str):

@@ -21,9 +21,28 @@ INPUT_MODES = ("any", "pad", "resize")
 OUTPUT_STRIDES = (8, 16)
 
 VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 
 @dataclass(frozen=True)
@@ -68,8 +87,9 @@ class DeepLabPreset(Preset):
     def from_config(cls, config: Mapping[str, Any]) -> "DeepLabPreset":
         """Also reads the fields of presets written before they recorded their resize."""
         config = dict(config)
-        config.setdefault("resize", "tf_bilinear_aligned" if config.get("padding_mode") == "tf_same"
-                          else "opencv_linear")  # fmt: skip
+        config.setdefault(
+            "resize", "tf_bilinear_aligned" if config.get("padding_mode") == "tf_same" else "opencv_linear"
+        )
         return super().from_config(config)
 
 
@@ -78,33 +98,77 @@ PRESETS: dict[str, DeepLabPreset] = preset_table(
     DeepLabPreset("mnv2_os16", "paper Table 7: MNetV2* OS16, no ASPP (75.32% VOC val, 2.11M, 2.75B MAdds)"),
     DeepLabPreset("mnv2_os8", "paper Table 7 configuration: MNetV2* OS8, no ASPP", output_stride=8),
     DeepLabPreset("mnv2_aspp_os16", "paper Table 7 configuration: MNetV2* OS16, ASPP rates 6/12/18", aspp=True),
-    DeepLabPreset("mnv2_aspp_os8", "paper Table 7 configuration: MNetV2* OS8, ASPP rates 12/24/36", output_stride=8,
-                  aspp=True),  # fmt: skip
-    DeepLabPreset("tf_mnv2_pascal", "TF deeplabv3_mnv2_pascal (coral TFLite): width 1.0, OS16, 513×513",
-                  input_mode="pad", **_TF),  # fmt: skip
-    DeepLabPreset("tf_mnv2_dm05_pascal", "TF deeplabv3_mnv2_dm05_pascal (coral TFLite): width 0.5, OS16, 513×513",
-                  width_mult=0.5, divisible_by=1, input_mode="pad", **_TF),  # fmt: skip
-    DeepLabPreset("tf_mnv2_dm05_pascal_257", "picamera2 deeplabv3.tflite: width 0.5, OS8, 257×257",
-                  width_mult=0.5, divisible_by=1, output_stride=8, crop_size=257, input_mode="resize", **_TF),  # fmt: skip
+    DeepLabPreset(
+        "mnv2_aspp_os8", "paper Table 7 configuration: MNetV2* OS8, ASPP rates 12/24/36", output_stride=8, aspp=True
+    ),
+    DeepLabPreset(
+        "tf_mnv2_pascal", "TF deeplabv3_mnv2_pascal (coral TFLite): width 1.0, OS16, 513×513", input_mode="pad", **_TF
+    ),
+    DeepLabPreset(
+        "tf_mnv2_dm05_pascal",
+        "TF deeplabv3_mnv2_dm05_pascal (coral TFLite): width 0.5, OS16, 513×513",
+        width_mult=0.5,
+        divisible_by=1,
+        input_mode="pad",
+        **_TF,
+    ),
+    DeepLabPreset(
+        "tf_mnv2_dm05_pascal_257",
+        "picamera2 deeplabv3.tflite: width 0.5, OS8, 257×257",
+        width_mult=0.5,
+        divisible_by=1,
+        output_stride=8,
+        crop_size=257,
+        input_mode="resize",
+        **_TF,
+    ),
 )
 
 
-def tf_preset(width_mult: float, output_stride: int, crop_size: int, num_classes: int, aspp: bool,
-              aspp_separable: bool, align_corners: bool, name: str) -> DeepLabPreset:  # fmt: skip
+def tf_preset(
+    width_mult: float,
+    output_stride: int,
+    crop_size: int,
+    num_classes: int,
+    aspp: bool,
+    aspp_separable: bool,
+    align_corners: bool,
+    name: str,
+) -> DeepLabPreset:
     """The TF preset with these settings (class count replaced), else a new one called `name` that feeds images
     like TF DeepLab (long side to the crop, padded)."""
     for preset in PRESETS.values():
-        same = (preset.width_mult, preset.output_stride, preset.crop_size, preset.aspp, preset.aspp_separable,
-                preset.align_corners)  # fmt: skip
-        if preset.padding_mode == "tf_same" and same == (width_mult, output_stride, crop_size, aspp, aspp_separable,
-                                                         align_corners):  # fmt: skip
+        same = (
+            preset.width_mult,
+            preset.output_stride,
+            preset.crop_size,
+            preset.aspp,
+            preset.aspp_separable,
+            preset.align_corners,
+        )
+        if preset.padding_mode == "tf_same" and same == (
+            width_mult,
+            output_stride,
+            crop_size,
+            aspp,
+            aspp_separable,
+            align_corners,
+        ):
             return replace(preset, num_classes=num_classes)
     return DeepLabPreset(
-        name, f"imported TF model: width {width_mult}, OS{output_stride}, {crop_size}×{crop_size}",
-        num_classes=num_classes, width_mult=width_mult, output_stride=output_stride, aspp=aspp,
-        aspp_separable=aspp_separable, divisible_by=8 if width_mult == 1.0 else 1, crop_size=crop_size,
-        align_corners=align_corners, input_mode="pad", **_TF,
-    )  # fmt: skip
+        name,
+        f"imported TF model: width {width_mult}, OS{output_stride}, {crop_size}×{crop_size}",
+        num_classes=num_classes,
+        width_mult=width_mult,
+        output_stride=output_stride,
+        aspp=aspp,
+        aspp_separable=aspp_separable,
+        divisible_by=8 if width_mult == 1.0 else 1,
+        crop_size=crop_size,
+        align_corners=align_corners,
+        input_mode="pad",
+        **_TF,
+    )
 
 
 def get_preset(name: str) -> DeepLabPreset:

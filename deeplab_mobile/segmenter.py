@@ -69,8 +69,9 @@ def preprocess_image(image: np.ndarray, preset: DeepLabPreset) -> tuple[torch.Te
     return F.pad(x, [0, max(0, crop - region[1]), 0, max(0, crop - region[0])]), region
 
 
-def class_scores(model: torch.nn.Module, x: torch.Tensor, scales: Sequence[float] = (1.0,),
-                 flip: bool = False) -> torch.Tensor:  # fmt: skip
+def class_scores(
+    model: torch.nn.Module, x: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False
+) -> torch.Tensor:
     """[B, C, H, W] scores of a batch of network inputs at their own size: the logits at one scale without flip,
     else the class probabilities averaged over the rescaled (and horizontally flipped) inputs."""
     if tuple(scales) == (1.0,) and not flip:
@@ -88,9 +89,14 @@ def class_scores(model: torch.nn.Module, x: torch.Tensor, scales: Sequence[float
 
 
 @torch.inference_mode()
-def scores_at_image_size(model: MobileDeepLabV3, inputs: Sequence[torch.Tensor], regions: Sequence[Region],
-                         sizes: Sequence[tuple[int, int]], scales: Sequence[float] = (1.0,),
-                         flip: bool = False) -> list[torch.Tensor]:  # fmt: skip
+def scores_at_image_size(
+    model: MobileDeepLabV3,
+    inputs: Sequence[torch.Tensor],
+    regions: Sequence[Region],
+    sizes: Sequence[tuple[int, int]],
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> list[torch.Tensor]:
     """Class scores [C, h, w] at each image's own size (h, w) = `sizes[i]`, from `preprocess_image`'s inputs and
     regions. Inputs of one shape share a forward pass (video frames, padded VOC images). Runs on an eval-mode view
     of the model, which is left as it was (backbone.predictor.inference_view)."""
@@ -102,23 +108,30 @@ def scores_at_image_size(model: MobileDeepLabV3, inputs: Sequence[torch.Tensor],
     out: list[torch.Tensor] = [torch.empty(0)] * len(inputs)
     for indices in by_shape.values():
         scores = class_scores(network, torch.stack([inputs[i] for i in indices]).to(device), scales, flip)
-        for i, one in zip(indices, scores):
+        for i, one in zip(indices, scores, strict=True):
             (h, w), size = regions[i], tuple(sizes[i])
             one = one[:, :h, :w]
-            out[i] = one if (h, w) == size else F.interpolate(one[None], size=size, mode="bilinear",
-                                                                align_corners=False)[0]  # fmt: skip
+            out[i] = (
+                one if (h, w) == size else F.interpolate(one[None], size=size, mode="bilinear", align_corners=False)[0]
+            )
     return out
 
 
-def masks_at_image_size(model: MobileDeepLabV3, inputs: Sequence[torch.Tensor], regions: Sequence[Region],
-                        sizes: Sequence[tuple[int, int]], scales: Sequence[float] = (1.0,),
-                        flip: bool = False) -> list[torch.Tensor]:  # fmt: skip
+def masks_at_image_size(
+    model: MobileDeepLabV3,
+    inputs: Sequence[torch.Tensor],
+    regions: Sequence[Region],
+    sizes: Sequence[tuple[int, int]],
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> list[torch.Tensor]:
     """The argmax of `scores_at_image_size` per image (`mask_at_image_size`: for a large image the argmax at the
     network's size, resized back by nearest neighbour). `predict` and evaluation both take their masks from here."""
     large = [is_large(tuple(size), model.preset) for size in sizes]
-    scores = scores_at_image_size(model, inputs, regions, [r if big else s for r, s, big in zip(regions, sizes, large)],
-                                  scales, flip)  # fmt: skip
-    return [mask_at_image_size(one, tuple(size), model.preset) for one, size in zip(scores, sizes)]
+    scores = scores_at_image_size(
+        model, inputs, regions, [r if big else s for r, s, big in zip(regions, sizes, large, strict=True)], scales, flip
+    )
+    return [mask_at_image_size(one, tuple(size), model.preset) for one, size in zip(scores, sizes, strict=True)]
 
 
 def mask_at_image_size(scores: torch.Tensor, size: tuple[int, int], preset: DeepLabPreset) -> torch.Tensor:
@@ -140,16 +153,18 @@ def _prepared(model: MobileDeepLabV3, images: Sequence[np.ndarray]) -> tuple[lis
     return [x for x, _ in prepared], [r for _, r in prepared], [image.shape[:2] for image in rgb]
 
 
-def predict_logits(model: MobileDeepLabV3, images: Sequence[np.ndarray], scales: Sequence[float] = (1.0,),
-                   flip: bool = False) -> list[torch.Tensor]:  # fmt: skip
+def predict_logits(
+    model: MobileDeepLabV3, images: Sequence[np.ndarray], scales: Sequence[float] = (1.0,), flip: bool = False
+) -> list[torch.Tensor]:
     """Class scores [C, H, W] at the size of each image (uint8, any size and channel layout, see `as_rgb`): logits,
     or with several `scales` / `flip` the averaged probabilities (`class_scores`). Full-size float scores of a very
     large image take gigabytes (C × H × W × 4 bytes): `predict`'s masks do not."""
     return scores_at_image_size(model, *_prepared(model, images), scales, flip)
 
 
-def predict(model: MobileDeepLabV3, images: Sequence[np.ndarray], scales: Sequence[float] = (1.0,),
-            flip: bool = False) -> list[np.ndarray]:  # fmt: skip
+def predict(
+    model: MobileDeepLabV3, images: Sequence[np.ndarray], scales: Sequence[float] = (1.0,), flip: bool = False
+) -> list[np.ndarray]:
     """A class-id mask H×W per image (uint8 up to 256 classes, else int32), at that image's own size."""
     return [mask.numpy() for mask in masks_at_image_size(model, *_prepared(model, images), scales, flip)]
 
@@ -162,8 +177,9 @@ class Segmenter(Predictor):
     model: MobileDeepLabV3
     preset: DeepLabPreset
 
-    def __call__(self, images: Sequence[np.ndarray], logits: bool = False, scales: Sequence[float] = (1.0,),
-                 flip: bool = False) -> list[np.ndarray] | list[torch.Tensor]:  # fmt: skip
+    def __call__(
+        self, images: Sequence[np.ndarray], logits: bool = False, scales: Sequence[float] = (1.0,), flip: bool = False
+    ) -> list[np.ndarray] | list[torch.Tensor]:
         """For each uint8 image (H×W, H×W×1, ×3 RGB or ×4 RGBA; any size): an H×W mask of class ids, or with
         `logits=True` the [C, H, W] class scores at the image's size. `scales` and `flip` average the predictions
         of rescaled and mirrored inputs (`PAPER_MF_SCALES` with `flip=True` is the paper's "MF")."""

@@ -94,8 +94,14 @@ def tf_pool_window(crop_size: int, output_stride: int) -> tuple[int, int]:
 
 
 def _file_preset(
-    source: str, width: float, output_stride: int, crop_size: int, num_classes: int, scopes: list[str],
-    pool_window: tuple[int, int] | None, align_corners: bool,
+    source: str,
+    width: float,
+    output_stride: int,
+    crop_size: int,
+    num_classes: int,
+    scopes: list[str],
+    pool_window: tuple[int, int] | None,
+    align_corners: bool,
 ) -> DeepLabPreset:
     """The preset of the file's settings; its pooling window must be the one TF derives from the crop size (then
     it covers the whole map, as global pooling does)."""
@@ -146,7 +152,7 @@ def _fill(source: str, model: MobileDeepLabV3, found: list[str], load: LayerLoad
         with torch.no_grad():
             conv.weight.copy_(weight)
             if isinstance(module, ConvBNAct):
-                module.bn.load_state_dict(bias_as_batch_norm(bias, module.bn.eps), strict=False)
+                module.bn.load_state_dict(bias_as_batch_norm(bias, module.bn.eps), strict=True)
             else:
                 conv.bias.copy_(bias)
     model.eval()
@@ -368,5 +374,9 @@ def class_names(path: Path | None, num_classes: int) -> list[str]:
 
 def provenance(path: str | Path, settings: FileSettings) -> dict[str, Any]:
     """What the checkpoint records about the imported file: how it was fed and what it output."""
-    return {"file": str(path), "output": settings.output, "input_type": settings.input_type,
-            "input_quantization": settings.input_quantization}  # fmt: skip
+    return {
+        "file": str(path),
+        "output": settings.output,
+        "input_type": settings.input_type,
+        "input_quantization": settings.input_quantization,
+    }

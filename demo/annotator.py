@@ -54,7 +54,7 @@ class Annotator:
     def __call__(self, frames: Sequence[np.ndarray]) -> list[Annotated]:
         detections = self.detector(frames, self.score_threshold) if self.detector else [None] * len(frames)
         masks = self.segmenter(frames) if self.segmenter else [None] * len(frames)
-        return [self._draw(frame, det, mask) for frame, det, mask in zip(frames, detections, masks)]
+        return [self._draw(frame, det, mask) for frame, det, mask in zip(frames, detections, masks, strict=True)]
 
     def _draw(self, frame: np.ndarray, detections: Detections | None, mask: np.ndarray | None) -> Annotated:
         legend: dict[str, Colour] = {}  # name → colour, in drawing order
@@ -121,8 +121,9 @@ def load_segmenter(spec: str, device: torch.device, half: bool) -> tuple[Segment
     return run, names, _pytorch(device, half)
 
 
-def load_annotator(det: str | None, seg: str | None, device: torch.device, half: bool,
-                   score_threshold: float) -> Annotator:  # fmt: skip
+def load_annotator(
+    det: str | None, seg: str | None, device: torch.device, half: bool, score_threshold: float
+) -> Annotator:
     """Both models; one that cannot be used (missing, corrupt, the other head, no runtime for a .tflite) is a
     UserError naming its flag and file."""
     detector, det_names, segmenter, seg_names, runtimes = None, [], None, [], {}

@@ -91,8 +91,8 @@ def classify(
     values, indices = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
     num_classes = probabilities.shape[1]
     return [
-        [Prediction(i, class_name(i, num_classes), p) for i, p in zip(idx.tolist(), val.tolist())]
-        for idx, val in zip(indices, values)
+        [Prediction(i, class_name(i, num_classes), p) for i, p in zip(idx.tolist(), val.tolist(), strict=True)]
+        for idx, val in zip(indices, values, strict=True)
     ]
 
 
@@ -125,9 +125,11 @@ def classify_command(args: argparse.Namespace) -> int:
             raise UserError(f"{path}: cannot read image ({e})") from None
     model, preprocess = load_classifier(args.weights)
     results = classify(model, images, preprocess, args.top)
-    print("\n\n".join(format_table(str(path), top) for path, top in zip(args.images, results)))
+    print("\n\n".join(format_table(str(path), top) for path, top in zip(args.images, results, strict=True)))
     if args.json:
-        records = [{"image": str(p), "top": [asdict(x) for x in top]} for p, top in zip(args.images, results)]
+        records = [
+            {"image": str(p), "top": [asdict(x) for x in top]} for p, top in zip(args.images, results, strict=True)
+        ]
         write_atomic(args.json, json.dumps({"weights": args.weights, "results": records}, indent=2))
     return 0
 

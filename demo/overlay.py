@@ -44,8 +44,10 @@ def blend(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray
 def class_colours(names: Sequence[str], segmentation_names: Sequence[str] = ()) -> list[Colour]:
     """The colour of each detection class: that of the segmentation class of the same name when there is one
     (the pedestrian detector's "person" is index 1, VOC's is 15), else the palette entry of its own index."""
-    return [_rgb(PALETTE[segmentation_names.index(name) if name in segmentation_names else i % 256])
-            for i, name in enumerate(names)]  # fmt: skip
+    return [
+        _rgb(PALETTE[segmentation_names.index(name) if name in segmentation_names else i % 256])
+        for i, name in enumerate(names)
+    ]
 
 
 def _rgb(colour: np.ndarray) -> Colour:
@@ -74,12 +76,18 @@ def _label(image: np.ndarray, text: str, x: int, y: int, colour: Colour) -> None
     cv2.putText(image, text, (x + 2, y + h + 2), _FONT, scale, _ink(colour), stroke, cv2.LINE_AA)
 
 
-def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-                    names: Sequence[str], colours: Sequence[Colour]) -> None:  # fmt: skip
+def draw_detections(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    names: Sequence[str],
+    colours: Sequence[Colour],
+) -> None:
     """Boxes (x0, y0, x1, y1 pixels) in their class colour, "name 0.91" above each (inside when at the top)."""
     _, stroke = _text_style(image)
     thickness = max(2, stroke)
-    for (x0, y0, x1, y1), score, label in zip(np.round(boxes).astype(int), scores, labels):
+    for (x0, y0, x1, y1), score, label in zip(np.round(boxes).astype(int), scores, labels, strict=True):
         colour = colours[label]
         cv2.rectangle(image, (x0, y0), (x1, y1), colour, thickness, cv2.LINE_AA)
         text = f"{names[label]} {score:.2f}"
@@ -99,13 +107,12 @@ def draw_legend(image: np.ndarray, entries: Mapping[str, Colour]) -> None:
     width = swatch + 12 + max(w for w, _ in sizes)
     x0 = max(0, image.shape[1] - width - 8)
     y1 = min(image.shape[0], 4 + line * len(entries) + 4)
-    panel = image[4:y1, x0:image.shape[1] - 4]
+    panel = image[4:y1, x0 : image.shape[1] - 4]
     panel[:] = panel // 3  # darken in place: the legend reads on any background
     for i, (name, colour) in enumerate(entries.items()):
         y = 8 + i * line
         cv2.rectangle(image, (x0 + 4, y), (x0 + 4 + swatch, y + swatch), colour, -1)
-        cv2.putText(image, name, (x0 + swatch + 10, y + swatch - 1), _FONT, scale, (255, 255, 255), stroke,
-                    cv2.LINE_AA)  # fmt: skip
+        cv2.putText(image, name, (x0 + swatch + 10, y + swatch - 1), _FONT, scale, (255, 255, 255), stroke, cv2.LINE_AA)
 
 
 def draw_fps(image: np.ndarray, fps: float) -> None:
@@ -124,7 +131,7 @@ def letterbox(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     nw, nh = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
     canvas = np.zeros((height, width, 3), np.uint8)
     y, x = (height - nh) // 2, (width - nw) // 2
-    canvas[y:y + nh, x:x + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+    canvas[y : y + nh, x : x + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
     return canvas
 
 
@@ -138,7 +145,7 @@ def contact_sheet(frames: Sequence[np.ndarray], columns: int = 4, gap: int = 4) 
     sheet = np.full((rows * h + (rows - 1) * gap, columns * w + (columns - 1) * gap, 3), 255, np.uint8)
     for i, frame in enumerate(frames):
         y, x = (i // columns) * (h + gap), (i % columns) * (w + gap)
-        sheet[y:y + h, x:x + w] = letterbox(frame, (w, h))
+        sheet[y : y + h, x : x + w] = letterbox(frame, (w, h))
     return sheet
 
 

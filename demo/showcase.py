@@ -58,10 +58,18 @@ def synthetic_sheet(root: Path, out: Path, count: int = 8) -> None:
         image = read_image(boxes_ds.records[i].path)
         record = boxes_ds.records[i]
         drawn = image.copy()
-        for (x0, y0, x1, y1), label in zip(record.boxes.astype(int), record.labels):
+        for (x0, y0, x1, y1), label in zip(record.boxes.astype(int), record.labels, strict=True):
             cv2.rectangle(drawn, (x0, y0), (x1, y1), (255, 255, 255), 2)
-            cv2.putText(drawn, SYNTHETIC_CLASSES[label - 1], (x0 + 2, max(12, y0 + 12)), cv2.FONT_HERSHEY_SIMPLEX,
-                        0.4, (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
+            cv2.putText(
+                drawn,
+                SYNTHETIC_CLASSES[label - 1],
+                (x0 + 2, max(12, y0 + 12)),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.4,
+                (255, 255, 255),
+                1,
+                cv2.LINE_AA,
+            )
         top.append(drawn)
         bottom.append(colour_mask(read_label_mask(masks_ds.samples[i].mask)))
     write_png(out, np.vstack([np.hstack(top), np.hstack(bottom)]))
@@ -75,9 +83,11 @@ def classify_photos(assets: Path) -> list[str]:
     with torch.no_grad():
         results = classify(model, images, preprocess, top_k=3)
     lines = ["| photo | top-1 | p | 2nd | 3rd |", "|---|---|---:|---|---|"]
-    for name, preds in zip(PHOTOS, results):
-        lines.append(f"| {name} | {preds[0].index} {preds[0].name} | {preds[0].probability:.3f} | "
-                     f"{preds[1].name} | {preds[2].name} |")  # fmt: skip
+    for name, preds in zip(PHOTOS, results, strict=True):
+        lines.append(
+            f"| {name} | {preds[0].index} {preds[0].name} | {preds[0].probability:.3f} | "
+            f"{preds[1].name} | {preds[2].name} |"
+        )
     return lines
 
 
@@ -126,32 +136,96 @@ def train_both(root: Path, out: Path, recipe: Recipe, workers: int) -> tuple[Pat
     from train.ssdlite import main as train_ssdlite
 
     num_train = json.loads((root / "synthetic.json").read_text())["num_train"]  # tiny test sets get smaller batches
-    common = ["--data", "synthetic", "--data-root", str(root), "--weights", recipe.source, "--optimizer", "adamw",
-              "--warmup-epochs", "0.2", "--weight-decay", "1e-4", "--workers", str(workers),
-              "--project", str(out / "train"), "--exist-ok"]  # fmt: skip
-    ssdlite_run = train_ssdlite([*common, "--name", "ssdlite", "--lr", str(recipe.ssdlite_lr),
-                                 "--preset", "ssdlite320_coco",
-                                 "--image-size", str(recipe.ssdlite_size), "--epochs", str(recipe.ssdlite_epochs),
-                                 "--eval-interval", str(recipe.ssdlite_epochs), "--batch-size", str(min(32, num_train))])  # fmt: skip
-    deeplab_run = train_deeplab([*common, "--name", "deeplab", "--lr", str(recipe.deeplab_lr),
-                                 "--crop-size", str(recipe.image_size),
-                                 "--epochs", str(recipe.deeplab_epochs), "--eval-interval", str(recipe.deeplab_epochs),
-                                 "--batch-size", str(min(16, num_train)), "--min-scale", "0.75", "--max-scale", "1.5"])  # fmt: skip
+    common = [
+        "--data",
+        "synthetic",
+        "--data-root",
+        str(root),
+        "--weights",
+        recipe.source,
+        "--optimizer",
+        "adamw",
+        "--warmup-epochs",
+        "0.2",
+        "--weight-decay",
+        "1e-4",
+        "--workers",
+        str(workers),
+        "--project",
+        str(out / "train"),
+        "--exist-ok",
+    ]
+    ssdlite_run = train_ssdlite(
+        [
+            *common,
+            "--name",
+            "ssdlite",
+            "--lr",
+            str(recipe.ssdlite_lr),
+            "--preset",
+            "ssdlite320_coco",
+            "--image-size",
+            str(recipe.ssdlite_size),
+            "--epochs",
+            str(recipe.ssdlite_epochs),
+            "--eval-interval",
+            str(recipe.ssdlite_epochs),
+            "--batch-size",
+            str(min(32, num_train)),
+        ]
+    )
+    deeplab_run = train_deeplab(
+        [
+            *common,
+            "--name",
+            "deeplab",
+            "--lr",
+            str(recipe.deeplab_lr),
+            "--crop-size",
+            str(recipe.image_size),
+            "--epochs",
+            str(recipe.deeplab_epochs),
+            "--eval-interval",
+            str(recipe.deeplab_epochs),
+            "--batch-size",
+            str(min(16, num_train)),
+            "--min-scale",
+            "0.75",
+            "--max-scale",
+            "1.5",
+        ]
+    )
     return best_checkpoint(ssdlite_run), best_checkpoint(deeplab_run)
 
 
-def evaluate_both(root: Path, out: Path, detector: Path, segmenter: Path, workers: int) -> tuple[dict, dict, Path, Path]:
+def evaluate_both(
+    root: Path, out: Path, detector: Path, segmenter: Path, workers: int
+) -> tuple[dict, dict, Path, Path]:
     """COCO mAP and mIoU reports of the two checkpoints on the synthetic val split: (COCOeval stats, mIoU
     metrics, report folders)."""
     from eval.coco_map import main as coco_map
     from eval.voc_miou import main as voc_miou
 
-    common = ["--data", "synthetic", "--data-root", str(root), "--project", str(out / "eval"), "--exist-ok",
-              "--workers", str(workers), "--quiet"]  # fmt: skip
+    common = [
+        "--data",
+        "synthetic",
+        "--data-root",
+        str(root),
+        "--project",
+        str(out / "eval"),
+        "--exist-ok",
+        "--workers",
+        str(workers),
+        "--quiet",
+    ]
     coco_dir = coco_map(["--weights", str(detector), "--name", "coco_map", *common])
     miou_dir = voc_miou(["--weights", str(segmenter), "--name", "voc_miou", "--overlays", "4", *common])
-    return (json.loads((coco_dir / "metrics.json").read_text())["stats"], json.loads((miou_dir / "metrics.json").read_text()),
-            coco_dir, miou_dir)  # fmt: skip
+    return (
+        json.loads((coco_dir / "metrics.json").read_text())["stats"],
+        json.loads((miou_dir / "metrics.json").read_text()),
+        coco_dir,
+        miou_dir,
+    )
 
 
 @dataclass(frozen=True)
@@ -190,31 +264,54 @@ def ship_int8(root: Path, out: Path, detector: Path, segmenter: Path, calibratio
     images = [read_image(r.path) for r in records]
     labels = {name: label for label, name in enumerate(SYNTHETIC_CLASSES, start=1)}
     found = mediapipe_tasks.detect(files[0], images, score_threshold=0.01)
-    int8 = [result for record, f in zip(records, found) for result in boxes_ds.to_coco_results(
-        record.image_id, f["boxes"], f["scores"].tolist(), [labels[name] for name in f["names"]])]  # fmt: skip
+    int8 = [
+        result
+        for record, f in zip(records, found, strict=True)
+        for result in boxes_ds.to_coco_results(
+            record.image_id, f["boxes"], f["scores"].tolist(), [labels[name] for name in f["names"]]
+        )
+    ]
     with torch.no_grad():
         decoded = mediapipe_reference(graphs[0], images, 0.01)
-    fp32 = [result for record, d in zip(records, decoded) for result in boxes_ds.to_coco_results(
-        record.image_id, d["boxes"].numpy(), d["scores"].tolist(), d["labels"].tolist())]  # fmt: skip
+    fp32 = [
+        result
+        for record, d in zip(records, decoded, strict=True)
+        for result in boxes_ds.to_coco_results(
+            record.image_id, d["boxes"].numpy(), d["scores"].tolist(), d["labels"].tolist()
+        )
+    ]
     matrix = ConfusionMatrix(len(SYNTHETIC_CLASSES) + 1)
     samples = masks_ds.samples
-    for sample, mask in zip(samples, mediapipe_tasks.segment(files[1], [read_image(s.image) for s in samples])):
+    for sample, mask in zip(
+        samples, mediapipe_tasks.segment(files[1], [read_image(s.image) for s in samples]), strict=True
+    ):
         matrix.update(torch.from_numpy(mask.astype(np.int64)), torch.from_numpy(read_label_mask(sample.mask)))
-    return Shipped(files[0], files[1], evaluate_coco(boxes_ds.coco, int8, boxes_ds.ids).stats["AP50"],
-                   evaluate_coco(boxes_ds.coco, fp32, boxes_ds.ids).stats["AP50"], float(matrix.compute()["mIoU"]))
+    return Shipped(
+        files[0],
+        files[1],
+        evaluate_coco(boxes_ds.coco, int8, boxes_ds.ids).stats["AP50"],
+        evaluate_coco(boxes_ds.coco, fp32, boxes_ds.ids).stats["AP50"],
+        float(matrix.compute()["mIoU"]),
+    )
 
 
 def shipped_section(shipped: Shipped | None, coco: dict, miou: dict, out: Path) -> list[str]:
     """REPORT.md's lines on the int8 phone files beside the fp32 figures."""
     if shipped is None:
-        return ["The int8 phone files were skipped: the .[mobile] extra and mediapipe are not installed "
-                "(`make install` installs both).", ""]  # fmt: skip
-    links = " and ".join(f"[{p.name}]({os.path.relpath(p, out)}) ({p.stat().st_size / 1e6:.1f} MB)"
-                         for p in (shipped.detector, shipped.segmenter))  # fmt: skip
+        return [
+            "The int8 phone files were skipped: the .[mobile] extra and mediapipe are not installed "
+            "(`make install` installs both).",
+            "",
+        ]
+    links = " and ".join(
+        f"[{p.name}]({os.path.relpath(p, out)}) ({p.stat().st_size / 1e6:.1f} MB)"
+        for p in (shipped.detector, shipped.segmenter)
+    )
     return [
         f"Shipped as int8 phone files ({links}): uint8 image in, labels, anchors and box decoding in the file; "
         "scored as an app runs them, through MediaPipe Tasks (ObjectDetector: its own resize and class-agnostic "
-        "NMS; ImageSegmenter's category mask), on the same val split:", "",
+        "NMS; ImageSegmenter's category mask), on the same val split:",
+        "",
         "| model | fp32 PyTorch | fp32 decoded as MediaPipe decodes | int8 .tflite in MediaPipe Tasks |",
         "|---|---|---|---|",
         f"| SSDLite | AP50 {coco['AP50']:.3f} | AP50 {shipped.ap50_fp32_as_mediapipe:.3f} | "
@@ -225,7 +322,7 @@ def shipped_section(shipped: Shipped | None, coco: dict, miou: dict, out: Path) 
         "the suite's evaluation keeps every class above 0.01 per box (per-class NMS), which COCO AP rewards. The "
         "middle column is the fp32 model decoded MediaPipe's way: int8's own cost is the step from it to the last.",
         "",
-    ]  # fmt: skip
+    ]
 
 
 def render_video(root: Path, out: Path, detector: Path, segmenter: Path) -> tuple[Path, Path, float]:
@@ -234,9 +331,23 @@ def render_video(root: Path, out: Path, detector: Path, segmenter: Path) -> tupl
     from demo.video import run as video_demo
 
     clip = write_synthetic_video(root, out / "synthetic_clip.mp4", seconds=6, fps=10, hold=1)
-    result = video_demo(["--source", str(clip), "--det", str(detector), "--seg", str(segmenter), "--resize", "256",
-                         "--out", str(out / "annotated_clip.mp4"), "--contact-sheet", str(out / "annotated_frames.png"),
-                         "--quiet"])  # fmt: skip
+    result = video_demo(
+        [
+            "--source",
+            str(clip),
+            "--det",
+            str(detector),
+            "--seg",
+            str(segmenter),
+            "--resize",
+            "256",
+            "--out",
+            str(out / "annotated_clip.mp4"),
+            "--contact-sheet",
+            str(out / "annotated_frames.png"),
+            "--quiet",
+        ]
+    )
     return result.out, result.contact_sheet, result.fps
 
 
@@ -248,9 +359,23 @@ def official_models_on_photos(assets: Path, out: Path) -> tuple[Path, float] | N
 
     if pedestrian_graph() is None:
         return None
-    result = video_demo(["--source", str(assets / "coral"), "--det", "ssdlite_pedestrian", "--seg",
-                         "deeplab_picamera2_257", "--resize", "320", "--save-images", str(out / "photos"),
-                         "--contact-sheet", str(out / "photos_sheet.png"), "--quiet"])  # fmt: skip
+    result = video_demo(
+        [
+            "--source",
+            str(assets / "coral"),
+            "--det",
+            "ssdlite_pedestrian",
+            "--seg",
+            "deeplab_picamera2_257",
+            "--resize",
+            "320",
+            "--save-images",
+            str(out / "photos"),
+            "--contact-sheet",
+            str(out / "photos_sheet.png"),
+            "--quiet",
+        ]
+    )
     return result.contact_sheet, result.fps
 
 
@@ -262,10 +387,18 @@ def write_report(out: Path, lines: list[str]) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("python -m demo.showcase", __doc__)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
-    parser.add_argument("--data-root", type=Path, default=Path("data/synthetic_demo"),
-                        help="where the demo's synthetic dataset is drawn (default: data/synthetic_demo)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="training epochs for each head (default: 5 for each head; 1 for a smoke run)")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=Path("data/synthetic_demo"),
+        help="where the demo's synthetic dataset is drawn (default: data/synthetic_demo)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs for each head (default: 5 for each head; 1 for a smoke run)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="data loading processes (default: 1)")
     return parser
 
@@ -311,48 +444,75 @@ def showcase(args: argparse.Namespace) -> int:
     video, frames, fps = render_video(root, out, detector, segmenter)
 
     report += [
-        "## Fine-tuned here on the embedded synthetic dataset", "",
+        "## Fine-tuned here on the embedded synthetic dataset",
+        "",
         f"Both heads start from `{recipe.source}` (Google's pedestrian SSDLite, width 1.0: every tensor that fits is "
         "transferred, the DeepLab takes its backbone) and train with AdamW: SSDLite at "
         f"{recipe.ssdlite_size}×{recipe.ssdlite_size} for {recipe.ssdlite_epochs} epochs (lr {recipe.ssdlite_lr:g}), "
         f"DeepLab at {recipe.image_size}×{recipe.image_size} for {recipe.deeplab_epochs} epochs "
         f"(lr {recipe.deeplab_lr:g}), over {recipe.num_train} images: "
         f"{train_seconds:.0f} s of CPU training. The transfer reports are in each run's args.json "
-        "(docs/custom_data.md explains them).", "",
-        "| model | metric on the synthetic val split | report |", "|---|---|---|",
+        "(docs/custom_data.md explains them).",
+        "",
+        "| model | metric on the synthetic val split | report |",
+        "|---|---|---|",
         f"| SSDLite | COCO mAP@0.5 {coco['AP50']:.3f}, mAP@[.5:.95] {coco['AP']:.3f} | "
         f"[report]({os.path.relpath(coco_dir / 'report.md', out)}), "
         f"[PR curve]({os.path.relpath(coco_dir / 'pr_curve.png', out)}) |",
         f"| Mobile DeepLabv3 | mIoU {miou['mIoU']:.3f}, pixel accuracy {miou['pixel_accuracy']:.3f} | "
         f"[report]({os.path.relpath(miou_dir / 'report.md', out)}), "
-        f"[confusion matrix]({os.path.relpath(miou_dir / 'confusion_matrix.png', out)}) |", "",
+        f"[confusion matrix]({os.path.relpath(miou_dir / 'confusion_matrix.png', out)}) |",
+        "",
         *shipped_section(shipped, coco, miou, out),
-        f"Annotated video: [{video.name}]({video.name}) ({fps:.1f} frames/s with both models). Frames of it:", "",
-        f"![annotated frames]({frames.name})", "",
-        "The dataset: validation images with their boxes (top) and masks (bottom):", "",
-        "![synthetic](synthetic_sheet.png)", "",
-    ]  # fmt: skip
+        f"Annotated video: [{video.name}]({video.name}) ({fps:.1f} frames/s with both models). Frames of it:",
+        "",
+        f"![annotated frames]({frames.name})",
+        "",
+        "The dataset: validation images with their boxes (top) and masks (bottom):",
+        "",
+        "![synthetic](synthetic_sheet.png)",
+        "",
+    ]
 
     announce("7/7 official models on real images")
     assets = assets_dir()
     if assets is None:
-        report += ["## Official models on real images", "", "Skipped: ../shared/assets (or $MNV2_ASSETS) is absent.", ""]
+        report += [
+            "## Official models on real images",
+            "",
+            "Skipped: ../shared/assets (or $MNV2_ASSETS) is absent.",
+            "",
+        ]
     else:
         photos = official_models_on_photos(assets, out)
         if photos is not None:
-            report += ["## Google's pedestrian SSDLite and Mobile DeepLabv3 (imported) through demo/video.py", "",
-                       f"{photos[1]:.1f} frames/s on the CPU; annotated images in [photos/](photos/).", "",
-                       f"![photos]({photos[0].name})", ""]  # fmt: skip
-        report += ["## Google's MobileNetV2 classifier (TFLite, imported) on real photos", "",
-                   *classify_photos(assets), "",  # fmt: skip
-                   "## Google's Mobile DeepLabv3 (TFLite, imported) on real VOC val images", "",
-                   "Each overlay: image | ground truth | our prediction.", "",
-                   *segment_voc_samples(assets, out), ""]  # fmt: skip
+            report += [
+                "## Google's pedestrian SSDLite and Mobile DeepLabv3 (imported) through demo/video.py",
+                "",
+                f"{photos[1]:.1f} frames/s on the CPU; annotated images in [photos/](photos/).",
+                "",
+                f"![photos]({photos[0].name})",
+                "",
+            ]
+        report += [
+            "## Google's MobileNetV2 classifier (TFLite, imported) on real photos",
+            "",
+            *classify_photos(assets),
+            "",
+            "## Google's Mobile DeepLabv3 (TFLite, imported) on real VOC val images",
+            "",
+            "Each overlay: image | ground truth | our prediction.",
+            "",
+            *segment_voc_samples(assets, out),
+            "",
+        ]
     report += ["## Model sizes beside the paper", "", (out / "complexity.md").read_text(), ""]
     report.append(f"Made by `make demo` in {time.perf_counter() - start:.0f} s.")
     path = write_report(out, report)
-    print(f"\ndone in {time.perf_counter() - start:.0f} s. Look at:\n  {path}\n  {video}\n  {frames}\n"
-          f"  {coco_dir / 'report.md'}\n  {miou_dir / 'report.md'}")
+    print(
+        f"\ndone in {time.perf_counter() - start:.0f} s. Look at:\n  {path}\n  {video}\n  {frames}\n"
+        f"  {coco_dir / 'report.md'}\n  {miou_dir / 'report.md'}"
+    )
     return 0
 
 

@@ -43,8 +43,10 @@ class VideoSource:
         ok, first = capture.read()
         if not ok:
             capture.release()
-            raise UserError(f"--source {description}: opened, but no frame could be decoded: check that it plays "
-                            "(a damaged file, or a camera used by another program?)")  # fmt: skip
+            raise UserError(
+                f"--source {description}: opened, but no frame could be decoded: check that it plays "
+                "(a damaged file, or a camera used by another program?)"
+            )
         self._capture, self._first, self.stride, self.live = capture, first, stride, live
         self.description = description
         fps = capture.get(cv2.CAP_PROP_FPS)
@@ -70,9 +72,11 @@ class VideoSource:
         """A file that stops decoding before the frame count its header gives is truncated or damaged: the output
         then covers only part of it, which must not pass unnoticed."""
         if self.total is not None and yielded < self.total:
-            warnings.warn(f"--source {self.description}: only {yielded} of the {self.total} frames its header "
-                          "announces could be decoded (a truncated or damaged file?); the output covers those",
-                          stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"--source {self.description}: only {yielded} of the {self.total} frames its header "
+                "announces could be decoded (a truncated or damaged file?); the output covers those",
+                stacklevel=2,
+            )
 
     def close(self) -> None:
         self._capture.release()
@@ -94,7 +98,7 @@ class ImageSource:
         self.total: int | None = len(self._paths)
 
     def __iter__(self) -> Iterator[Frame]:
-        for path, name in zip(self._paths, self._names):
+        for path, name in zip(self._paths, self._names, strict=True):
             yield Frame(name, read_image(path))
 
     def close(self) -> None:
@@ -110,8 +114,10 @@ def open_source(spec: str, stride: int = 1) -> Source:
     if path.is_dir():
         images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not images:
-            raise UserError(f"--source {spec}: no images ({' '.join(IMAGE_SUFFIXES)}) in this folder: "
-                            "point it at a folder of images, one image, a video file or a webcam index")  # fmt: skip
+            raise UserError(
+                f"--source {spec}: no images ({' '.join(IMAGE_SUFFIXES)}) in this folder: "
+                "point it at a folder of images, one image, a video file or a webcam index"
+            )
         return ImageSource(images, stride)
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
@@ -119,16 +125,20 @@ def open_source(spec: str, stride: int = 1) -> Source:
         with native_stderr_captured():
             capture = cv2.VideoCapture(str(path))
         if not capture.isOpened():
-            raise UserError(f"--source {spec}: OpenCV cannot read this video (unknown format or codec, or a damaged "
-                            f"file): check that it plays, or re-encode it, e.g. ffmpeg -i {spec} -c:v libx264 "
-                            "out.mp4")  # fmt: skip
+            raise UserError(
+                f"--source {spec}: OpenCV cannot read this video (unknown format or codec, or a damaged "
+                f"file): check that it plays, or re-encode it, e.g. ffmpeg -i {spec} -c:v libx264 "
+                "out.mp4"
+            )
         return VideoSource(capture, spec, live=False, stride=stride)
     if spec.isdigit():
         with native_stderr_captured():
             capture = cv2.VideoCapture(int(spec))
         if not capture.isOpened():
-            raise UserError(f"--source {spec}: no webcam at index {spec} could be opened: check that one is "
-                            "connected and not in use by another program, or try another index")  # fmt: skip
+            raise UserError(
+                f"--source {spec}: no webcam at index {spec} could be opened: check that one is "
+                "connected and not in use by another program, or try another index"
+            )
         return VideoSource(capture, f"webcam {spec}", live=True, stride=stride)
     raise UserError(f"--source {spec}: no such file or folder (a webcam is given by its index, e.g. --source 0)")
 
@@ -162,9 +172,11 @@ class AtomicVideoWriter:
         with native_stderr_captured():
             writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, self.size)
         if not writer.isOpened():
-            raise UserError(f"{self.path}: OpenCV cannot write a '{self.path.suffix}' video with codec "
-                            f"{self.codec!r} here (unknown codec or container, or a read-only folder): write a "
-                            ".mp4 file with codec mp4v, or .avi with MJPG")  # fmt: skip
+            raise UserError(
+                f"{self.path}: OpenCV cannot write a '{self.path.suffix}' video with codec "
+                f"{self.codec!r} here (unknown codec or container, or a read-only folder): write a "
+                ".mp4 file with codec mp4v, or .avi with MJPG"
+            )
         return writer
 
     def write(self, rgb: np.ndarray) -> None:

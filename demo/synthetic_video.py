@@ -35,19 +35,23 @@ def ken_burns(image: np.ndarray, progress: float, move: int) -> np.ndarray:
     cx = (w - 1) / 2 + sign_x * progress * (w / 2) * (1 - 1 / zoom)
     cy = (h - 1) / 2 + sign_y * progress * (h / 2) * (1 - 1 / zoom)
     to_source = np.float32([[1 / zoom, 0, cx - (w - 1) / (2 * zoom)], [0, 1 / zoom, cy - (h - 1) / (2 * zoom)]])
-    return cv2.warpAffine(image, to_source, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REFLECT)  # fmt: skip
+    return cv2.warpAffine(
+        image, to_source, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT
+    )
 
 
-def write_synthetic_video(root: str | Path, out_path: str | Path, seconds: float = 8.0, fps: float = 15.0,
-                          hold: float = 1.0) -> Path:  # fmt: skip
+def write_synthetic_video(
+    root: str | Path, out_path: str | Path, seconds: float = 8.0, fps: float = 15.0, hold: float = 1.0
+) -> Path:
     """Write `seconds` of video from the val images of the synthetic dataset at `root`, each scene on screen for
     `hold` seconds (the images repeat if there are too few), with 'mp4v' into a temporary file renamed to
     `out_path` once complete. Returns `out_path`."""
     images = sorted(SyntheticPaths(Path(root)).coco_images("val").glob("*.jpg"))
     if not images:
-        raise UserError(f"{root}: no synthetic val images in coco/val: draw the dataset first "
-                        "(python -m datasets.synthetic --out DIR)")  # fmt: skip
+        raise UserError(
+            f"{root}: no synthetic val images in coco/val: draw the dataset first "
+            "(python -m datasets.synthetic --out DIR)"
+        )
     if seconds <= 0 or fps <= 0 or hold <= 0:
         raise ValueError(f"seconds, fps and hold must be positive, got {seconds}, {fps}, {hold}")
     per_scene = max(1, round(hold * fps))
@@ -63,8 +67,12 @@ def write_synthetic_video(root: str | Path, out_path: str | Path, seconds: float
 def main(argv: list[str] | None = None) -> int:
     parser = new_parser("python -m demo.synthetic_video", __doc__)
     parser.add_argument("--out", type=Path, required=True, help="the video to write (.mp4)")
-    parser.add_argument("--data-root", type=Path, default=DEFAULT_SYNTHETIC_ROOT,
-                        help=f"synthetic dataset folder, drawn there if absent (default: {DEFAULT_SYNTHETIC_ROOT})")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=DEFAULT_SYNTHETIC_ROOT,
+        help=f"synthetic dataset folder, drawn there if absent (default: {DEFAULT_SYNTHETIC_ROOT})",
+    )
     parser.add_argument("--seconds", type=float, default=8.0, help="length (default: 8)")
     parser.add_argument("--fps", type=float, default=15.0, help="frame rate (default: 15)")
     parser.add_argument("--hold", type=float, default=1.0, help="seconds each scene stays on screen (default: 1)")

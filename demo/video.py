@@ -82,13 +82,17 @@ class Window:
 
     def __init__(self, title: str) -> None:
         if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-            raise UserError("--show: no display here (neither DISPLAY nor WAYLAND_DISPLAY is set): drop --show and "
-                            "write the result with --out or --save-images")  # fmt: skip
+            raise UserError(
+                "--show: no display here (neither DISPLAY nor WAYLAND_DISPLAY is set): drop --show and "
+                "write the result with --out or --save-images"
+            )
         try:
             cv2.namedWindow(title, cv2.WINDOW_NORMAL)
         except cv2.error:
-            raise UserError("--show: this OpenCV has no GUI support (the suite installs opencv-python-headless): drop "
-                            "--show and use --out, or run in an environment with opencv-python") from None  # fmt: skip
+            raise UserError(
+                "--show: this OpenCV has no GUI support (the suite installs opencv-python-headless): drop "
+                "--show and use --out, or run in an environment with opencv-python"
+            ) from None
         self.title = title
 
     def show(self, rgb: np.ndarray) -> bool:
@@ -143,36 +147,74 @@ class DemoResult:
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("python -m demo.video", __doc__)
     g = parser.add_argument_group("input")
-    g.add_argument("--source", required=True, metavar="SRC",
-                   help="a video file, a webcam index (0, 1, ...), a folder of images or one image")  # fmt: skip
-    g.add_argument("--stride", type=int, default=1, metavar="N",
-                   help="process every Nth frame (yolov5: --vid-stride); the video keeps real speed (default: 1)")
+    g.add_argument(
+        "--source",
+        required=True,
+        metavar="SRC",
+        help="a video file, a webcam index (0, 1, ...), a folder of images or one image",
+    )
+    g.add_argument(
+        "--stride",
+        type=int,
+        default=1,
+        metavar="N",
+        help="process every Nth frame (yolov5: --vid-stride); the video keeps real speed (default: 1)",
+    )
     g.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N processed frames")
-    g.add_argument("--resize", type=resize_spec, default=None, metavar="S",
-                   help="resize frames before inference and output: a scale factor up to 4 (0.5) or the longest side "
-                   "in pixels (640)")  # fmt: skip
+    g.add_argument(
+        "--resize",
+        type=resize_spec,
+        default=None,
+        metavar="S",
+        help="resize frames before inference and output: a scale factor up to 4 (0.5) or the longest side "
+        "in pixels (640)",
+    )
     g = parser.add_argument_group("models (at least one)")
-    g.add_argument("--det", metavar="CKPT", help="SSDLite checkpoint (trained or imported), weights name (e.g. "
-                   "ssdlite_pedestrian) or exported .tflite")  # fmt: skip
-    g.add_argument("--seg", metavar="CKPT", help="Mobile DeepLabv3 checkpoint (trained or imported), weights name "
-                   "(e.g. deeplab_coral_voc) or exported .tflite")  # fmt: skip
-    g.add_argument("--score-threshold", type=float, default=0.3, metavar="T",
-                   help="smallest detection score drawn (yolov5: --conf-thres) (default: 0.3)")  # fmt: skip
+    g.add_argument(
+        "--det",
+        metavar="CKPT",
+        help="SSDLite checkpoint (trained or imported), weights name (e.g. ssdlite_pedestrian) or exported .tflite",
+    )
+    g.add_argument(
+        "--seg",
+        metavar="CKPT",
+        help="Mobile DeepLabv3 checkpoint (trained or imported), weights name "
+        "(e.g. deeplab_coral_voc) or exported .tflite",
+    )
+    g.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.3,
+        metavar="T",
+        help="smallest detection score drawn (yolov5: --conf-thres) (default: 0.3)",
+    )
     g = parser.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto: CUDA if present)")
     g.add_argument("--half", action="store_true", help="fp16 inference (autocast); CUDA only")
-    g.add_argument("--batch-size", "--batch", type=int, default=1, metavar="N",
-                   help="frames per model call: for GPU throughput; on a CPU 1 is fastest (default: 1)")  # fmt: skip
+    g.add_argument(
+        "--batch-size",
+        "--batch",
+        type=int,
+        default=1,
+        metavar="N",
+        help="frames per model call: for GPU throughput; on a CPU 1 is fastest (default: 1)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g = parser.add_argument_group("output (at least one)")
     g.add_argument("--out", type=Path, metavar="PATH", help="annotated video (.mp4)")
     g.add_argument("--codec", default="mp4v", metavar="FOURCC", help="--out codec (default: mp4v)")
-    g.add_argument("--save-images", type=Path, metavar="DIR",
-                   help="image sources: write each annotated image as DIR/<name>.png")  # fmt: skip
+    g.add_argument(
+        "--save-images", type=Path, metavar="DIR", help="image sources: write each annotated image as DIR/<name>.png"
+    )
     g.add_argument("--show", action="store_true", help="show the frames in a window (needs a display; q stops)")
     g.add_argument("--contact-sheet", type=Path, metavar="PNG", help="a grid of annotated frames spread over the run")
-    g.add_argument("--sheet-frames", type=int, default=8, metavar="N",
-                   help="frames on the contact sheet, and kept in the result of run() (default: 8)")  # fmt: skip
+    g.add_argument(
+        "--sheet-frames",
+        type=int,
+        default=8,
+        metavar="N",
+        help="frames on the contact sheet, and kept in the result of run() (default: 8)",
+    )
     return parser
 
 
@@ -198,15 +240,16 @@ def batches(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
         yield batch
 
 
-def annotated_frames(source: Source, annotator: Annotator,
-                     args: argparse.Namespace) -> Iterator[tuple[Frame, Annotated]]:  # fmt: skip
+def annotated_frames(
+    source: Source, annotator: Annotator, args: argparse.Namespace
+) -> Iterator[tuple[Frame, Annotated]]:
     """Each frame of the source (up to --max-frames) with its annotations and the running FPS drawn, computed
     --batch-size frames at a time."""
     meter = FpsMeter()
     for batch in batches(itertools.islice(source, args.max_frames), args.batch_size):
         annotated = annotator([resized(frame.rgb, args.resize) for frame in batch])
         fps = meter.update(len(batch))
-        for frame, result in zip(batch, annotated):
+        for frame, result in zip(batch, annotated, strict=True):
             draw_fps(result.image, fps)
             yield frame, result
 
@@ -215,14 +258,18 @@ def process(args: argparse.Namespace) -> DemoResult:
     """The demo loop: read, annotate a batch, then write, save, show and sample each frame."""
     device = resolve_device(args.device)
     if args.half and device.type != "cuda":
-        raise UserError(f"--half: fp16 inference runs on CUDA only, and the device is {device}: drop --half "
-                        "(or pass --device cuda on a machine with a GPU)")  # fmt: skip
+        raise UserError(
+            f"--half: fp16 inference runs on CUDA only, and the device is {device}: drop --half "
+            "(or pass --device cuda on a machine with a GPU)"
+        )
     with contextlib.ExitStack() as stack:
         source: Source = open_source(args.source, args.stride)
         stack.callback(source.close)
         if args.save_images and not source.images:
-            raise UserError(f"--save-images: only for image sources (a folder or one image); --source "
-                            f"{args.source} is a video: use --out")  # fmt: skip
+            raise UserError(
+                f"--save-images: only for image sources (a folder or one image); --source "
+                f"{args.source} is a video: use --out"
+            )
         window = Window(f"demo.video: {args.source}") if args.show else None
         if window:
             stack.callback(window.close)
@@ -264,8 +311,10 @@ def process(args: argparse.Namespace) -> DemoResult:
 
 def print_summary(result: DemoResult, args: argparse.Namespace, runtimes: dict[str, str]) -> None:
     models = "; ".join(f"{flag} {runtime}" for flag, runtime in runtimes.items())
-    print(f"processed {result.frames} frames in {result.seconds:.1f} s: {result.fps:.1f} FPS on average "
-          f"({models}; --batch-size {args.batch_size}, --stride {args.stride})")  # fmt: skip
+    print(
+        f"processed {result.frames} frames in {result.seconds:.1f} s: {result.fps:.1f} FPS on average "
+        f"({models}; --batch-size {args.batch_size}, --stride {args.stride})"
+    )
     seen = ", ".join(f"{name} ({count})" for name, count in result.classes.most_common())
     print(f"classes drawn (frames): {seen or 'none'}")
     if result.out:

@@ -33,21 +33,31 @@ T = TypeVar("T")
 def add_common_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
     """--weights and the run flags every evaluation entry point takes."""
     g = parser.add_argument_group("model")
-    g.add_argument("--weights", required=True, metavar="CKPT",
-                   help="checkpoint to evaluate: a training run's best.pt/last.pt, an imported model or a weights "
-                        "name (README: Model zoo)")  # fmt: skip
-    g.add_argument("--no-ema", action="store_true",
-                   help="evaluate a training checkpoint's raw weights instead of its EMA weights")  # fmt: skip
+    g.add_argument(
+        "--weights",
+        required=True,
+        metavar="CKPT",
+        help="checkpoint to evaluate: a training run's best.pt/last.pt, an imported model or a weights "
+        "name (README: Model zoo)",
+    )
+    g.add_argument(
+        "--no-ema", action="store_true", help="evaluate a training checkpoint's raw weights instead of its EMA weights"
+    )
     g = parser.add_argument_group("run")
-    g.add_argument("--batch-size", type=int, default=batch_size, help=f"images per batch and process "
-                   f"(default: {batch_size})")  # fmt: skip
-    g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="data-loading processes per process (default: 4, at most the CPU count)")  # fmt: skip
+    g.add_argument(
+        "--batch-size", type=int, default=batch_size, help=f"images per batch and process (default: {batch_size})"
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="data-loading processes per process (default: 4, at most the CPU count)",
+    )
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    g.add_argument("--max-images", type=int, default=None, metavar="N",
-                   help="evaluate only the first N images (a quick check)")  # fmt: skip
-    g.add_argument("--project", type=Path, default=Path("runs/eval"), help="results parent folder "
-                   "(default: runs/eval)")  # fmt: skip
+    g.add_argument(
+        "--max-images", type=int, default=None, metavar="N", help="evaluate only the first N images (a quick check)"
+    )
+    g.add_argument("--project", type=Path, default=Path("runs/eval"), help="results parent folder (default: runs/eval)")
     g.add_argument("--name", default="exp", help="results folder name; taken names get 2, 3, ... (default: exp)")
     g.add_argument("--exist-ok", action="store_true", help="write into --project/--name even if it exists")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -88,10 +98,16 @@ def first_images(dataset: Dataset, max_images: int | None) -> Dataset:
     return Subset(dataset, range(max_images))
 
 
-def eval_loader(dataset: Dataset, args: argparse.Namespace, dist: DistInfo, collate: Callable,
-                batch_size: int | None = None) -> DataLoader:  # fmt: skip
-    return make_loader(shard_dataset(dataset, dist), batch_size or args.batch_size, train=False, workers=args.workers,
-                       collate_fn=collate)  # fmt: skip
+def eval_loader(
+    dataset: Dataset, args: argparse.Namespace, dist: DistInfo, collate: Callable, batch_size: int | None = None
+) -> DataLoader:
+    return make_loader(
+        shard_dataset(dataset, dist),
+        batch_size or args.batch_size,
+        train=False,
+        workers=args.workers,
+        collate_fn=collate,
+    )
 
 
 def results_dir(args: argparse.Namespace) -> Path:
@@ -128,8 +144,10 @@ def load_detector(args: argparse.Namespace, dist: DistInfo) -> tuple[SSDLite, di
     evaluate with (--score-threshold / --nms-iou, else the preset's), passed explicitly to `eval.detection.detect`."""
     model, checkpoint = load_ssdlite(args.weights, ema=not args.no_ema)
     preset = model.preset
-    thresholds = {"score_threshold": preset.score_threshold if args.score_threshold is None else args.score_threshold,
-                  "nms_iou": preset.nms_iou if args.nms_iou is None else args.nms_iou}  # fmt: skip
+    thresholds = {
+        "score_threshold": preset.score_threshold if args.score_threshold is None else args.score_threshold,
+        "nms_iou": preset.nms_iou if args.nms_iou is None else args.nms_iou,
+    }
     return model.to(dist.device).eval(), checkpoint, thresholds
 
 
@@ -138,8 +156,13 @@ def detection_transform(model: SSDLite) -> DetectionEvalTransform:
     return DetectionEvalTransform(partial(preprocess_image, preset=model.preset))
 
 
-def detector_setup(args: argparse.Namespace, model: SSDLite, checkpoint: Mapping[str, Any], dist: DistInfo,
-                   thresholds: Mapping[str, float]) -> dict[str, Any]:  # fmt: skip
+def detector_setup(
+    args: argparse.Namespace,
+    model: SSDLite,
+    checkpoint: Mapping[str, Any],
+    dist: DistInfo,
+    thresholds: Mapping[str, float],
+) -> dict[str, Any]:
     p = model.preset
     kind = ""
     if "ema" in checkpoint:  # a training checkpoint: say which of its weights were evaluated
@@ -147,21 +170,24 @@ def detector_setup(args: argparse.Namespace, model: SSDLite, checkpoint: Mapping
     return {
         "checkpoint": f"{args.weights} (preset {p.name}, {p.num_classes} classes with the background{kind})",
         "input": f"{p.image_size[0]}×{p.image_size[1]} resized by {p.resize}, {p.normalization} normalisation, "
-                 f"{p.classification} scores (ssdlite.preprocess_image, as Detector)",
+        f"{p.classification} scores (ssdlite.preprocess_image, as Detector)",
         "post_processing": f"score > {thresholds['score_threshold']:g}, NMS IoU {thresholds['nms_iou']:g}, top "
-                           f"{p.pre_nms_topk} before NMS, {p.detections_per_image} detections per image",
+        f"{p.pre_nms_topk} before NMS, {p.detections_per_image} detections per image",
         "processes": f"{dist.world_size} on {dist.device.type}",
-    }  # fmt: skip
+    }
 
 
-def report_class_names(setup: dict[str, Any], model_names: Sequence[str], dataset_names: Sequence[str],
-                       match: LabelMatch | None) -> None:  # fmt: skip
+def report_class_names(
+    setup: dict[str, Any], model_names: Sequence[str], dataset_names: Sequence[str], match: LabelMatch | None
+) -> None:
     """Add to the report the classes a by-name match scored and left out, or a warning when labels read as they
     are carry other names."""
     if match is not None:
         setup.update(match.describe(dataset_names))
-        print(f"classes matched by name: {len(match.to_dataset)} scored, {len(match.dataset_only)} of the data's and "
-              f"{len(match.model_only)} of the checkpoint's left out (listed in the report)")  # fmt: skip
+        print(
+            f"classes matched by name: {len(match.to_dataset)} scored, {len(match.dataset_only)} of the data's and "
+            f"{len(match.model_only)} of the checkpoint's left out (listed in the report)"
+        )
     elif warning := class_name_warning(model_names, dataset_names):
         setup["warning"] = warning
         print(f"warning: {warning}", file=sys.stderr)
@@ -169,8 +195,11 @@ def report_class_names(setup: dict[str, Any], model_names: Sequence[str], datase
 
 def class_name_warning(names: Sequence[str], dataset_names: Sequence[str]) -> str | None:
     """A warning when the checkpoint's class names differ from the dataset's at the same labels."""
-    pairs = [(i, a, b) for i, (a, b) in enumerate(zip(names, dataset_names))
-             if i > 0 and b != "N/A" and canonical_class_name(a) != canonical_class_name(b)]  # fmt: skip
+    pairs = [
+        (i, a, b)
+        for i, (a, b) in enumerate(zip(names, dataset_names, strict=True))
+        if i > 0 and b != "N/A" and canonical_class_name(a) != canonical_class_name(b)
+    ]
     if not pairs or len(names) != len(dataset_names):
         return None
     shown = ", ".join(f"{i}: {a!r} vs {b!r}" for i, a, b in pairs[:5])

@@ -54,8 +54,10 @@ def coco_source(args: argparse.Namespace) -> tuple[Path, Path]:
             raise UserError("--ann and --images go together: the instances JSON and the folder of its images")
         return args.images, args.ann
     if args.data == "voc":
-        raise UserError("--data voc is not in COCO format: use eval/voc_map.py for VOC mAP, or --ann/--images for "
-                        "a COCO-format copy of the set")  # fmt: skip
+        raise UserError(
+            "--data voc is not in COCO format: use eval/voc_map.py for VOC mAP, or --ann/--images for "
+            "a COCO-format copy of the set"
+        )
     if args.data == "custom":
         missing = [flag for flag, v in (("--val-ann", args.val_ann), ("--val-images", args.val_images)) if v is None]
         if missing:
@@ -69,18 +71,19 @@ def coco_source(args: argparse.Namespace) -> tuple[Path, Path]:
 
 LABEL_SPACE_TEXT = {
     "contiguous": "contiguous: the checkpoint's {n} classes are the background and the file's {k} categories in "
-                  "sorted category-id order (this suite's training convention); detections are mapped back to "
-                  "the category ids",
+    "sorted category-id order (this suite's training convention); detections are mapped back to "
+    "the category ids",
     "category_id": "COCO category ids: the checkpoint's {n} classes are the background and category ids 1..{m} "
-                   "(TF Object Detection API / imported models); detections of ids the file does not define are "
-                   "dropped",
+    "(TF Object Detection API / imported models); detections of ids the file does not define are "
+    "dropped",
     "class_name": "by class name: the checkpoint's {n} classes matched onto the file's {k} categories by name (any "
-                  "case, COCO/VOC spellings); only the categories both know are scored",
-}  # fmt: skip
+    "case, COCO/VOC spellings); only the categories both know are scored",
+}
 
 
-def coco_dataset_for(model: SSDLite, args: argparse.Namespace, transform: DetectionEvalTransform,
-                     skip: SkipCounter | None) -> tuple[CocoDetection, str, LabelMatch | None]:  # fmt: skip
+def coco_dataset_for(
+    model: SSDLite, args: argparse.Namespace, transform: DetectionEvalTransform, skip: SkipCounter | None
+) -> tuple[CocoDetection, str, LabelMatch | None]:
     """The COCO-format set in the label space the checkpoint fits: its class count read as contiguous labels or
     category ids where its names agree (or it has none), else its classes matched to the file's by name."""
     images, ann = coco_source(args)
@@ -120,11 +123,14 @@ def evaluate(args: argparse.Namespace) -> Path | None:
     dist = init_distributed(args.device)
     model, checkpoint, thresholds = cli.load_detector(args, dist)
     skip = SkipCounter() if args.skip_bad_samples else None
-    dataset, label_space, match = cli.main_first(dist, lambda: coco_dataset_for(model, args,
-                                                                          cli.detection_transform(model), skip))
+    dataset, label_space, match = cli.main_first(
+        dist, lambda: coco_dataset_for(model, args, cli.detection_transform(model), skip)
+    )
     if not dataset.coco.dataset.get("annotations"):  # COCOeval would report 0.000, which reads as a score
-        raise UserError(f"{dataset.ann_file}: has no annotations, so mAP is undefined (nothing to find): evaluate "
-                        "on a file with ground-truth boxes")  # fmt: skip
+        raise UserError(
+            f"{dataset.ann_file}: has no annotations, so mAP is undefined (nothing to find): evaluate "
+            "on a file with ground-truth boxes"
+        )
     subset = cli.first_images(dataset, args.max_images)
     loader = cli.eval_loader(subset, args, dist, collate_detection)
     start = time.perf_counter()
@@ -134,8 +140,9 @@ def evaluate(args: argparse.Namespace) -> Path | None:
         found = match.apply(found) if match else found
         known = torch.tensor([int(v) in dataset.label_to_cat for v in found["labels"].tolist()], dtype=torch.bool)
         dropped += int((~known).sum())
-        results += dataset.to_coco_results(target["image_id"], found["boxes"][known],
-                                           found["scores"][known].tolist(), found["labels"][known].tolist())
+        results += dataset.to_coco_results(
+            target["image_id"], found["boxes"][known], found["scores"][known].tolist(), found["labels"][known].tolist()
+        )
     gathered = gather_objects((results, image_ids, dropped))
     if not dist.is_main:
         return None
@@ -148,19 +155,23 @@ def evaluate(args: argparse.Namespace) -> Path | None:
 
     k = len(dataset.class_names) - 1
     setup = cli.detector_setup(args, model, checkpoint, dist, thresholds)
-    setup.update({
-        "data": f"{dataset.ann_file} with images in {dataset.image_dir}: {len(image_ids)} of {len(dataset)} images"
-                + (f" (--max-images {args.max_images})" if len(subset) < len(dataset) else ""),
-        "labels": LABEL_SPACE_TEXT[label_space].format(n=model.num_classes, k=k, m=model.num_classes - 1)
-                  + (f"; {dropped} detections of undefined ids dropped" if dropped else ""),
-        "time": f"{seconds:.1f} s ({len(image_ids) / max(seconds, 1e-9):.1f} images/s)",
-    })  # fmt: skip
+    setup.update(
+        {
+            "data": f"{dataset.ann_file} with images in {dataset.image_dir}: {len(image_ids)} of {len(dataset)} images"
+            + (f" (--max-images {args.max_images})" if len(subset) < len(dataset) else ""),
+            "labels": LABEL_SPACE_TEXT[label_space].format(n=model.num_classes, k=k, m=model.num_classes - 1)
+            + (f"; {dropped} detections of undefined ids dropped" if dropped else ""),
+            "time": f"{seconds:.1f} s ({len(image_ids) / max(seconds, 1e-9):.1f} images/s)",
+        }
+    )
     cli.report_class_names(setup, model.class_names, dataset.class_names, match)
     cli.record_skipped(skip, setup)
     out_dir = cli.results_dir(args)
     write_coco_report(result, out_dir, f"COCO box mAP of {Path(args.weights).name}", detections=results, setup=setup)
-    print(f"COCO mAP@[.5:.95] {result.stats['AP']:.3f}, AP50 {result.stats['AP50']:.3f} on {len(image_ids)} images "
-          f"({label_space.replace('_', ' ')} labels); report: {out_dir / 'report.md'}")  # fmt: skip
+    print(
+        f"COCO mAP@[.5:.95] {result.stats['AP']:.3f}, AP50 {result.stats['AP50']:.3f} on {len(image_ids)} images "
+        f"({label_space.replace('_', ' ')} labels); report: {out_dir / 'report.md'}"
+    )
     return out_dir
 
 

@@ -21,9 +21,19 @@ from common.files import write_atomic
 from eval.segmentation_report import json_safe, setup_section
 
 STAT_NAMES = (
-    "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
-    "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
-)  # fmt: skip
+    "AP",
+    "AP50",
+    "AP75",
+    "AP_small",
+    "AP_medium",
+    "AP_large",
+    "AR1",
+    "AR10",
+    "AR100",
+    "AR_small",
+    "AR_medium",
+    "AR_large",
+)
 STAT_TITLES = (
     "AP @[IoU=0.50:0.95, area=all, maxDets=100]",
     "AP @[IoU=0.50, area=all, maxDets=100]",
@@ -49,8 +59,9 @@ class CocoResult:
     num_detections: int = 0
 
 
-def evaluate_coco(coco_gt: COCO, detections: list[dict], image_ids: list[int] | None = None,
-                  category_ids: list[int] | None = None) -> CocoResult:  # fmt: skip
+def evaluate_coco(
+    coco_gt: COCO, detections: list[dict], image_ids: list[int] | None = None, category_ids: list[int] | None = None
+) -> CocoResult:
     """Run COCOeval (bbox) on `detections` in COCO result format (COCO category ids, xywh boxes), over
     `category_ids` only when given (the categories a detector knows)."""
     image_ids = sorted(coco_gt.getImgIds()) if image_ids is None else image_ids
@@ -65,19 +76,21 @@ def evaluate_coco(coco_gt: COCO, detections: list[dict], image_ids: list[int] | 
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    stats = {name: max(0.0, float(v)) for name, v in zip(STAT_NAMES, evaluator.stats)}
+    stats = {name: max(0.0, float(v)) for name, v in zip(STAT_NAMES, evaluator.stats, strict=True)}
     precision = evaluator.eval["precision"]  # [IoU thresholds, recall points, classes, areas, max dets]
     per_class = []
     for k, cat_id in enumerate(evaluator.params.catIds):
         p_all, p50 = precision[:, :, k, 0, -1], precision[0, :, k, 0, -1]
         if (p_all > -1).any():
-            per_class.append({
-                "category_id": int(cat_id),
-                "name": coco_gt.cats[cat_id]["name"],
-                "AP": float(p_all[p_all > -1].mean()),
-                "AP50": float(p50[p50 > -1].mean()) if (p50 > -1).any() else 0.0,
-                "instances": len(coco_gt.getAnnIds(imgIds=image_ids, catIds=[cat_id], iscrowd=False)),
-            })  # fmt: skip
+            per_class.append(
+                {
+                    "category_id": int(cat_id),
+                    "name": coco_gt.cats[cat_id]["name"],
+                    "AP": float(p_all[p_all > -1].mean()),
+                    "AP50": float(p50[p50 > -1].mean()) if (p50 > -1).any() else 0.0,
+                    "instances": len(coco_gt.getAnnIds(imgIds=image_ids, catIds=[cat_id], iscrowd=False)),
+                }
+            )
     return CocoResult(stats, per_class, precision, len(image_ids), len(detections))
 
 
@@ -97,8 +110,13 @@ def plot_precision_recall(result: CocoResult, path: Path) -> None:
             warnings.simplefilter("ignore", category=RuntimeWarning)  # classes without ground truth are all-NaN
             for label, curve in curves:
                 ax.plot(recall, np.nanmean(curve, axis=1), label=label)
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
-           title=f"COCO box PR (AP {result.stats['AP']:.3f}, AP50 {result.stats['AP50']:.3f})")  # fmt: skip
+    ax.set(
+        xlabel="recall",
+        ylabel="precision",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title=f"COCO box PR (AP {result.stats['AP']:.3f}, AP50 {result.stats['AP50']:.3f})",
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
     fig.tight_layout()
@@ -108,15 +126,25 @@ def plot_precision_recall(result: CocoResult, path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def write_coco_report(result: CocoResult, out_dir: Path, title: str, detections: list[dict] | None = None,
-                      setup: Mapping[str, Any] | None = None) -> Path:  # fmt: skip
+def write_coco_report(
+    result: CocoResult,
+    out_dir: Path,
+    title: str,
+    detections: list[dict] | None = None,
+    setup: Mapping[str, Any] | None = None,
+) -> Path:
     """report.md, metrics.json, pr_curve.png (and detections.json when given) in `out_dir`; `setup` (how the
     evaluation ran: checkpoint, input, thresholds, data) is listed under the title and kept in metrics.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if detections is not None:
         write_atomic(out_dir / "detections.json", json.dumps(detections))
-    metrics = {"stats": result.stats, "per_class": result.per_class, "num_images": result.num_images,
-               "num_detections": result.num_detections, **({"setup": dict(setup)} if setup else {})}  # fmt: skip
+    metrics = {
+        "stats": result.stats,
+        "per_class": result.per_class,
+        "num_images": result.num_images,
+        "num_detections": result.num_detections,
+        **({"setup": dict(setup)} if setup else {}),
+    }
     write_atomic(out_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2) + "\n")
     plot_precision_recall(result, out_dir / "pr_curve.png")
     lines = [
@@ -127,7 +155,7 @@ def write_coco_report(result: CocoResult, out_dir: Path, title: str, detections:
         "",
         "| metric | value |",
         "|---|---:|",
-        *(f"| {t} | {result.stats[n]:.3f} |" for n, t in zip(STAT_NAMES, STAT_TITLES)),
+        *(f"| {t} | {result.stats[n]:.3f} |" for n, t in zip(STAT_NAMES, STAT_TITLES, strict=True)),
         "",
         "![precision-recall](pr_curve.png)",
         "",
@@ -135,8 +163,10 @@ def write_coco_report(result: CocoResult, out_dir: Path, title: str, detections:
         "",
         "| class | instances | AP | AP50 |",
         "|---|---:|---:|---:|",
-        *(f"| {c['name']} | {c['instances']} | {c['AP']:.3f} | {c['AP50']:.3f} |"
-          for c in sorted(result.per_class, key=lambda c: -c["AP"])),  # fmt: skip
+        *(
+            f"| {c['name']} | {c['instances']} | {c['AP']:.3f} | {c['AP50']:.3f} |"
+            for c in sorted(result.per_class, key=lambda c: -c["AP"])
+        ),
     ]
     report = out_dir / "report.md"
     write_atomic(report, "\n".join(lines) + "\n")

@@ -26,8 +26,14 @@ from ssdlite.model import SSDLite
 from ssdlite.postprocess import Detections
 
 
-def detect(model: SSDLite, loader: DataLoader, progress: bool = False, *, score_threshold: float | None = None,
-           nms_iou: float | None = None) -> Iterator[tuple[dict, Detections]]:  # fmt: skip
+def detect(
+    model: SSDLite,
+    loader: DataLoader,
+    progress: bool = False,
+    *,
+    score_threshold: float | None = None,
+    nms_iou: float | None = None,
+) -> Iterator[tuple[dict, Detections]]:
     """(target, detections) per image, through the detector's own path (`ssdlite.detect_inputs` on the inputs of
     `DetectionEvalTransform`), so they are what `Detector` returns for the same files; boxes in the pixels of the
     image file (the target's `orig_size`), thresholds the preset's unless given."""
@@ -39,7 +45,7 @@ def detect(model: SSDLite, loader: DataLoader, progress: bool = False, *, score_
         images, targets = batch
         sizes = [tuple(int(v) for v in t["orig_size"]) for t in targets]
         found = detect_inputs(model, images, sizes, score_threshold=score_threshold, nms_iou=nms_iou)
-        for target, one in zip(targets, found):
+        for target, one in zip(targets, found, strict=True):
             yield target, {k: v.cpu() for k, v in one.items()}
 
 
@@ -86,8 +92,11 @@ def match_labels(model_names: Sequence[str], dataset_names: Sequence[str]) -> La
         return None
 
     def unmatched(names: Sequence[str], matched: set[int]) -> list[str]:
-        return [name for k, name in enumerate(names)
-                if k > 0 and k not in matched and canonical_class_name(name) != UNUSED_CLASS]  # fmt: skip
+        return [
+            name
+            for k, name in enumerate(names)
+            if k > 0 and k not in matched and canonical_class_name(name) != UNUSED_CLASS
+        ]
 
     return LabelMatch(pairs, unmatched(model_names, set(pairs)), unmatched(dataset_names, set(pairs.values())))
 
@@ -99,8 +108,14 @@ def base_dataset(dataset: Dataset) -> Dataset:
     return dataset
 
 
-def evaluate_coco_detections(model: SSDLite, loader: DataLoader, dist: DistInfo, out_dir: Path | None = None,
-                             title: str = "COCO evaluation", progress: bool = False) -> CocoResult | None:  # fmt: skip
+def evaluate_coco_detections(
+    model: SSDLite,
+    loader: DataLoader,
+    dist: DistInfo,
+    out_dir: Path | None = None,
+    title: str = "COCO evaluation",
+    progress: bool = False,
+) -> CocoResult | None:
     """COCO mAP of `model` on a CocoDetection loader (the preset's post-processing); rank 0 gets the result (and
     the report in `out_dir`)."""
     dataset = base_dataset(loader.dataset)
@@ -109,8 +124,9 @@ def evaluate_coco_detections(model: SSDLite, loader: DataLoader, dist: DistInfo,
     results, image_ids = [], []
     for target, found in detect(model, loader, progress):
         image_ids.append(int(target["image_id"]))
-        results += dataset.to_coco_results(target["image_id"], found["boxes"], found["scores"].tolist(),
-                                           found["labels"].tolist())  # fmt: skip
+        results += dataset.to_coco_results(
+            target["image_id"], found["boxes"], found["scores"].tolist(), found["labels"].tolist()
+        )
     gathered = gather_objects((results, image_ids))
     if not dist.is_main:
         return None
@@ -122,8 +138,9 @@ def evaluate_coco_detections(model: SSDLite, loader: DataLoader, dist: DistInfo,
     return result
 
 
-def evaluate_voc_detections(model: SSDLite, loader: DataLoader, dist: DistInfo, use_07_metric: bool = True,
-                            progress: bool = False) -> dict[str, float | list[float]] | None:  # fmt: skip
+def evaluate_voc_detections(
+    model: SSDLite, loader: DataLoader, dist: DistInfo, use_07_metric: bool = True, progress: bool = False
+) -> dict[str, float | list[float]] | None:
     """VOC mAP (07 11-point or 2010+ area) on a VOCDetection loader; rank 0 gets {"mAP", "per_class_ap"}."""
     dataset = base_dataset(loader.dataset)
     records = {r.image_id: r for r in getattr(dataset, "records", [])}
@@ -132,12 +149,14 @@ def evaluate_voc_detections(model: SSDLite, loader: DataLoader, dist: DistInfo, 
     pairs = []
     for target, found in detect(model, loader, progress):
         record = records[target["image_id"]]
-        truth = ImageGroundTruth(torch.from_numpy(record.boxes), torch.from_numpy(record.labels),
-                                 torch.from_numpy(record.extra["difficult"]))  # fmt: skip
+        truth = ImageGroundTruth(
+            torch.from_numpy(record.boxes), torch.from_numpy(record.labels), torch.from_numpy(record.extra["difficult"])
+        )
         pairs.append((truth, ImageDetections(found["boxes"], found["scores"], found["labels"])))
     gathered = [p for part in gather_objects(pairs) for p in part]
     if not dist.is_main:
         return None
-    aps = voc_detection_ap([d for _, d in gathered], [g for g, _ in gathered], len(dataset.class_names),
-                           use_07_metric=use_07_metric)  # fmt: skip
+    aps = voc_detection_ap(
+        [d for _, d in gathered], [g for g, _ in gathered], len(dataset.class_names), use_07_metric=use_07_metric
+    )
     return {"mAP": float(np.nanmean(aps)), "per_class_ap": aps}

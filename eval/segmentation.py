@@ -39,12 +39,11 @@ class ConfusionMatrix:
         target, prediction = target[valid].long(), prediction[valid].long()
         if target.numel() and (int(target.max()) >= self.num_classes or int(target.min()) < 0):
             bad = sorted(set(target.unique().tolist()) - set(range(self.num_classes)))
-            raise ValueError(f"ground-truth class ids {bad} are outside 0..{self.num_classes - 1} "
-                             f"and not {IGNORE_INDEX}")  # fmt: skip
+            raise ValueError(
+                f"ground-truth class ids {bad} are outside 0..{self.num_classes - 1} and not {IGNORE_INDEX}"
+            )
         index = target * self.num_classes + prediction
-        self.matrix += torch.bincount(index, minlength=self.num_classes**2).view(
-            self.num_classes, self.num_classes
-        )
+        self.matrix += torch.bincount(index, minlength=self.num_classes**2).view(self.num_classes, self.num_classes)
 
     def reduce(self) -> "ConfusionMatrix":
         """Sum the matrices of all torchrun processes (no-op in a single process)."""
@@ -80,23 +79,38 @@ def image_mean_iou(prediction: np.ndarray, truth: np.ndarray, num_classes: int) 
 Scored = tuple[list[torch.Tensor], list[Region], list[torch.Tensor], list[torch.Tensor]]
 
 
-def predicted_masks(model: MobileDeepLabV3, loader: DataLoader, scales: Sequence[float] = (1.0,), flip: bool = False,
-                    progress: bool = False) -> Iterator[Scored]:  # fmt: skip
+def predicted_masks(
+    model: MobileDeepLabV3,
+    loader: DataLoader,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    progress: bool = False,
+) -> Iterator[Scored]:
     """(network inputs, regions, predicted masks, ground-truth masks) per batch, masks at each image's size, on the
     CPU: what `Segmenter` predicts for the same images, pixel for pixel."""
     for batch in tqdm(loader, desc="segment", disable=not progress, dynamic_ncols=True):
         if batch is None:  # every sample of the batch was skipped by the dataset's skip policy
             continue
         inputs, masks, regions = batch
-        yield inputs, regions, masks_at_image_size(model, inputs, regions, [tuple(m.shape) for m in masks], scales,
-                                                   flip), masks  # fmt: skip
+        yield (
+            inputs,
+            regions,
+            masks_at_image_size(model, inputs, regions, [tuple(m.shape) for m in masks], scales, flip),
+            masks,
+        )
 
 
-def evaluate_segmentation(model: MobileDeepLabV3, loader: DataLoader, dist: DistInfo, scales: Sequence[float] = (1.0,),
-                          flip: bool = False, progress: bool = False) -> ConfusionMatrix:  # fmt: skip
+def evaluate_segmentation(
+    model: MobileDeepLabV3,
+    loader: DataLoader,
+    dist: DistInfo,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    progress: bool = False,
+) -> ConfusionMatrix:
     """The confusion matrix of `model` on the loader, summed over every torchrun process."""
     matrix = ConfusionMatrix(model.num_classes, dist.device)  # NCCL reduces device tensors only
     for _, _, predicted, truth in predicted_masks(model, loader, scales, flip, progress):
-        for one, expected in zip(predicted, truth):
+        for one, expected in zip(predicted, truth, strict=True):
             matrix.update(one, expected)
     return matrix.reduce()

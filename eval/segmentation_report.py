@@ -102,8 +102,15 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
             for j in range(k):
                 v = normalised[i, j]
                 if np.isfinite(v) and v >= 0.005:
-                    ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=6 if k > 12 else 8,
-                            color="white" if v > 0.5 else "black")  # fmt: skip
+                    ax.text(
+                        j,
+                        i,
+                        f"{100 * v:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6 if k > 12 else 8,
+                        color="white" if v > 0.5 else "black",
+                    )
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     data = _png(fig)
@@ -126,14 +133,16 @@ def render_overlay(overlay: Overlay, class_names: Sequence[str]) -> bytes:
     gap = 4
     panels = [image, colourise(truth), colourise(prediction)]
     present = sorted({int(v) for v in np.unique(np.concatenate([truth.ravel(), prediction.ravel()]))})
-    names = [(v, class_names[v] if v < len(class_names) else f"class {v}") if v != IGNORE_INDEX else (v, "ignore")
-             for v in present]  # fmt: skip
+    names = [
+        (v, class_names[v] if v < len(class_names) else f"class {v}") if v != IGNORE_INDEX else (v, "ignore")
+        for v in present
+    ]
     line, per_row = 14, max(1, (3 * width + 2 * gap) // 110)
     legend_height = line * math.ceil(len(names) / per_row) + 4 + line  # + the panel titles
     canvas = Image.new("RGB", (3 * width + 2 * gap, height + legend_height), "white")
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
-    for i, (panel, title) in enumerate(zip(panels, ("image", "ground truth", "prediction"))):
+    for i, (panel, title) in enumerate(zip(panels, ("image", "ground truth", "prediction"), strict=True)):
         canvas.paste(Image.fromarray(np.ascontiguousarray(panel)), (i * (width + gap), line))
         draw.text((i * (width + gap) + 2, 1), title, fill="black", font=font)
     for n, (value, name) in enumerate(names):
@@ -169,8 +178,16 @@ def write_segmentation_report(
     gt_pixels = counts.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         accuracy = np.diag(counts) / gt_pixels
-    per_class = [{"name": name, "iou": iou[i], "accuracy": float(accuracy[i]), "gt_pixels": int(gt_pixels[i]),
-                  "predicted_pixels": int(counts[:, i].sum())} for i, name in enumerate(class_names)]  # fmt: skip
+    per_class = [
+        {
+            "name": name,
+            "iou": iou[i],
+            "accuracy": float(accuracy[i]),
+            "gt_pixels": int(gt_pixels[i]),
+            "predicted_pixels": int(counts[:, i].sum()),
+        }
+        for i, name in enumerate(class_names)
+    ]
     details = dict(details or {})
 
     plot_confusion_matrix(counts, class_names, out_dir / "confusion_matrix.png")
@@ -180,10 +197,20 @@ def write_segmentation_report(
         write_atomic(out_dir / name, render_overlay(overlay, class_names))
         overlay_files.append((name, overlay.name))
 
-    summary = {"mIoU": metrics["mIoU"], "pixel_accuracy": metrics["pixel_accuracy"],
-               "mean_class_accuracy": metrics["mean_class_accuracy"]}  # fmt: skip
-    document = {**summary, "per_class_iou": iou, "per_class": per_class, "class_names": list(class_names),
-                "confusion_matrix": counts.tolist(), "overlays": [f for f, _ in overlay_files], **details}  # fmt: skip
+    summary = {
+        "mIoU": metrics["mIoU"],
+        "pixel_accuracy": metrics["pixel_accuracy"],
+        "mean_class_accuracy": metrics["mean_class_accuracy"],
+    }
+    document = {
+        **summary,
+        "per_class_iou": iou,
+        "per_class": per_class,
+        "class_names": list(class_names),
+        "confusion_matrix": counts.tolist(),
+        "overlays": [f for f, _ in overlay_files],
+        **details,
+    }
     write_atomic(out_dir / "metrics.json", json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n")
 
     absent = [c["name"] for c in per_class if not math.isfinite(c["iou"])]

@@ -75,7 +75,7 @@ def voc_detection_ap(
     non-difficult ground truth."""
     aps = []
     for label in range(1, num_classes):
-        parts = [_match_image(d, g, label, iou_threshold) for d, g in zip(detections, ground_truths)]
+        parts = [_match_image(d, g, label, iou_threshold) for d, g in zip(detections, ground_truths, strict=True)]
         positives = sum(int(((g.labels == label) & ~g.difficult).sum()) for g in ground_truths)
         if positives == 0:
             aps.append(float("nan"))

@@ -43,8 +43,9 @@ from ssdlite.model import SSDLite
 PYTORCH_SSD_MB2_SSDLITE_VOC07 = 68.6  # github.com/qfgaohao/pytorch-ssd README: mb2-ssd-lite, VOC2007 test
 
 
-def voc_dataset(args: argparse.Namespace, model: SSDLite, transform: DetectionEvalTransform,
-                skip: SkipCounter | None) -> tuple[VOCDetection, LabelMatch | None]:  # fmt: skip
+def voc_dataset(
+    args: argparse.Namespace, model: SSDLite, transform: DetectionEvalTransform, skip: SkipCounter | None
+) -> tuple[VOCDetection, LabelMatch | None]:
     """The VOC-layout set the flags name, `difficult` objects kept (flagged) for the evaluation, and how the
     checkpoint's labels match its classes: as they are where count and names agree, else by class name."""
     if args.data == "coco":
@@ -73,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("python eval/voc_map.py", __doc__)
     cli.add_common_arguments(parser, batch_size=32)
     add_data_arguments(parser, segmentation=False)
-    parser.add_argument("--split", default=None,
-                        help="ImageSets/Main list to evaluate (default: test for --data voc, else val)")  # fmt: skip
+    parser.add_argument(
+        "--split", default=None, help="ImageSets/Main list to evaluate (default: test for --data voc, else val)"
+    )
     parser.add_argument("--iou", type=float, default=0.5, help="IoU a detection needs to match (default: 0.5)")
     cli.add_detection_arguments(parser)
     return parser
@@ -96,16 +98,33 @@ def _ap(value: float) -> str:
     return DASH if not np.isfinite(value) else f"{100 * value:.2f}"
 
 
-def write_voc_report(out_dir: Path, title: str, class_names: Sequence[str], ap07: Sequence[float],
-                     ap10: Sequence[float], positives: Sequence[int], setup: dict, num_images: int,
-                     detections: list[dict], reference: bool) -> Path:  # fmt: skip
+def write_voc_report(
+    out_dir: Path,
+    title: str,
+    class_names: Sequence[str],
+    ap07: Sequence[float],
+    ap10: Sequence[float],
+    positives: Sequence[int],
+    setup: dict,
+    num_images: int,
+    detections: list[dict],
+    reference: bool,
+) -> Path:
     """report.md, metrics.json, detections.json in `out_dir` (atomic writes)."""
     map07, map10 = nanmean(ap07), nanmean(ap10)
-    per_class = [{"name": n, "positives": int(p), "AP_voc07": a, "AP_voc2010": b}
-                 for n, p, a, b in zip(class_names[1:], positives, ap07, ap10)]  # fmt: skip
+    per_class = [
+        {"name": n, "positives": int(p), "AP_voc07": a, "AP_voc2010": b}
+        for n, p, a, b in zip(class_names[1:], positives, ap07, ap10, strict=True)
+    ]
     write_atomic(out_dir / "detections.json", json.dumps(detections))
-    metrics = {"mAP_voc07": map07, "mAP_voc2010": map10, "per_class": per_class, "num_images": num_images,
-               "num_detections": len(detections), "setup": setup}  # fmt: skip
+    metrics = {
+        "mAP_voc07": map07,
+        "mAP_voc2010": map10,
+        "per_class": per_class,
+        "num_images": num_images,
+        "num_detections": len(detections),
+        "setup": setup,
+    }
     write_atomic(out_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
     lines = [
         f"# {title}",
@@ -119,8 +138,11 @@ def write_voc_report(out_dir: Path, title: str, class_names: Sequence[str], ap07
         f"| VOC2010+ area | {_ap(map10)} |",
     ]
     if reference:
-        lines += ["", f"For comparison: pytorch-ssd publishes {PYTORCH_SSD_MB2_SSDLITE_VOC07} VOC07 mAP for its "
-                  "mb2-ssd-lite on VOC2007 test (the same 11-point metric)."]  # fmt: skip
+        lines += [
+            "",
+            f"For comparison: pytorch-ssd publishes {PYTORCH_SSD_MB2_SSDLITE_VOC07} VOC07 mAP for its "
+            "mb2-ssd-lite on VOC2007 test (the same 11-point metric).",
+        ]
     lines += ["", *setup_section(setup)]
     lines += [
         "",
@@ -149,8 +171,9 @@ def evaluate(args: argparse.Namespace) -> Path | None:
     pairs = []
     for target, found in detect(model, loader, dist.is_main and not args.quiet, **thresholds):
         record = records[target["image_id"]]  # the file's boxes, not the resized ones of the target
-        truth = ImageGroundTruth(torch.from_numpy(record.boxes), torch.from_numpy(record.labels),
-                                 torch.from_numpy(record.extra["difficult"]))  # fmt: skip
+        truth = ImageGroundTruth(
+            torch.from_numpy(record.boxes), torch.from_numpy(record.labels), torch.from_numpy(record.extra["difficult"])
+        )
         found = match.apply(found) if match else found
         pairs.append((record.image_id, truth, ImageDetections(found["boxes"], found["scores"], found["labels"])))
     pairs = [p for part in gather_objects(pairs) for p in part]
@@ -161,9 +184,16 @@ def evaluate(args: argparse.Namespace) -> Path | None:
     num_classes = len(dataset.class_names)
     ap07 = voc_detection_ap(detections, truths, num_classes, args.iou, use_07_metric=True)
     ap10 = voc_detection_ap(detections, truths, num_classes, args.iou, use_07_metric=False)
-    results = [{"image_id": image_id, "label": dataset.class_names[int(label)],
-                "bbox_xyxy": [round(float(v), 2) for v in box.tolist()], "score": round(float(score), 5)}
-               for image_id, _, d in pairs for box, score, label in zip(d.boxes, d.scores, d.labels)]  # fmt: skip
+    results = [
+        {
+            "image_id": image_id,
+            "label": dataset.class_names[int(label)],
+            "bbox_xyxy": [round(float(v), 2) for v in box.tolist()],
+            "score": round(float(score), 5),
+        }
+        for image_id, _, d in pairs
+        for box, score, label in zip(d.boxes, d.scores, d.labels, strict=True)
+    ]
     positives = [sum(int(((g.labels == c) & ~g.difficult).sum()) for g in truths) for c in range(1, num_classes)]
     scored = sorted(match.to_dataset.values()) if match else range(1, num_classes)  # the classes both know
     class_names = ["background", *(dataset.class_names[c] for c in scored)]
@@ -171,19 +201,30 @@ def evaluate(args: argparse.Namespace) -> Path | None:
 
     out_dir = cli.results_dir(args)
     setup = cli.detector_setup(args, model, checkpoint, dist, thresholds)
-    setup.update({
-        "data": f"{dataset.root} split {args.split or ('test' if args.data == 'voc' else 'val')}: {len(pairs)} of "
-                f"{len(dataset)} images" + (f" (--max-images {args.max_images})" if len(subset) < len(dataset) else ""),
-        "match_iou": args.iou,
-        "time": f"{seconds:.1f} s ({len(pairs) / max(seconds, 1e-9):.1f} images/s)",
-    })  # fmt: skip
+    setup.update(
+        {
+            "data": f"{dataset.root} split {args.split or ('test' if args.data == 'voc' else 'val')}: {len(pairs)} of "
+            f"{len(dataset)} images" + (f" (--max-images {args.max_images})" if len(subset) < len(dataset) else ""),
+            "match_iou": args.iou,
+            "time": f"{seconds:.1f} s ({len(pairs) / max(seconds, 1e-9):.1f} images/s)",
+        }
+    )
     cli.report_class_names(setup, model.class_names, dataset.class_names, match)
     cli.record_skipped(skip, setup)
     reference = args.data == "voc" and list(dataset.class_names[1:]) == list(VOC_CLASSES) and len(subset) == 4952
-    report = write_voc_report(out_dir, f"VOC detection mAP of {Path(args.weights).name}", class_names, ap07, ap10,
-                              positives, setup, len(pairs), results, reference)  # fmt: skip
-    print(f"VOC07 mAP {_ap(nanmean(ap07))}, VOC2010+ mAP {_ap(nanmean(ap10))} on {len(pairs)} "
-          f"images; report: {report}")  # fmt: skip
+    report = write_voc_report(
+        out_dir,
+        f"VOC detection mAP of {Path(args.weights).name}",
+        class_names,
+        ap07,
+        ap10,
+        positives,
+        setup,
+        len(pairs),
+        results,
+        reference,
+    )
+    print(f"VOC07 mAP {_ap(nanmean(ap07))}, VOC2010+ mAP {_ap(nanmean(ap10))} on {len(pairs)} images; report: {report}")
     return out_dir
 
 

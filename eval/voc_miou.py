@@ -64,19 +64,37 @@ def build_parser() -> argparse.ArgumentParser:
         if action.dest == "num_classes":
             action.help = "--data custom: classes including background (default: the checkpoint's)"
     g = parser.add_argument_group("evaluation")
-    g.add_argument("--split", default=None, help="ImageSets/Segmentation list for --data voc/custom/synthetic "
-                   "(default: val)")  # fmt: skip
-    g.add_argument("--scales", type=float, nargs="+", default=None, metavar="S",
-                   help="input scales whose class probabilities are averaged (default: 1.0)")  # fmt: skip
+    g.add_argument(
+        "--split", default=None, help="ImageSets/Segmentation list for --data voc/custom/synthetic (default: val)"
+    )
+    g.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="S",
+        help="input scales whose class probabilities are averaged (default: 1.0)",
+    )
     g.add_argument("--flip", action="store_true", help="also average horizontally flipped inputs")
-    g.add_argument("--mf", action="store_true",
-                   help=f"the paper's multi-scale + flip: --scales {' '.join(f'{s:g}' for s in PAPER_MF_SCALES)} "
-                        "--flip")  # fmt: skip
-    g.add_argument("--crop-size", type=int, default=None,
-                   help="the crop size images are padded to (input mode any, pad; pad also brings larger images "
-                        "down to it) (default: the checkpoint preset's, the training crop)")  # fmt: skip
-    g.add_argument("--overlays", type=int, default=4, metavar="N",
-                   help="prediction overlays to draw from the first images (default: 4)")  # fmt: skip
+    g.add_argument(
+        "--mf",
+        action="store_true",
+        help=f"the paper's multi-scale + flip: --scales {' '.join(f'{s:g}' for s in PAPER_MF_SCALES)} --flip",
+    )
+    g.add_argument(
+        "--crop-size",
+        type=int,
+        default=None,
+        help="the crop size images are padded to (input mode any, pad; pad also brings larger images "
+        "down to it) (default: the checkpoint preset's, the training crop)",
+    )
+    g.add_argument(
+        "--overlays",
+        type=int,
+        default=4,
+        metavar="N",
+        help="prediction overlays to draw from the first images (default: 4)",
+    )
     return parser
 
 
@@ -101,16 +119,21 @@ def evaluation_preset(preset: DeepLabPreset, crop_size: int | None) -> DeepLabPr
     if crop_size is None:
         return preset
     if preset.input_mode == "resize":
-        raise UserError(f"--crop-size: preset {preset.name} stretches every image to {preset.crop_size}×"
-                        f"{preset.crop_size} (input_mode resize); drop the flag")  # fmt: skip
+        raise UserError(
+            f"--crop-size: preset {preset.name} stretches every image to {preset.crop_size}×"
+            f"{preset.crop_size} (input_mode resize); drop the flag"
+        )
     return preset.derive(crop_size=crop_size)
 
 
-def to_overlay(x: torch.Tensor, region: Region, truth: torch.Tensor, predicted: torch.Tensor, normalization: str,
-               name: str) -> Overlay:  # fmt: skip
+def to_overlay(
+    x: torch.Tensor, region: Region, truth: torch.Tensor, predicted: torch.Tensor, normalization: str, name: str
+) -> Overlay:
     """The image as the network saw it (normalisation undone, padding cut off) at its own size, beside its masks."""
     mean, std = normalization_stats(normalization)  # type: ignore[arg-type]
-    pixels = x.float().cpu()[:, : region[0], : region[1]] * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    pixels = x.float().cpu()[:, : region[0], : region[1]] * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(
+        3, 1, 1
+    )
     rgb = (pixels.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     h, w = truth.shape
     if rgb.shape[:2] != (h, w):
@@ -133,12 +156,18 @@ def evaluate(args: argparse.Namespace) -> Path | None:
     skip = SkipCounter() if args.skip_bad_samples else None
     if args.data == "coco" and args.split:
         raise UserError("--split does not apply to --data coco (the COCO val2017 images are evaluated)")
-    dataset, class_names, source = main_first(dist, lambda: segmentation_split(
-        args, args.split or "val", transform, skip, model.class_names, dist.is_main and not args.quiet))  # fmt: skip
+    dataset, class_names, source = main_first(
+        dist,
+        lambda: segmentation_split(
+            args, args.split or "val", transform, skip, model.class_names, dist.is_main and not args.quiet
+        ),
+    )
     if len(class_names) != model.num_classes:
-        raise UserError(f"--weights {args.weights} has {model.num_classes} classes (background included) but the "
-                        f"dataset {source} has {len(class_names)}: evaluate the checkpoint on the data it was "
-                        "trained for" + (" (or pass --num-classes)" if args.data == "custom" else ""))  # fmt: skip
+        raise UserError(
+            f"--weights {args.weights} has {model.num_classes} classes (background included) but the "
+            f"dataset {source} has {len(class_names)}: evaluate the checkpoint on the data it was "
+            "trained for" + (" (or pass --num-classes)" if args.data == "custom" else "")
+        )
     subset = first_images(dataset, args.max_images)
     loader = eval_loader(subset, args, dist, collate_segmentation_eval)
     model = model.to(dist.device).eval()
@@ -149,7 +178,7 @@ def evaluate(args: argparse.Namespace) -> Path | None:
     count = 0
     start = time.perf_counter()
     for inputs, regions, predicted, truth in predicted_masks(model, loader, scales, flip, progress):
-        for x, region, one, expected in zip(inputs, regions, predicted, truth):
+        for x, region, one, expected in zip(inputs, regions, predicted, truth, strict=True):
             matrix.update(one, expected)
             count += 1
             if dist.is_main and len(overlays) < args.overlays:
@@ -164,30 +193,34 @@ def evaluate(args: argparse.Namespace) -> Path | None:
     scale_text = " ".join(f"{s:g}" for s in scales)
     mode = "multi-scale" if len(scales) > 1 else "single scale"
     crop = preset.crop_size
-    feeding = {"resize": f"each image stretched to {crop}×{crop} (input_mode resize), scores resized back",
-               "pad": f"padded bottom/right to {crop}×{crop}, an image larger than that first brought down to it "
-                      "(input_mode pad)",
-               "any": f"padded bottom/right to at least {crop}×{crop}, never rescaled (input_mode any)"}[preset.input_mode]
+    feeding = {
+        "resize": f"each image stretched to {crop}×{crop} (input_mode resize), scores resized back",
+        "pad": f"padded bottom/right to {crop}×{crop}, an image larger than that first brought down to it "
+        "(input_mode pad)",
+        "any": f"padded bottom/right to at least {crop}×{crop}, never rescaled (input_mode any)",
+    }[preset.input_mode]
     has_ema = isinstance(checkpoint.get("ema"), Mapping)
     weights = (", raw weights" if args.no_ema else ", EMA weights") if has_ema else ""
     details = {
         "checkpoint": f"{args.weights} (preset {model.preset.name}, {model.num_classes} classes with the background"
-                      f"{weights})",
+        f"{weights})",
         "data": f"{source}: {count} of {len(dataset)} images"
-                + (f" (--max-images {args.max_images})" if len(subset) < len(dataset) else ""),
+        + (f" (--max-images {args.max_images})" if len(subset) < len(dataset) else ""),
         "input": f"{feeding}, resized by {preset.resize}, {preset.normalization} normalisation "
-                 f"(deeplab_mobile.preprocess_image, as Segmenter)",
+        f"(deeplab_mobile.preprocess_image, as Segmenter)",
         "scales": f"{scale_text}{' + flip' if flip else ''} ({'the paper’s MF' if args.mf else mode})",
         "image_pooling": "global over the whole input, as TF DeepLab's eval.py pools",
         "processes": f"{dist.world_size} on {dist.device.type}",
         "time": f"{seconds:.1f} s ({count / max(seconds, 1e-9):.2f} images/s)",
-    }  # fmt: skip
+    }
     record_skipped(skip, details)
     out_dir = results_dir(args)
     title = f"Segmentation mIoU of {Path(args.weights).name}" + (" (MF)" if args.mf else "")
     report = write_segmentation_report(metrics, class_names, matrix, out_dir, title, overlays, details)
-    print(f"mIoU {100 * metrics['mIoU']:.2f}% (pixel accuracy {100 * metrics['pixel_accuracy']:.2f}%) on {count} "
-          f"images, {mode}{' + flip' if flip else ''}; report: {report}")  # fmt: skip
+    print(
+        f"mIoU {100 * metrics['mIoU']:.2f}% (pixel accuracy {100 * metrics['pixel_accuracy']:.2f}%) on {count} "
+        f"images, {mode}{' + flip' if flip else ''}; report: {report}"
+    )
     return out_dir
 
 

@@ -77,14 +77,16 @@ class AnchorGenerator:
         return self._cache[key]
 
     def num_anchors(self, image_size: tuple[int, int]) -> int:
-        return sum(h * w * k for (h, w), k in zip(feature_map_sizes(image_size), self.num_anchors_per_location))
+        return sum(
+            h * w * k for (h, w), k in zip(feature_map_sizes(image_size), self.num_anchors_per_location, strict=True)
+        )
 
     def _generate(self, image_size: tuple[int, int]) -> torch.Tensor:
         im_h, im_w = image_size
         # TF scales the unit base anchor so that boxes stay square in pixels on non-square inputs.
         base_h, base_w = min(im_h, im_w) / im_h, min(im_h, im_w) / im_w
         per_map = []
-        for (grid_h, grid_w), specs in zip(feature_map_sizes(image_size), self.specs):
+        for (grid_h, grid_w), specs in zip(feature_map_sizes(image_size), self.specs, strict=True):
             scales = torch.tensor([s for s, _ in specs], dtype=torch.float64)
             ratio_sqrt = torch.tensor([r for _, r in specs], dtype=torch.float64).sqrt()
             heights, widths = scales / ratio_sqrt * base_h, scales * ratio_sqrt * base_w

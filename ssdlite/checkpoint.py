@@ -22,8 +22,14 @@ ARCH = "ssdlite"
 
 def checkpoint_dict(model: SSDLite, **extra: Any) -> dict[str, Any]:
     """The checkpoint of `model`, its preset and class names included."""
-    return {"arch": ARCH, "preset": model.preset.name, "config": model.preset.to_config(),
-            "class_names": list(model.class_names), "model": model.state_dict(), **extra}  # fmt: skip
+    return {
+        "arch": ARCH,
+        "preset": model.preset.name,
+        "config": model.preset.to_config(),
+        "class_names": list(model.class_names),
+        "model": model.state_dict(),
+        **extra,
+    }
 
 
 def save_ssdlite(model: SSDLite, path: str | os.PathLike, **extra: Any) -> Path:
@@ -45,9 +51,13 @@ def stored_preset(checkpoint: Mapping[str, Any], source: str) -> SSDLitePreset:
 
 
 def ssdlite_from_checkpoint(
-    checkpoint: Any, source: str, *, preset: SSDLitePreset | str | None = None, num_classes: int | None = None,
+    checkpoint: Any,
+    source: str,
+    *,
+    preset: SSDLitePreset | str | None = None,
+    num_classes: int | None = None,
     ema: bool = True,
-) -> SSDLite:  # fmt: skip
+) -> SSDLite:
     """Rebuild the model a loaded checkpoint describes, checking it against the preset and class count the caller
     expects (e.g. from --preset and the dataset); every mismatch is a WeightsError naming `source`."""
 
@@ -68,9 +78,12 @@ def ssdlite_from_checkpoint(
 
 
 def load_ssdlite(
-    name_or_path: str | os.PathLike, *, preset: SSDLitePreset | str | None = None, num_classes: int | None = None,
+    name_or_path: str | os.PathLike,
+    *,
+    preset: SSDLitePreset | str | None = None,
+    num_classes: int | None = None,
     ema: bool = True,
-) -> tuple[SSDLite, dict[str, Any]]:  # fmt: skip
+) -> tuple[SSDLite, dict[str, Any]]:
     """The model of a checkpoint file or weights name, in eval mode, and the checkpoint dict (see
     backbone.checkpoint.load_model; `ssdlite_from_checkpoint` for the checks)."""
     rebuild = partial(ssdlite_from_checkpoint, preset=preset, num_classes=num_classes, ema=ema)

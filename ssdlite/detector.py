@@ -51,9 +51,15 @@ def check_threshold(name: str, value: float | None, low: float = 0.0, high: floa
 
 
 @torch.inference_mode()
-def detect_inputs(model: SSDLite, x: torch.Tensor, sizes: Sequence[tuple[int, int]], *,
-                  score_threshold: float | None = None, nms_iou: float | None = None,
-                  detections_per_image: int | None = None) -> list[Detections]:  # fmt: skip
+def detect_inputs(
+    model: SSDLite,
+    x: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+    *,
+    score_threshold: float | None = None,
+    nms_iou: float | None = None,
+    detections_per_image: int | None = None,
+) -> list[Detections]:
     """Detections for a batch of `preprocess_image` inputs, boxes (x0, y0, x1, y1) in the pixels of each original
     image (`sizes`, (h, w)); thresholds default to the preset's. Runs on an eval-mode view of the model, which is
     left as it was (backbone.predictor.inference_view)."""
@@ -63,24 +69,34 @@ def detect_inputs(model: SSDLite, x: torch.Tensor, sizes: Sequence[tuple[int, in
     device = next(model.parameters()).device
     box_regression, class_logits = inference_view(model)(x.to(device))
     return postprocess(
-        box_regression, class_logits, model.anchors(preset.image_size, device), sizes,
+        box_regression,
+        class_logits,
+        model.anchors(preset.image_size, device),
+        sizes,
         classification=preset.classification,
         score_threshold=preset.score_threshold if score_threshold is None else score_threshold,
         nms_iou=preset.nms_iou if nms_iou is None else nms_iou,
         pre_nms_topk=preset.pre_nms_topk,
         detections_per_image=preset.detections_per_image if detections_per_image is None else detections_per_image,
-    )  # fmt: skip
+    )
 
 
-def predict(model: SSDLite, images: Sequence[np.ndarray], *, score_threshold: float | None = None,
-            nms_iou: float | None = None, detections_per_image: int | None = None) -> list[Detections]:  # fmt: skip
+def predict(
+    model: SSDLite,
+    images: Sequence[np.ndarray],
+    *,
+    score_threshold: float | None = None,
+    nms_iou: float | None = None,
+    detections_per_image: int | None = None,
+) -> list[Detections]:
     """Detections for each image (uint8, any size and channel layout), boxes in its own pixels; thresholds default
     to the preset's."""
     if not len(check_image_list(images)):
         return []
     x, sizes = preprocess(images, model.preset)
-    return detect_inputs(model, x, sizes, score_threshold=score_threshold, nms_iou=nms_iou,
-                         detections_per_image=detections_per_image)  # fmt: skip
+    return detect_inputs(
+        model, x, sizes, score_threshold=score_threshold, nms_iou=nms_iou, detections_per_image=detections_per_image
+    )
 
 
 @dataclass(frozen=True)
@@ -111,7 +127,11 @@ class Detector(Predictor):
         found = predict(self.model, images, score_threshold=score_threshold)
         names = self.class_names
         return [
-            DetectionResult(d["boxes"].cpu().numpy(), d["scores"].cpu().numpy(), d["labels"].cpu().numpy(),
-                            [names[i] for i in d["labels"].tolist()])  # fmt: skip
+            DetectionResult(
+                d["boxes"].cpu().numpy(),
+                d["scores"].cpu().numpy(),
+                d["labels"].cpu().numpy(),
+                [names[i] for i in d["labels"].tolist()],
+            )
             for d in found
         ]

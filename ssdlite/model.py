@@ -61,9 +61,11 @@ class SSDLiteHead(nn.Module):
     def __init__(self, in_channels: list[int], anchors_per_location: list[int], num_classes: int, norm: NormSpec):
         super().__init__()
         self.num_classes = num_classes
-        self.box = nn.ModuleList(PredictionBranch(c, 4 * k, norm) for c, k in zip(in_channels, anchors_per_location))
+        self.box = nn.ModuleList(
+            PredictionBranch(c, 4 * k, norm) for c, k in zip(in_channels, anchors_per_location, strict=True)
+        )
         self.cls = nn.ModuleList(
-            PredictionBranch(c, num_classes * k, norm) for c, k in zip(in_channels, anchors_per_location)
+            PredictionBranch(c, num_classes * k, norm) for c, k in zip(in_channels, anchors_per_location, strict=True)
         )
 
     @staticmethod
@@ -72,8 +74,8 @@ class SSDLiteHead(nn.Module):
         return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, width)
 
     def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        boxes = [self._flatten(branch(f), 4) for branch, f in zip(self.box, features)]
-        logits = [self._flatten(branch(f), self.num_classes) for branch, f in zip(self.cls, features)]
+        boxes = [self._flatten(branch(f), 4) for branch, f in zip(self.box, features, strict=True)]
+        logits = [self._flatten(branch(f), self.num_classes) for branch, f in zip(self.cls, features, strict=True)]
         return torch.cat(boxes, dim=1), torch.cat(logits, dim=1)
 
 

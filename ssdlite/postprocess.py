@@ -49,8 +49,15 @@ def postprocess(
     labels are class indices 1..C-1 (0 is the background).
     """
     boxes, scores = decode_outputs(box_regression, class_logits, anchors, classification)
-    return select_detections(boxes, scores, image_sizes, score_threshold=score_threshold, nms_iou=nms_iou,
-                             pre_nms_topk=pre_nms_topk, detections_per_image=detections_per_image)  # fmt: skip
+    return select_detections(
+        boxes,
+        scores,
+        image_sizes,
+        score_threshold=score_threshold,
+        nms_iou=nms_iou,
+        pre_nms_topk=pre_nms_topk,
+        detections_per_image=detections_per_image,
+    )
 
 
 def select_detections(

@@ -21,7 +21,8 @@ Classification = Literal["sigmoid", "softmax"]
 # The 91 COCO names (with "N/A" for the unused category ids) so that label index == COCO category id, index 0
 # named "background" as datasets.coco names it with label_space="category_id".
 COCO_CLASS_NAMES: tuple[str, ...] = (
-    "background", *SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.meta["categories"][1:]
+    "background",
+    *SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.meta["categories"][1:],
 )
 
 
@@ -98,10 +99,16 @@ SSDLITE_TF_COCO300 = SSDLitePreset(
 # The paper's 320×320 model (Table 6) trained in PyTorch: same architecture and anchors, but the conventions of
 # torchvision's ImageNet backbone weights (symmetric padding, ImageNet normalisation) and softmax scores, as in
 # torchvision's and mmdetection's SSDLite recipes.
-SSDLITE320_COCO = SSDLitePreset(name="ssdlite320_coco", num_classes=91, image_size=(320, 320), nms_iou=0.55,
-                                description="paper Table 6: SSDLite 320×320 on COCO (22.1 mAP, 4.3M, 0.8B MAdds)")
-SSDLITE320_VOC = dataclasses.replace(SSDLITE320_COCO, name="ssdlite320_voc", num_classes=21,
-                                     description="SSDLite 320×320 for the 20 VOC classes")
+SSDLITE320_COCO = SSDLitePreset(
+    name="ssdlite320_coco",
+    num_classes=91,
+    image_size=(320, 320),
+    nms_iou=0.55,
+    description="paper Table 6: SSDLite 320×320 on COCO (22.1 mAP, 4.3M, 0.8B MAdds)",
+)
+SSDLITE320_VOC = dataclasses.replace(
+    SSDLITE320_COCO, name="ssdlite320_voc", num_classes=21, description="SSDLite 320×320 for the 20 VOC classes"
+)
 
 PRESETS: dict[str, SSDLitePreset] = preset_table(SSDLITE_TF_COCO300, SSDLITE320_COCO, SSDLITE320_VOC)
 

@@ -43,7 +43,7 @@ def layer_scopes(model: SSDLite) -> Iterator[tuple[str, nn.Module]]:
         yield f"{FEATURES}/layer_19_1_Conv2d_{k}_1x1_{mid}", extra.reduce
         yield f"{FEATURES}/layer_19_2_Conv2d_{k}_3x3_s2_{depth}_depthwise", extra.depthwise
         yield f"{FEATURES}/layer_19_2_Conv2d_{k}_3x3_s2_{depth}", extra.expand
-    for i, (box, cls) in enumerate(zip(model.head.box, model.head.cls)):
+    for i, (box, cls) in enumerate(zip(model.head.box, model.head.cls, strict=True)):
         for name, branch in (("BoxEncodingPredictor", box), ("ClassPredictor", cls)):
             yield f"BoxPredictor_{i}/{name}_depthwise", branch.depthwise
             yield f"BoxPredictor_{i}/{name}", branch.conv
@@ -63,8 +63,12 @@ def graph_state_dict(weights: GraphWeights, model: SSDLite) -> dict[str, torch.T
             depthwise = module.conv.groups > 1
             kernel = weights.take(f"{scope}/{'depthwise_weights' if depthwise else 'weights'}")
             state[f"{key}.conv.weight"] = graph_conv_weight(kernel, depthwise)
-            for ours, theirs in (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
-                                 ("running_var", "moving_variance")):  # fmt: skip
+            for ours, theirs in (
+                ("weight", "gamma"),
+                ("bias", "beta"),
+                ("running_mean", "moving_mean"),
+                ("running_var", "moving_variance"),
+            ):
                 state[f"{key}.bn.{ours}"] = torch.from_numpy(weights.take(f"{scope}/BatchNorm/{theirs}"))
         else:  # a predictor's 1×1 conv with bias
             weight = graph_conv_weight(weights.take(f"{scope}/weights"), depthwise=False)
@@ -139,13 +143,16 @@ def import_graph(
     missing = sorted(own.keys() - state.keys())
     if missing:
         raise WeightsError(f"{source}: {len(missing)} of our tensors got no graph weight, e.g. {missing[:3]}")
-    wrong = [f"{k}: graph {list(state[k].shape)} vs model {list(v.shape)}"
-             for k, v in own.items() if state[k].shape != v.shape]  # fmt: skip
+    wrong = [
+        f"{k}: graph {list(state[k].shape)} vs model {list(v.shape)}"
+        for k, v in own.items()
+        if state[k].shape != v.shape
+    ]
     if wrong:
         raise WeightsError(
             f"{source}: {len(wrong)} shapes differ from preset {preset.name!r} (another width?), e.g. {wrong[0]}"
         )
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(state, strict=True)
     return model.eval()
 
 

@@ -40,8 +40,14 @@ print(json.dumps({"done": done, "faults": faults}))
 
 
 def _reuse_faults(mode: str, env: dict[str, str] | None = None) -> dict:
-    result = subprocess.run([sys.executable, "-c", REUSE_FAULTS, mode], capture_output=True, text=True, check=True,
-                            cwd=Path(__file__).resolve().parent.parent, env=env)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", REUSE_FAULTS, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -19,10 +19,14 @@ LAYERS = {
     "common": 0,
     "datasets": 1,
     "backbone": 2,
-    "ssdlite": 3, "deeplab_mobile": 3,
-    "train": 4, "eval": 4,
-    "demo": 5, "tools": 5, "bench": 5,
-}  # fmt: skip
+    "ssdlite": 3,
+    "deeplab_mobile": 3,
+    "train": 4,
+    "eval": 4,
+    "demo": 5,
+    "tools": 5,
+    "bench": 5,
+}
 # train validates with eval's metrics; the demo and the benchmarks use tools' weight importers and complexity
 # counter (tools never imports them back).
 ALLOWED_SIDEWAYS = {("train", "eval"), ("demo", "tools"), ("bench", "tools")}
@@ -31,8 +35,15 @@ NEVER = {("backbone", "datasets"), ("ssdlite", "datasets"), ("deeplab_mobile", "
 MAX_LINES, MIN_LINES = 600, 60
 # Modules under MIN_LINES that are each one whole concern of their own (the error types, a head's loss or its table
 # of named weights, the allocator tuning, TensorFlow's tensor layouts, the label-name table).
-SMALL_BUT_WHOLE = {"common/errors.py", "common/allocator.py", "common/labels.py", "backbone/tf/layout.py",
-                   "deeplab_mobile/loss.py", "deeplab_mobile/named_weights.py", "ssdlite/named_weights.py"}
+SMALL_BUT_WHOLE = {
+    "common/errors.py",
+    "common/allocator.py",
+    "common/labels.py",
+    "backbone/tf/layout.py",
+    "deeplab_mobile/loss.py",
+    "deeplab_mobile/named_weights.py",
+    "ssdlite/named_weights.py",
+}
 
 
 def modules() -> list[Path]:
@@ -47,9 +58,13 @@ def imported_names(tree: ast.AST) -> list[tuple[int, str]]:
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.append((node.lineno, node.module))
-        elif (isinstance(node, ast.Call) and "import_module" in (getattr(node.func, "attr", None),
-                                                                 getattr(node.func, "id", None))
-              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+        elif (
+            isinstance(node, ast.Call)
+            and "import_module" in (getattr(node.func, "attr", None), getattr(node.func, "id", None))
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             found.append((node.lineno, node.args[0].value))
     return found
 
@@ -82,26 +97,43 @@ def test_folders_import_one_way():
     assert layering_violations() == []
 
 
-@pytest.mark.parametrize(("importer", "imported", "allowed"), [
-    ("train", "eval", True), ("eval", "train", False), ("ssdlite", "datasets", False),
-    ("ssdlite", "deeplab_mobile", False), ("deeplab_mobile", "backbone", True), ("common", "datasets", False),
-    ("demo", "train", True), ("tools", "demo", False), ("datasets", "common", True), ("backbone", "datasets", False),
-    ("demo", "bench", False), ("tools", "bench", False), ("bench", "tools", True),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("importer", "imported", "allowed"),
+    [
+        ("train", "eval", True),
+        ("eval", "train", False),
+        ("ssdlite", "datasets", False),
+        ("ssdlite", "deeplab_mobile", False),
+        ("deeplab_mobile", "backbone", True),
+        ("common", "datasets", False),
+        ("demo", "train", True),
+        ("tools", "demo", False),
+        ("datasets", "common", True),
+        ("backbone", "datasets", False),
+        ("demo", "bench", False),
+        ("tools", "bench", False),
+        ("bench", "tools", True),
+    ],
+)
 def test_the_rule_itself(importer, imported, allowed):
     """Guards the walker above: the edges the layering names are judged as docs/architecture.md says."""
     assert (violation(importer, imported) is None) is allowed
 
 
 def test_the_walker_sees_imports_inside_functions():
-    tree = ast.parse("def f():\n    import train.engine\n    from eval import cli\n"
-                     "    importlib.import_module('demo.video')\n    import_module('bench.run')\n")
+    tree = ast.parse(
+        "def f():\n    import train.engine\n    from eval import cli\n"
+        "    importlib.import_module('demo.video')\n    import_module('bench.run')\n"
+    )
     assert sorted(name for _, name in imported_names(tree)) == ["bench.run", "demo.video", "eval", "train.engine"]
 
 
 def test_no_module_over_600_lines():
-    long = {str(p.relative_to(REPO)): n for p in [*modules(), *REPO.glob("*.py"), *(REPO / "_build").glob("*.py")]
-            if (n := len(p.read_text().splitlines())) > MAX_LINES}  # fmt: skip
+    long = {
+        str(p.relative_to(REPO)): n
+        for p in [*modules(), *REPO.glob("*.py"), *(REPO / "_build").glob("*.py")]
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert long == {}
 
 
@@ -112,7 +144,10 @@ def is_entry_point(path: Path) -> bool:
 def test_no_fragments_below_60_lines():
     """Fragments are merged into the module they serve (train/ and tools/ have none left; the few small modules
     elsewhere are listed, so a new one is a decision, not an accident)."""
-    short = {str(p.relative_to(REPO)): n for p in modules()
-             if not is_entry_point(p) and (n := len(p.read_text().splitlines())) < MIN_LINES}  # fmt: skip
+    short = {
+        str(p.relative_to(REPO)): n
+        for p in modules()
+        if not is_entry_point(p) and (n := len(p.read_text().splitlines())) < MIN_LINES
+    }
     assert not [name for name in short if name.startswith(("train/", "tools/"))], short
     assert set(short) <= SMALL_BUT_WHOLE, short

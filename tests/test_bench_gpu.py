@@ -18,8 +18,9 @@ TRAIN_BATCHES = {"ssdlite": (2, 3), "deeplab": (2,)}  # two training batches for
 
 def test_measurements_and_tables_on_cpu() -> None:
     """Every candidate trains and infers, gives positive finite numbers, and each appears in its family's table."""
-    results = bench_gpu.measure(torch.device("cpu"), batch=2, train_batches=TRAIN_BATCHES, image_sizes=SIZES,
-                                repeats=1, warmup=0)  # fmt: skip
+    results = bench_gpu.measure(
+        torch.device("cpu"), batch=2, train_batches=TRAIN_BATCHES, image_sizes=SIZES, repeats=1, warmup=0
+    )
     assert set(results) == set(bench_gpu.LABELS)
     for key, rows in results.items():
         assert rows, key
@@ -28,21 +29,35 @@ def test_measurements_and_tables_on_cpu() -> None:
         "training, AMP + channels_last, batch 2 (images/s)",
         "training, AMP + channels_last, batch 3 (images/s)",
         *(f"latency, batch 1, {p}{pp} (ms)" for p in ("fp32", "fp16 autocast") for pp in ("", ", + post-processing")),
-        *(f"throughput, batch 2, {p}{pp} (images/s)" for p in ("fp32", "fp16 autocast")
-          for pp in ("", ", + post-processing")),
-    ]  # fmt: skip
+        *(
+            f"throughput, batch 2, {p}{pp} (images/s)"
+            for p in ("fp32", "fp16 autocast")
+            for pp in ("", ", + post-processing")
+        ),
+    ]
     assert list(results["ssdlite"]) == list(results["tv_ssdlite_mnv2"]) == list(results["tv_ssdlite"])
     assert sorted(results["ssdlite"]) == sorted(detector_rows)
-    assert sorted(results["deeplab"]) == sorted(r for r in detector_rows if "post-processing" not in r
-                                                and "batch 3" not in r)  # fmt: skip
+    assert sorted(results["deeplab"]) == sorted(
+        r for r in detector_rows if "post-processing" not in r and "batch 3" not in r
+    )
     assert list(results["tv_lraspp"]) == list(results["tv_deeplabv3"]) == list(results["deeplab"])
 
     text = bench_gpu.body(results, torch.device("cpu"), SIZES, repeats=1, warmup=0)
     tables = [block.splitlines() for block in text.split("\n\n") if block.startswith("| ")]
     assert len(tables) == len(bench_gpu.REFERENCES)
     for lines, (ours, refs) in zip(tables, bench_gpu.REFERENCES.items(), strict=True):
-        assert lines[0] == "| " + " | ".join(["measurement", bench_gpu.LABELS[ours],
-                                             *(c for r in refs for c in (bench_gpu.LABELS[r], "speed ratio"))]) + " |"
+        assert (
+            lines[0]
+            == "| "
+            + " | ".join(
+                [
+                    "measurement",
+                    bench_gpu.LABELS[ours],
+                    *(c for r in refs for c in (bench_gpu.LABELS[r], "speed ratio")),
+                ]
+            )
+            + " |"
+        )
         assert [line.split(" | ")[0].removeprefix("| ") for line in lines[2:]] == list(results[ours])
         assert all(line.count("×") == len(refs) for line in lines[2:])  # one speed ratio per reference
 

@@ -61,8 +61,10 @@ def test_cli_on_a_photo_with_imported_checkpoint(imported_checkpoint, tmp_path, 
 def test_cli_bad_weights_and_bad_image_exit_2(tmp_path, capsys) -> None:
     not_a_model = tmp_path / "noise.tflite"
     not_a_model.write_bytes(b"\x00" * 64)
-    for argv in (["--weights", str(not_a_model), str(coral("cat.bmp"))], ["--weights", str(not_a_model),
-                                                                            str(not_a_model)]):  # fmt: skip
+    for argv in (
+        ["--weights", str(not_a_model), str(coral("cat.bmp"))],
+        ["--weights", str(not_a_model), str(not_a_model)],
+    ):
         with pytest.raises(SystemExit) as stop:
             main(argv)
         assert stop.value.code == 2

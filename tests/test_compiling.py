@@ -33,4 +33,7 @@ def test_without_a_compiler_on_is_refused(monkeypatch) -> None:
 
 def test_cuda_needs_triton(monkeypatch) -> None:
     monkeypatch.setattr(engine.importlib.util, "find_spec", lambda name: None)
-    assert engine.compile_decision("auto", torch.device("cuda"), 10**9) == (False, "auto → off (triton is not installed)")
+    assert engine.compile_decision("auto", torch.device("cuda"), 10**9) == (
+        False,
+        "auto → off (triton is not installed)",
+    )

@@ -21,15 +21,25 @@ W, H = 40, 30
 
 
 def ann(ann_id: int, image_id: int, cat: int, bbox: list[float], iscrowd: int = 0) -> dict:
-    return {"id": ann_id, "image_id": image_id, "category_id": cat, "bbox": bbox, "area": bbox[2] * bbox[3],
-            "iscrowd": iscrowd}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": cat,
+        "bbox": bbox,
+        "area": bbox[2] * bbox[3],
+        "iscrowd": iscrowd,
+    }
 
 
-def write_coco(root: Path, annotations: list[dict], images: list[dict] | None = None,
-               categories: list[dict] = CATEGORIES) -> tuple[Path, Path]:
+def write_coco(
+    root: Path, annotations: list[dict], images: list[dict] | None = None, categories: list[dict] = CATEGORIES
+) -> tuple[Path, Path]:
     """A tiny COCO dataset: images 1-3 (W x H JPEGs a/b/c.jpg) unless given, and their instances JSON."""
-    images = images if images is not None else [
-        {"id": i, "file_name": f"{n}.jpg", "width": W, "height": H} for i, n in ((1, "a"), (2, "b"), (3, "c"))]
+    images = (
+        images
+        if images is not None
+        else [{"id": i, "file_name": f"{n}.jpg", "width": W, "height": H} for i, n in ((1, "a"), (2, "b"), (3, "c"))]
+    )
     image_dir = root / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     for info in images:
@@ -64,8 +74,9 @@ def test_results_load_into_cocoeval(tmp_path):
     results = []
     for index in range(len(data)):
         _, target = data[index]
-        results += data.to_coco_results(target["image_id"], target["boxes"], [1.0] * len(target["labels"]),
-                                         target["labels"].tolist())
+        results += data.to_coco_results(
+            target["image_id"], target["boxes"], [1.0] * len(target["labels"]), target["labels"].tolist()
+        )
     evaluator = COCOeval(data.coco, data.coco.loadRes(results), "bbox")
     evaluator.params.imgIds = data.ids
     evaluator.evaluate()
@@ -95,13 +106,16 @@ def test_boxes_slightly_outside_are_clipped(tmp_path):
     torch.testing.assert_close(data[0][1]["boxes"], torch.tensor([[0.0, 0.0, 10.5, 30.0]]))
 
 
-@pytest.mark.parametrize("bbox, problem", [
-    ([5, 5, 0, 10], "zero or negative width or height"),
-    ([5, 5, 10, -3], "zero or negative width or height"),
-    ([30, 5, 20, 10], "outside the 40x30 image"),
-    ([-10, 5, 20, 10], "outside the 40x30 image"),
-    ([5, 5, float("nan"), 10], "non-finite"),
-])
+@pytest.mark.parametrize(
+    "bbox, problem",
+    [
+        ([5, 5, 0, 10], "zero or negative width or height"),
+        ([5, 5, 10, -3], "zero or negative width or height"),
+        ([30, 5, 20, 10], "outside the 40x30 image"),
+        ([-10, 5, 20, 10], "outside the 40x30 image"),
+        ([5, 5, float("nan"), 10], "non-finite"),
+    ],
+)
 def test_bad_boxes_raise_naming_file_and_annotation(tmp_path, bbox, problem):
     files = write_coco(tmp_path, [*GOOD, ann(99, 3, 7, bbox)])
     with pytest.raises(DatasetError, match=problem) as info:

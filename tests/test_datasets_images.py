@@ -58,7 +58,7 @@ def test_sixteen_bit_grayscale_keeps_the_high_byte(tmp_path):
 def test_sixteen_bit_rgb(tmp_path):
     import cv2
 
-    values = (gradient().astype(np.uint16) * 257)
+    values = gradient().astype(np.uint16) * 257
     cv2.imwrite(str(tmp_path / "c16.png"), values[:, :, ::-1])  # OpenCV writes BGR
     np.testing.assert_array_equal(read_image(tmp_path / "c16.png"), gradient())
 

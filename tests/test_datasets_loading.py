@@ -29,8 +29,10 @@ def test_collate_detection_stacks_images_and_keeps_targets_per_image():
 
 
 def test_collate_segmentation_pads_masks_with_ignore():
-    batch = [(torch.ones(3, 4, 5), torch.zeros(4, 5, dtype=torch.int64)),
-             (torch.ones(3, 6, 3), torch.ones(6, 3, dtype=torch.int64))]
+    batch = [
+        (torch.ones(3, 4, 5), torch.zeros(4, 5, dtype=torch.int64)),
+        (torch.ones(3, 6, 3), torch.ones(6, 3, dtype=torch.int64)),
+    ]
     images, masks = collate_segmentation(batch)
     assert images.shape == (2, 3, 6, 5) and masks.shape == (2, 6, 5)
     assert (masks[0, 4:] == IGNORE_INDEX).all() and (masks[1, :, 3:] == IGNORE_INDEX).all()
@@ -50,7 +52,7 @@ def test_loader_batches_synthetic_detection_with_seeded_workers(synthetic_root):
     images, targets = first[0]
     assert images.shape == (4, 3, 96, 96) and len(targets) == 4
     assert all(t["boxes"].shape[1] == 4 and t["labels"].dtype == torch.int64 for t in targets)
-    for (a, ta), (b, tb) in zip(first, second):  # same seed: same shuffling and the same augmentations
+    for (a, ta), (b, tb) in zip(first, second, strict=True):  # same seed: same shuffling and the same augmentations
         assert torch.equal(a, b) and [t["image_id"] for t in ta] == [t["image_id"] for t in tb]
 
 
@@ -104,8 +106,9 @@ def test_dataset_error_survives_a_worker_process_boundary():
 
     from common.errors import DatasetError
 
-    error = pickle.loads(pickle.dumps(DatasetError("a/b.jpg", "image file is truncated", "Re-download it",
-                                                   kind="corrupt image")))  # fmt: skip
+    error = pickle.loads(
+        pickle.dumps(DatasetError("a/b.jpg", "image file is truncated", "Re-download it", kind="corrupt image"))
+    )
     assert str(error) == "a/b.jpg: image file is truncated. Re-download it"
     assert (error.path, error.kind) == ("a/b.jpg", "corrupt image")
 
@@ -120,9 +123,19 @@ def test_data_flags_fail_as_typed_errors_naming_the_flag_or_file(synthetic_root,
     from datasets.sources import data_root, detection_data, segmentation_data
 
     def flags(**kw) -> argparse.Namespace:
-        return argparse.Namespace(**{"data": "voc", "data_root": None, "sbd_root": None, "num_classes": None,
-                                     "train_ann": None, "train_images": None, "val_ann": None, "val_images": None,
-                                     **kw})  # fmt: skip
+        return argparse.Namespace(
+            **{
+                "data": "voc",
+                "data_root": None,
+                "sbd_root": None,
+                "num_classes": None,
+                "train_ann": None,
+                "train_images": None,
+                "val_ann": None,
+                "val_images": None,
+                **kw,
+            }
+        )
 
     with pytest.raises(UserError, match="--data voc needs --data-root"):
         data_root(flags())
@@ -134,8 +147,13 @@ def test_data_flags_fail_as_typed_errors_naming_the_flag_or_file(synthetic_root,
     other = json.loads((coco / "annotations/instances_val.json").read_text())
     other["categories"][0]["name"] = "hexagon"
     (tmp_path / "val.json").write_text(json.dumps(other))
-    custom = flags(data="custom", train_ann=coco / "annotations/instances_train.json", train_images=coco / "train",
-                   val_ann=tmp_path / "val.json", val_images=coco / "val")  # fmt: skip
+    custom = flags(
+        data="custom",
+        train_ann=coco / "annotations/instances_train.json",
+        train_images=coco / "train",
+        val_ann=tmp_path / "val.json",
+        val_images=coco / "val",
+    )
     with pytest.raises(DatasetError, match=f"{tmp_path / 'val.json'}: lists other categories than"):
         detection_data(custom, None, None)
     # A VOC-layout folder is found whether --data-root is the devkit or its VOC2012 folder.

@@ -48,7 +48,9 @@ def test_coco8_reads_with_the_real_categories(coco8):
 
 def test_coco8_through_the_ssd_pipeline(coco8):
     torch.manual_seed(0)
-    data = CocoDetection(coco8 / "images" / "train", coco8 / "instances_train.json", detection_train_transform(320, "tf"))
+    data = CocoDetection(
+        coco8 / "images" / "train", coco8 / "instances_train.json", detection_train_transform(320, "tf")
+    )
     for index in range(len(data)):
         image, target = data[index]
         assert image.shape == (3, 320, 320) and -1 <= image.min() and image.max() <= 1
@@ -58,8 +60,7 @@ def test_coco8_through_the_ssd_pipeline(coco8):
 
 def test_coco8_has_no_masks_so_voc_conversion_says_so(coco8, tmp_path):
     with pytest.raises(DatasetError, match="instances_val.json: annotation id .* has no 'segmentation'"):
-        coco_voc_segmentation_samples(coco8 / "images" / "val", coco8 / "instances_val.json", tmp_path,
-                                      progress=False)
+        coco_voc_segmentation_samples(coco8 / "images" / "val", coco8 / "instances_val.json", tmp_path, progress=False)
 
 
 def test_voc_samples_segmentation(voc_samples):
@@ -78,7 +79,9 @@ def test_voc_samples_segmentation(voc_samples):
 
 def test_voc_samples_through_the_deeplab_pipeline(voc_samples):
     torch.manual_seed(0)
-    data = SegmentationDataset(voc_segmentation_samples(voc_samples, None), transform=segmentation_train_transform(normalization="tf"))
+    data = SegmentationDataset(
+        voc_segmentation_samples(voc_samples, None), transform=segmentation_train_transform(normalization="tf")
+    )
     image, mask = data[0]
     assert image.shape == (3, 513, 513) and mask.shape == (513, 513)
     assert set(np.unique(mask.numpy())) <= {0, 1, 255}

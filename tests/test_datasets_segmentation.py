@@ -55,8 +55,11 @@ def write_sbd(root: Path, masks: dict[str, np.ndarray], splits: dict[str, list[s
         Image.new("RGB", (mask.shape[1], mask.shape[0])).save(root / "img" / f"{image_id}.jpg")
         boundaries = np.empty((20, 1), object)
         boundaries[:, 0] = [np.zeros(mask.shape, np.uint8)] * 20
-        gt = {"Segmentation": mask, "Boundaries": boundaries,
-              "CategoriesPresent": np.unique(mask[mask > 0]).astype(np.uint8)}
+        gt = {
+            "Segmentation": mask,
+            "Boundaries": boundaries,
+            "CategoriesPresent": np.unique(mask[mask > 0]).astype(np.uint8),
+        }
         scipy.io.savemat(root / "cls" / f"{image_id}.mat", {"GTcls": gt})
     for split, ids in splits.items():
         (root / f"{split}.txt").write_text("\n".join(ids) + "\n")
@@ -101,10 +104,12 @@ def test_sbd_mat_without_gtcls(tmp_path):
 
 def test_trainaug_is_sbd_plus_voc_train_minus_voc_val(tmp_path):
     masks = {i: label_map() for i in ("a", "b", "c", "d", "e")}
-    voc = write_voc_seg(tmp_path / "VOC2012", {i: masks[i] for i in ("a", "b", "c")},
-                        {"train": ["a", "b"], "val": ["c"]})
-    sbd = write_sbd(tmp_path / "sbd", {i: masks[i] for i in ("b", "c", "d", "e")}, {"train": ["b", "c", "d"],
-                                                                                    "val": ["e"]})
+    voc = write_voc_seg(
+        tmp_path / "VOC2012", {i: masks[i] for i in ("a", "b", "c")}, {"train": ["a", "b"], "val": ["c"]}
+    )
+    sbd = write_sbd(
+        tmp_path / "sbd", {i: masks[i] for i in ("b", "c", "d", "e")}, {"train": ["b", "c", "d"], "val": ["e"]}
+    )
     for i in ("d", "e"):  # SBD images are VOC images: VOC2012/JPEGImages holds them all
         Image.new("RGB", (W, H)).save(voc / "JPEGImages" / f"{i}.jpg")
     samples = {s.id: s for s in trainaug_samples(voc, sbd)}
@@ -144,8 +149,10 @@ def test_missing_files_empty_and_wrong_root(tmp_path):
     root = write_voc_seg(tmp_path / "voc", {"a": label_map(), "b": label_map()})
     (root / "JPEGImages" / "a.jpg").unlink()
     (root / "SegmentationClass" / "b.png").unlink()
-    samples = [SegSample("a", root / "JPEGImages/a.jpg", root / "SegmentationClass/a.png"),
-               SegSample("b", root / "JPEGImages/b.jpg", root / "SegmentationClass/b.png")]
+    samples = [
+        SegSample("a", root / "JPEGImages/a.jpg", root / "SegmentationClass/a.png"),
+        SegSample("b", root / "JPEGImages/b.jpg", root / "SegmentationClass/b.png"),
+    ]
     with pytest.raises(DatasetError, match=r"a.jpg: image file not found \(paired with"):
         SegmentationDataset(samples)
     with pytest.raises(DatasetError, match=r"b.png: mask file not found"):
@@ -174,23 +181,65 @@ def write_coco_seg(root: Path) -> tuple[Path, Path]:
     crowd_rle = mask_utils.encode(np.asfortranarray(crowd))
     crowd_rle["counts"] = crowd_rle["counts"].decode()
     annotations = [
-        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": square(5, 5, 30), "area": 900.0,
-         "bbox": [5, 5, 30, 30], "iscrowd": 0},
-        {"id": 2, "image_id": 1, "category_id": 18, "segmentation": square(10, 10, 10), "area": 100.0,
-         "bbox": [10, 10, 10, 10], "iscrowd": 0},
-        {"id": 3, "image_id": 1, "category_id": 25, "segmentation": square(40, 5, 15), "area": 225.0,
-         "bbox": [40, 5, 15, 15], "iscrowd": 0},
-        {"id": 4, "image_id": 1, "category_id": 1, "segmentation": crowd_rle, "area": 200.0,
-         "bbox": [0, 40, 20, 10], "iscrowd": 1},
-        {"id": 5, "image_id": 2, "category_id": 25, "segmentation": square(1, 1, 40), "area": 1600.0,
-         "bbox": [1, 1, 40, 40], "iscrowd": 0},
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 1,
+            "segmentation": square(5, 5, 30),
+            "area": 900.0,
+            "bbox": [5, 5, 30, 30],
+            "iscrowd": 0,
+        },
+        {
+            "id": 2,
+            "image_id": 1,
+            "category_id": 18,
+            "segmentation": square(10, 10, 10),
+            "area": 100.0,
+            "bbox": [10, 10, 10, 10],
+            "iscrowd": 0,
+        },
+        {
+            "id": 3,
+            "image_id": 1,
+            "category_id": 25,
+            "segmentation": square(40, 5, 15),
+            "area": 225.0,
+            "bbox": [40, 5, 15, 15],
+            "iscrowd": 0,
+        },
+        {
+            "id": 4,
+            "image_id": 1,
+            "category_id": 1,
+            "segmentation": crowd_rle,
+            "area": 200.0,
+            "bbox": [0, 40, 20, 10],
+            "iscrowd": 1,
+        },
+        {
+            "id": 5,
+            "image_id": 2,
+            "category_id": 25,
+            "segmentation": square(1, 1, 40),
+            "area": 1600.0,
+            "bbox": [1, 1, 40, 40],
+            "iscrowd": 0,
+        },
     ]
     ann_file = root / "instances.json"
-    ann_file.write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "one.jpg", "width": 60, "height": 50},
-                   {"id": 2, "file_name": "two.jpg", "width": 60, "height": 50}],
-        "annotations": annotations,
-        "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 25, "name": "giraffe"}]}))
+    ann_file.write_text(
+        json.dumps(
+            {
+                "images": [
+                    {"id": 1, "file_name": "one.jpg", "width": 60, "height": 50},
+                    {"id": 2, "file_name": "two.jpg", "width": 60, "height": 50},
+                ],
+                "annotations": annotations,
+                "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 25, "name": "giraffe"}],
+            }
+        )
+    )
     return root / "images", ann_file
 
 

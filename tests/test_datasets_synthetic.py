@@ -28,8 +28,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 
 def digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seed_same_files_whatever_the_worker_count(tmp_path, synthetic_root):
@@ -37,8 +40,10 @@ def test_same_seed_same_files_whatever_the_worker_count(tmp_path, synthetic_root
     assert digest(again.root) == digest(synthetic_root)
     other = generate(tmp_path / "other", num_train=12, num_val=4, seed=4, size=128, workers=1, progress=False)
     assert digest(other.root).keys() == digest(synthetic_root).keys()
-    assert digest(other.root)["coco/annotations/instances_train.json"] != \
-        digest(synthetic_root)["coco/annotations/instances_train.json"]
+    assert (
+        digest(other.root)["coco/annotations/instances_train.json"]
+        != digest(synthetic_root)["coco/annotations/instances_train.json"]
+    )
 
 
 def test_layout(synthetic_root):
@@ -96,8 +101,9 @@ def test_masks_agree_with_the_instances(synthetic_root):
             assert (labelled == ann["category_id"]).all()  # every instance pixel carries its class or "ignore"
             assert len(labelled) > 0  # the 255 outline band may cover most of a thin star at 128 px, not all
             seen.add(ann["category_id"])
-        assert set(np.unique(mask)) - {0, 255} == {a["category_id"] for a in coco.loadAnns(
-            coco.getAnnIds(imgIds=image_id))}
+        assert set(np.unique(mask)) - {0, 255} == {
+            a["category_id"] for a in coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+        }
     assert seen == {1, 2, 3, 4, 5}
     data = synthetic_segmentation(synthetic_root, "val")
     image, target = data[0]
@@ -137,8 +143,24 @@ def test_cli(tmp_path, capsys, synthetic_root):
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     assert info.value.code == 0 and "--num-train" in capsys.readouterr().out
-    assert main(["--out", str(tmp_path / "cli"), "--num-train", "3", "--num-val", "1", "--size", "64", "--quiet",
-                 "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "--out",
+                str(tmp_path / "cli"),
+                "--num-train",
+                "3",
+                "--num-val",
+                "1",
+                "--size",
+                "64",
+                "--quiet",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "wrote 3 train + 1 val images" in capsys.readouterr().out
     assert len(list((tmp_path / "cli" / "voc" / "JPEGImages").glob("*.jpg"))) == 4
     with pytest.raises(SystemExit) as info:

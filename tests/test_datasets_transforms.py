@@ -35,8 +35,10 @@ def grey_boxes_scene() -> tuple[np.ndarray, dict[str, np.ndarray]]:
     box that no resize can keep. Brightness/contrast jitter keeps grey levels in order; saturation/hue leave grey
     alone, so after any augmentation a box's centre must still be brighter than every lower-labelled box's."""
     image = np.full((480, 640, 3), 10, np.uint8)
-    boxes = np.array([[20, 30, 200, 220], [300, 40, 620, 200], [40, 260, 300, 460], [360, 250, 600, 470],
-                      [330, 220, 330.4, 221]], np.float32)
+    boxes = np.array(
+        [[20, 30, 200, 220], [300, 40, 620, 200], [40, 260, 300, 460], [360, 250, 600, 470], [330, 220, 330.4, 221]],
+        np.float32,
+    )
     for k, (x0, y0, x1, y1) in enumerate(boxes[:4].astype(int)):
         image[y0:y1, x0:x1] = 50 * (k + 1)
     labels = np.array([1, 2, 3, 4, 5])
@@ -148,6 +150,7 @@ def test_segmentation_eval_pads_bottom_right_only_and_keeps_the_mask_at_the_imag
 
 def test_pipeline_decisions_are_independent_and_repeatable():
     """albumentations' own `seed=` gives every transform the same generator: flips would always coincide."""
+
     def decisions() -> list[tuple[bool, bool]]:
         compose = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)])
         image = np.arange(4, dtype=np.uint8).reshape(2, 2, 1).repeat(3, axis=2)

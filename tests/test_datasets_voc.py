@@ -17,8 +17,10 @@ W, H = 50, 40
 
 def voc_object(name: str, box: tuple[int, int, int, int], difficult: int = 0) -> str:
     x0, y0, x1, y1 = box
-    return (f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x0}</xmin>"
-            f"<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>")
+    return (
+        f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x0}</xmin>"
+        f"<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+    )
 
 
 def write_voc(root: Path, images: dict[str, list[str]], split: str = "trainval") -> Path:
@@ -29,7 +31,8 @@ def write_voc(root: Path, images: dict[str, list[str]], split: str = "trainval")
         Image.new("RGB", (W, H), (10, 200, 30)).save(root / "JPEGImages" / f"{image_id}.jpg")
         (root / "Annotations" / f"{image_id}.xml").write_text(
             f"<annotation><filename>{image_id}.jpg</filename><size><width>{W}</width><height>{H}</height>"
-            f"<depth>3</depth></size>{''.join(objects)}</annotation>")
+            f"<depth>3</depth></size>{''.join(objects)}</annotation>"
+        )
     (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(images) + "\n")
     return root
 
@@ -39,8 +42,10 @@ def test_twenty_classes():
 
 
 def test_boxes_labels_and_difficult_flags(tmp_path):
-    root = write_voc(tmp_path / "VOC2007", {"000001": [voc_object("dog", (1, 1, 10, 20)),
-                                                       voc_object("person", (5, 6, 50, 40), difficult=1)]})
+    root = write_voc(
+        tmp_path / "VOC2007",
+        {"000001": [voc_object("dog", (1, 1, 10, 20)), voc_object("person", (5, 6, 50, 40), difficult=1)]},
+    )
     data = VOCDetection(root)
     assert data.class_names[0] == "background" and data.class_names[12] == "dog"
     image, target = data[0]
@@ -55,8 +60,10 @@ def test_boxes_labels_and_difficult_flags(tmp_path):
 
 def test_07_plus_12_union(tmp_path):
     write_voc(tmp_path / "VOC2007", {"000001": [voc_object("cat", (1, 1, 9, 9))]})
-    write_voc(tmp_path / "VOC2012", {"2008_000001": [voc_object("bus", (2, 2, 8, 8))],
-                                     "2008_000002": [voc_object("car", (3, 3, 7, 7))]})
+    write_voc(
+        tmp_path / "VOC2012",
+        {"2008_000001": [voc_object("bus", (2, 2, 8, 8))], "2008_000002": [voc_object("car", (3, 3, 7, 7))]},
+    )
     union = voc_detection_union(tmp_path)
     assert len(union) == 3
     assert [union[i][1]["image_id"] for i in range(3)] == ["000001", "2008_000001", "2008_000002"]
@@ -71,10 +78,13 @@ def test_custom_classes(tmp_path):
     assert VOCDetection(root, classes=("ring", "star"))[0][1]["labels"].tolist() == [2]
 
 
-@pytest.mark.parametrize("box, problem", [
-    ((10, 10, 5, 20), "zero or negative"),
-    ((1, 1, 80, 20), "outside the 50x40 image"),
-])
+@pytest.mark.parametrize(
+    "box, problem",
+    [
+        ((10, 10, 5, 20), "zero or negative"),
+        ((1, 1, 80, 20), "outside the 50x40 image"),
+    ],
+)
 def test_bad_boxes_raise_or_skip(tmp_path, box, problem):
     root = write_voc(tmp_path / "voc", {"a": [voc_object("dog", box)], "b": [voc_object("cat", (1, 1, 5, 5))]})
     with pytest.raises(DatasetError, match=rf"a.xml: object 0 \(dog\): box .* {problem}"):

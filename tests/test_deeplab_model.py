@@ -151,14 +151,19 @@ def test_checkpoint_round_trip_and_wrong_files(small_model: MobileDeepLabV3, tmp
     x = torch.randn(1, 3, 45, 37)
     with torch.no_grad():
         assert torch.equal(model.eval()(x), small_model(x))
-    with pytest.raises(WeightsError, match=r"d\.pt: made with preset 'mnv2_os16', which differs from 'mnv2_os8' in "
-                                           r"output_stride: 16 vs 8"):
+    with pytest.raises(
+        WeightsError,
+        match=r"d\.pt: made with preset 'mnv2_os16', which differs from 'mnv2_os8' in "
+        r"output_stride: 16 vs 8",
+    ):
         load_deeplab(path, preset="mnv2_os8")
     assert load_deeplab(path, preset=dataclasses.replace(preset, name="renamed"))[0].preset.name == "mnv2_os16"
     with pytest.raises(WeightsError, match=r"d\.pt: a 4-class model, not the 21 classes"):
         load_deeplab(path, num_classes=21)
     ssd = save_checkpoint({"arch": "ssdlite", "config": {}, "model": {}}, tmp_path / "ssd.pt")
-    with pytest.raises(WeightsError, match=r"ssd\.pt: holds an SSDLite detector \(Detector, .*, not a Mobile DeepLabv3"):
+    with pytest.raises(
+        WeightsError, match=r"ssd\.pt: holds an SSDLite detector \(Detector, .*, not a Mobile DeepLabv3"
+    ):
         load_deeplab(ssd)
     broken = torch.load(path, weights_only=True)
     broken["model"].pop("head.classifier.weight")
@@ -196,7 +201,7 @@ def test_predict_batches_images_of_any_size_like_one_by_one(small_model) -> None
     batched = predict_logits(small_model, images)
     assert small_model.training
     small_model.eval()
-    for image, logits in zip(images, batched):
+    for image, logits in zip(images, batched, strict=True):
         (alone,) = predict_logits(small_model, [image])
         assert logits.shape == (4, *image.shape[:2])
         torch.testing.assert_close(logits, alone, atol=1e-4, rtol=1e-4)

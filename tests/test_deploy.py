@@ -71,8 +71,18 @@ def deeplab_int8(tmp_path_factory, assets_dir, calibration_folder) -> tuple[Path
     """Google's VOC DeepLab as an int8 phone file, verified on the VOC samples: (the file, what the export said)."""
     out = tmp_path_factory.mktemp("deeplab")
     images = [str(asset(assets_dir, f"voc_samples/JPEGImages/{name}.png")) for name in VOC_SAMPLES]
-    said = export_in_subprocess("deeplab_coral_voc", "--format", "tflite", "--int8", "--calib-data",
-                                str(calibration_folder), "--out", str(out), "--images", *images)  # fmt: skip
+    said = export_in_subprocess(
+        "deeplab_coral_voc",
+        "--format",
+        "tflite",
+        "--int8",
+        "--calib-data",
+        str(calibration_folder),
+        "--out",
+        str(out),
+        "--images",
+        *images,
+    )
     return out / "deeplab_coral_voc_int8.tflite", said.stdout + said.stderr
 
 
@@ -80,8 +90,9 @@ def deeplab_int8(tmp_path_factory, assets_dir, calibration_folder) -> tuple[Path
 def pedestrian_int8(tmp_path_factory, calibration_folder) -> Path:
     """Google's pedestrian SSDLite as an int8 phone file, verified on the default photos."""
     out = tmp_path_factory.mktemp("pedestrian")
-    export_in_subprocess("ssdlite_pedestrian", "--format", "tflite", "--int8", "--calib-data", str(calibration_folder),
-                         "--out", str(out))  # fmt: skip
+    export_in_subprocess(
+        "ssdlite_pedestrian", "--format", "tflite", "--int8", "--calib-data", str(calibration_folder), "--out", str(out)
+    )
     return out / "ssdlite_pedestrian_int8.tflite"
 
 
@@ -90,8 +101,13 @@ def photos_of_the_assets(assets_dir: Path) -> dict[str, np.ndarray]:
 
     photos = {"astronaut": data.astronaut(), "grace_hopper": read_image(asset(assets_dir, "coral/grace_hopper.bmp"))}
     for name in ("coral", "coco8/images", "voc_samples/JPEGImages"):
-        photos.update({p.name: read_image(p) for p in sorted((assets_dir / name).rglob("*"))
-                       if p.suffix in (".jpg", ".png", ".bmp")})  # fmt: skip
+        photos.update(
+            {
+                p.name: read_image(p)
+                for p in sorted((assets_dir / name).rglob("*"))
+                if p.suffix in (".jpg", ".png", ".bmp")
+            }
+        )
     return photos
 
 
@@ -102,12 +118,15 @@ def assert_detector_agrees(path: Path, detector: Detector, photos: dict[str, np.
     names = list(photos)
     found = mediapipe_tasks.detect(path, list(photos.values()), score_threshold=0.3)
     expected = detector(list(photos.values()), score_threshold=0.3)
-    as_tensors = [{"boxes": torch.from_numpy(e.boxes), "scores": torch.from_numpy(e.scores),
-                   "labels": torch.from_numpy(e.labels)} for e in expected]  # fmt: skip
-    verdicts = export_litert.detections_agree(as_tensors,
-                                              [export_litert.as_detections(f, detector.class_names) for f in found])
+    as_tensors = [
+        {"boxes": torch.from_numpy(e.boxes), "scores": torch.from_numpy(e.scores), "labels": torch.from_numpy(e.labels)}
+        for e in expected
+    ]
+    verdicts = export_litert.detections_agree(
+        as_tensors, [export_litert.as_detections(f, detector.class_names) for f in found]
+    )
     confident = 0
-    for name, ours, theirs, (agrees, summary) in zip(names, expected, found, verdicts):
+    for name, ours, theirs, (agrees, summary) in zip(names, expected, found, verdicts, strict=True):
         assert agrees, f"{name}: {summary}"
         assert set(theirs["names"]) <= set(detector.class_names[1:]), theirs["names"]
         if name in targets and len(ours.scores) and ours.scores[0] >= export_litert.DETECTION_SCORE:
@@ -120,7 +139,7 @@ def assert_detector_agrees(path: Path, detector: Detector, photos: dict[str, np.
 
 def assert_segmenter_agrees(path: Path, segmenter: Segmenter, images: list[np.ndarray]) -> None:
     """ImageSegmenter's category mask on the file equals the PyTorch `Segmenter`'s on >= 98% of each image."""
-    for i, (theirs, ours) in enumerate(zip(mediapipe_tasks.segment(path, images), segmenter(images))):
+    for i, (theirs, ours) in enumerate(zip(mediapipe_tasks.segment(path, images), segmenter(images), strict=True)):
         assert theirs.shape == ours.shape
         assert (theirs == ours).mean() >= 0.98, f"image {i}: {100 * (theirs == ours).mean():.2f}% of pixels agree"
 
@@ -129,8 +148,12 @@ def assert_segmenter_agrees(path: Path, segmenter: Segmenter, images: list[np.nd
 @pytest.mark.slow
 def test_mediapipe_object_detector_runs_the_int8_pedestrian_file(pedestrian_int8, pedestrian, assets_dir) -> None:
     assert read_labels(pedestrian_int8) == ["person"]  # the label file MediaPipe and Android Studio read
-    assert_detector_agrees(pedestrian_int8, Detector.from_pretrained(pedestrian), photos_of_the_assets(assets_dir),
-                           targets=["astronaut", "grace_hopper"])  # fmt: skip
+    assert_detector_agrees(
+        pedestrian_int8,
+        Detector.from_pretrained(pedestrian),
+        photos_of_the_assets(assets_dir),
+        targets=["astronaut", "grace_hopper"],
+    )
 
 
 @needs_phone_tools
@@ -144,24 +167,35 @@ def test_mediapipe_image_segmenter_runs_the_int8_coral_file(deeplab_int8, assets
 
 @needs_phone_tools
 @pytest.mark.slow
-def test_models_fine_tuned_here_ship_to_mediapipe(synthetic_ssdlite, synthetic_deeplab, generalisation_set,
-                                                  tmp_path) -> None:  # fmt: skip
+def test_models_fine_tuned_here_ship_to_mediapipe(
+    synthetic_ssdlite, synthetic_deeplab, generalisation_set, tmp_path
+) -> None:
     """The two checks above for the 5-class models trained on the synthetic set (calibrated on their own training
     images, which the export finds from the checkpoint)."""
     val = synthetic_detection(generalisation_set, "val").records[:8]
     images = {record.path.name: read_image(record.path) for record in val}
     for run in (synthetic_ssdlite, synthetic_deeplab):
-        export_in_subprocess(str(run / "best.pt"), "--format", "tflite", "--int8", "--out", str(tmp_path / run.name),
-                             "--images", *[str(record.path) for record in val[:4]])  # fmt: skip
+        export_in_subprocess(
+            str(run / "best.pt"),
+            "--format",
+            "tflite",
+            "--int8",
+            "--out",
+            str(tmp_path / run.name),
+            "--images",
+            *[str(record.path) for record in val[:4]],
+        )
     detector_file = tmp_path / "ssdlite" / "best_int8.tflite"
     assert read_labels(detector_file) == list(SYNTHETIC_CLASSES)
-    assert_detector_agrees(detector_file, Detector.from_pretrained(synthetic_ssdlite / "best.pt"), images,
-                           targets=list(images))  # fmt: skip
+    assert_detector_agrees(
+        detector_file, Detector.from_pretrained(synthetic_ssdlite / "best.pt"), images, targets=list(images)
+    )
     segmenter_file = tmp_path / "deeplab" / "best_int8.tflite"
     assert read_labels(segmenter_file) == ["background", *SYNTHETIC_CLASSES]
     assert "the checkpoint's training data" in read_tflite_metadata(segmenter_file)[0]["calibration"]
-    assert_segmenter_agrees(segmenter_file, Segmenter.from_pretrained(synthetic_deeplab / "best.pt"),
-                            list(images.values()))  # fmt: skip
+    assert_segmenter_agrees(
+        segmenter_file, Segmenter.from_pretrained(synthetic_deeplab / "best.pt"), list(images.values())
+    )
 
 
 @needs_phone_tools
@@ -183,7 +217,9 @@ def test_googles_int8_deeplab_passes_the_verification_against_our_fp32(assets_di
     google.allocate_tensors()
     images = [data.astronaut(), data.coffee(), data.chelsea(), *[voc_sample(assets_dir, n) for n in VOC_SAMPLES]]
     metadata = {**graph.metadata(), "input": "uint8 NHWC"}
-    for image, probabilities in zip(images, export_litert.fp32_probabilities(graph, images, stretched=False)):
+    for image, probabilities in zip(
+        images, export_litert.fp32_probabilities(graph, images, stretched=False), strict=True
+    ):
         pixels, (h, w) = phone_input(image, metadata)  # Google's input: resized, padded with the mean colour
         google.set_tensor(google.get_input_details()[0]["index"], pixels[None])
         google.invoke()
@@ -195,8 +231,9 @@ def test_googles_int8_deeplab_passes_the_verification_against_our_fp32(assets_di
 
 @needs_phone_tools
 @pytest.mark.slow
-def test_a_collapsed_quantisation_is_refused_and_nothing_is_written(deeplab_int8, tmp_path, monkeypatch,
-                                                                    assets_dir) -> None:  # fmt: skip
+def test_a_collapsed_quantisation_is_refused_and_nothing_is_written(
+    deeplab_int8, tmp_path, monkeypatch, assets_dir
+) -> None:
     """The file is right, the model it is checked against is not: as if quantisation had broken the network."""
     graph = load_graph("deeplab_coral_voc")
     with torch.no_grad():
@@ -221,25 +258,42 @@ def test_video_demo_runs_the_int8_files(pedestrian_int8, deeplab_int8, tmp_path,
 
     photo = tmp_path / "astronaut.png"
     cv2.imwrite(str(photo), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
-    boxes = video.run(["--source", str(photo), "--det", str(pedestrian_int8), "--save-images", str(tmp_path / "det"),
-                       "--quiet"])  # fmt: skip
+    boxes = video.run(
+        ["--source", str(photo), "--det", str(pedestrian_int8), "--save-images", str(tmp_path / "det"), "--quiet"]
+    )
     assert boxes.frames == 1 and boxes.classes == {"person": 1}  # the box's legend entry: the int8 file found her
     assert "(--det LiteRT int8, CPU; --batch-size 1" in capsys.readouterr().out  # the summary says what ran
-    masks = video.run(["--source", str(photo), "--seg", str(deeplab_int8[0]), "--save-images", str(tmp_path / "seg"),
-                       "--quiet"])  # fmt: skip
+    masks = video.run(
+        ["--source", str(photo), "--seg", str(deeplab_int8[0]), "--save-images", str(tmp_path / "seg"), "--quiet"]
+    )
     assert "person" in masks.classes  # the int8 DeepLab's mask marks her too
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:  # a detector passed as the segmenter: one line, exit 2
-        video.run(["--source", str(photo), "--seg", str(pedestrian_int8), "--save-images", str(tmp_path / "bad"),
-                   "--quiet"])  # fmt: skip
+        video.run(
+            ["--source", str(photo), "--seg", str(pedestrian_int8), "--save-images", str(tmp_path / "bad"), "--quiet"]
+        )
     assert exit_info.value.code == 2 and "an SSDLite (boxes): pass it as --det" in capsys.readouterr().err
 
 
 def test_an_imported_model_without_calibration_data_stops_at_once_naming_the_flag(tmp_path) -> None:
     """The README's phone command, as a new user types it without --calib-data: one line, exit 2, nothing written
     (no minutes of conversion first)."""
-    result = subprocess.run([sys.executable, "-m", "tools.export", "deeplab_coral_voc", "--format", "tflite", "--int8",
-                             "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tools.export",
+            "deeplab_coral_voc",
+            "--format",
+            "tflite",
+            "--int8",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "--calib-data" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
 
@@ -259,13 +313,21 @@ def test_the_missing_extra_is_one_line_naming_the_install(monkeypatch) -> None:
         export_litert.convert(None, None)
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--int8", "--calib-data", "photos/"], "--int8 and --calib-data apply to the on-device file: add --format tflite"),
-    (["--format", "tflite", "--calib-data", "photos/"], "--calib-data calibrate int8 quantisation: add --int8"),
-    (["--format", "tflite", "--int8", "--calib-data", "photos/", "--calib-root", "x"],
-     "--calib-root is the folder of a --calib-data kind"),
-    (["--format", "tflite", "--int8", "--calib-images", "0"], "--calib-images 0: give at least 1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--int8", "--calib-data", "photos/"],
+            "--int8 and --calib-data apply to the on-device file: add --format tflite",
+        ),
+        (["--format", "tflite", "--calib-data", "photos/"], "--calib-data calibrate int8 quantisation: add --int8"),
+        (
+            ["--format", "tflite", "--int8", "--calib-data", "photos/", "--calib-root", "x"],
+            "--calib-root is the folder of a --calib-data kind",
+        ),
+        (["--format", "tflite", "--int8", "--calib-images", "0"], "--calib-images 0: give at least 1"),
+    ],
+)
 def test_on_device_flags_are_checked(flags, message, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         export_tool.main(["x.pt", *flags])

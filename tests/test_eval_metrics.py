@@ -30,8 +30,10 @@ def make_coco(tmp_path) -> COCO:
 
 def test_coco_perfect_detections_score_one_and_report_is_written(tmp_path):
     gt = make_coco(tmp_path)
-    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
-            for a in gt.dataset["annotations"]]  # fmt: skip
+    dets = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+        for a in gt.dataset["annotations"]
+    ]
     result = evaluate_coco(gt, dets)
     assert result.stats["AP"] == pytest.approx(1.0) and result.stats["AP50"] == pytest.approx(1.0)
     assert {c["name"]: c["AP"] for c in result.per_class} == {"car": pytest.approx(1.0), "train": pytest.approx(1.0)}
@@ -59,19 +61,31 @@ def test_average_precision_metrics():
 
 
 def test_voc_ap_difficult_objects_are_neither_hits_nor_misses():
-    gt = [ImageGroundTruth(torch.tensor([[0, 0, 10, 10], [20, 20, 30, 30.0]]), torch.tensor([1, 1]),
-                           torch.tensor([False, True]))]  # fmt: skip
+    gt = [
+        ImageGroundTruth(
+            torch.tensor([[0, 0, 10, 10], [20, 20, 30, 30.0]]), torch.tensor([1, 1]), torch.tensor([False, True])
+        )
+    ]
     only_easy = [ImageDetections(torch.tensor([[0, 0, 10, 10.0]]), torch.tensor([0.9]), torch.tensor([1]))]
-    with_difficult_hit = [ImageDetections(torch.tensor([[20, 20, 30, 30], [0, 0, 10, 10.0]]),
-                                          torch.tensor([0.95, 0.9]), torch.tensor([1, 1]))]  # fmt: skip
-    duplicate = [ImageDetections(torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10.0]]), torch.tensor([0.95, 0.9]),
-                                 torch.tensor([1, 1]))]  # fmt: skip
+    with_difficult_hit = [
+        ImageDetections(
+            torch.tensor([[20, 20, 30, 30], [0, 0, 10, 10.0]]), torch.tensor([0.95, 0.9]), torch.tensor([1, 1])
+        )
+    ]
+    duplicate = [
+        ImageDetections(
+            torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10.0]]), torch.tensor([0.95, 0.9]), torch.tensor([1, 1])
+        )
+    ]
     assert voc_detection_ap(only_easy, gt, 2) == [pytest.approx(1.0)]
     assert voc_detection_ap(with_difficult_hit, gt, 2) == [pytest.approx(1.0)]
     # The duplicate is a false positive after the hit: precision 1 up to recall 1 still → AP 1; swap the order:
     assert voc_detection_ap(duplicate, gt, 2, use_07_metric=False) == [pytest.approx(1.0)]
-    late_hit = [ImageDetections(torch.tensor([[50, 50, 60, 60], [0, 0, 10, 10.0]]), torch.tensor([0.95, 0.9]),
-                                torch.tensor([1, 1]))]  # fmt: skip
+    late_hit = [
+        ImageDetections(
+            torch.tensor([[50, 50, 60, 60], [0, 0, 10, 10.0]]), torch.tensor([0.95, 0.9]), torch.tensor([1, 1])
+        )
+    ]
     assert voc_detection_ap(late_hit, gt, 2, use_07_metric=False) == [pytest.approx(0.5)]
     assert math.isnan(voc_detection_ap(only_easy, gt, 3)[1])  # class 2 has no ground truth
 

@@ -90,7 +90,7 @@ def test_onnx_runtime_plus_separate_nms_gives_the_suites_detections(pedestrian_e
     boxes, scores = session(paths[0]).run(None, {"images": x.numpy()})
     ours = ssdlite_postprocess_onnx(boxes, scores, sizes, metadata, score_threshold=0.3)
     expected = predict(graph.model, photos, score_threshold=0.3)
-    for a, b in zip(ours, expected):
+    for a, b in zip(ours, expected, strict=True):
         assert torch.equal(a["labels"], b["labels"])
         assert torch.allclose(a["boxes"], b["boxes"], atol=0.01) and torch.allclose(a["scores"], b["scores"], atol=1e-4)
     assert ours[0]["labels"].tolist() == [1] and ours[0]["scores"].item() > 0.99  # Grace Hopper, as TensorFlow finds

@@ -26,8 +26,14 @@ def command(tmp_path: Path, *flags: str) -> list[str]:
 
 
 def toy(tmp_path: Path, *flags: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(command(tmp_path, *flags), capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs)  # fmt: skip
+    return subprocess.run(
+        command(tmp_path, *flags),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        **kwargs,
+    )
 
 
 def max_difference(a: Path, b: Path) -> float:
@@ -53,8 +59,11 @@ def test_kill9_at_ten_random_points_then_resume_ends_with_the_uninterrupted_weig
         remaining = EPOCHS * STEPS_PER_EPOCH - done
         # a step before the end, or half-way through the 1st/2nd checkpoint write (not in the last epoch, where
         # the run could finish first): every trial is a real kill
-        fault = (["--kill9-in-save", str(rng.randint(1, 2))] if remaining > STEPS_PER_EPOCH and rng.random() < 0.3
-                 else ["--kill9-at-step", str(rng.randint(1, min(12, remaining - 1)))])  # fmt: skip
+        fault = (
+            ["--kill9-in-save", str(rng.randint(1, 2))]
+            if remaining > STEPS_PER_EPOCH and rng.random() < 0.3
+            else ["--kill9-at-step", str(rng.randint(1, min(12, remaining - 1)))]
+        )
         start = ["--resume", str(last)] if last.exists() else ["--name", "k", "--exist-ok", *RUN]
         result = toy(tmp_path, *start, *fault)
         assert result.returncode == -signal.SIGKILL, (trial, fault, result.stderr[-2000:])
@@ -81,8 +90,16 @@ def test_sigterm_to_the_process_group_checkpoints_and_resumes_exactly(tmp_path, 
 
 def test_two_runs_started_with_one_name_get_a_folder_each(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    runs = [subprocess.Popen(command(tmp_path, "--name", "same", "--epochs", "1", "--workers", "0", "--seed", str(seed)),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for seed in (1, 2)]  # fmt: skip
+    runs = [
+        subprocess.Popen(
+            command(tmp_path, "--name", "same", "--epochs", "1", "--workers", "0", "--seed", str(seed)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for seed in (1, 2)
+    ]
     for run in runs:
         assert run.wait(timeout=300) == 0, run.stderr.read()
     folders = sorted(p.name for p in tmp_path.iterdir())
@@ -97,20 +114,32 @@ def test_two_runs_started_with_one_name_get_a_folder_each(tmp_path):
 
 def test_exist_ok_is_refused_while_a_live_run_holds_the_folder(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    holder = subprocess.Popen(command(tmp_path, "--name", "busy", "--epochs", "1000", "--workers", "0"),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    holder = subprocess.Popen(
+        command(tmp_path, "--name", "busy", "--epochs", "1000", "--workers", "0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         lock = tmp_path / "busy" / ".lock"
         deadline = time.monotonic() + 120
-        while not (lock.is_file() and lock.read_text().strip()) and holder.poll() is None and time.monotonic() < deadline:
+        while (
+            not (lock.is_file() and lock.read_text().strip()) and holder.poll() is None and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
         second = toy(tmp_path, "--name", "busy", "--exist-ok", "--epochs", "1", "--workers", "0")
         assert holder.poll() is None, holder.stderr.read()  # still training while the second run was refused
         assert second.returncode == 2
         assert second.stderr.strip().splitlines() == [
-            (f"error: {tmp_path / 'busy'} is in use by a running training run (pid {holder.pid}): wait for it to "
-             "finish, or choose another --name")]
+            (
+                f"error: {tmp_path / 'busy'} is in use by a running training run (pid {holder.pid}): wait for it to "
+                "finish, or choose another --name"
+            )
+        ]
     finally:
         holder.send_signal(signal.SIGTERM)
         assert holder.wait(timeout=120) == 0  # checkpointed and left
-    assert toy(tmp_path, "--name", "busy", "--exist-ok", "--epochs", "1", "--workers", "0").returncode == 0  # free again
+    assert (
+        toy(tmp_path, "--name", "busy", "--exist-ok", "--epochs", "1", "--workers", "0").returncode == 0
+    )  # free again

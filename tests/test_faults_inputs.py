@@ -65,8 +65,11 @@ def test_a_truncated_video_warns_that_the_output_is_partial(tmp_path):
         frames = list(VideoSource(cv2.VideoCapture(str(path)), str(path), live=False, stride=1))
     assert 0 < len(frames) < 20
     assert [str(w.message) for w in caught] == [
-        (f"--source {path}: only {len(frames)} of the 20 frames its header announces could be decoded (a truncated "
-         "or damaged file?); the output covers those")]
+        (
+            f"--source {path}: only {len(frames)} of the 20 frames its header announces could be decoded (a truncated "
+            "or damaged file?); the output covers those"
+        )
+    ]
 
 
 def test_coco_map_of_a_file_without_annotations_is_undefined_not_zero(synthetic_root, tmp_path, capsys):
@@ -78,8 +81,27 @@ def test_coco_map_of_a_file_without_annotations_is_undefined_not_zero(synthetic_
     weights = save_ssdlite(build_ssdlite(get_preset("ssdlite320_coco"), num_classes=6), tmp_path / "m.pt")
     ann = coco_file(synthetic_root, tmp_path, lambda a: {**a, "annotations": []})
     with pytest.raises(SystemExit) as stop:
-        coco_map.main(["--weights", str(weights), "--ann", str(ann), "--images", str(synthetic_root / "coco" / "train"),
-                       "--workers", "0", "--device", "cpu", "--project", str(tmp_path), "--quiet"])  # fmt: skip
+        coco_map.main(
+            [
+                "--weights",
+                str(weights),
+                "--ann",
+                str(ann),
+                "--images",
+                str(synthetic_root / "coco" / "train"),
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "--project",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
     err = capsys.readouterr().err.strip().splitlines()
-    assert stop.value.code == 2 and err == [(f"error: {ann}: has no annotations, so mAP is undefined (nothing to "
-                                             "find): evaluate on a file with ground-truth boxes")]
+    assert stop.value.code == 2 and err == [
+        (
+            f"error: {ann}: has no annotations, so mAP is undefined (nothing to "
+            "find): evaluate on a file with ground-truth boxes"
+        )
+    ]

@@ -19,13 +19,33 @@ from backbone.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 TOY = REPO / "tests" / "toy_task.py"
-TINY_SSDLITE = ["--image-size", "128", "--width-mult", "0.35", "--epochs", "1", "--batch-size", "4", "--workers", "0",
-                "--no-progress", "--device", "cpu", "--exist-ok"]  # fmt: skip
+TINY_SSDLITE = [
+    "--image-size",
+    "128",
+    "--width-mult",
+    "0.35",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "4",
+    "--workers",
+    "0",
+    "--no-progress",
+    "--device",
+    "cpu",
+    "--exist-ok",
+]
 
 
 def run(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
 def toy(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
@@ -60,8 +80,9 @@ def tmpfs(tmp_path):
 
 def test_a_full_disk_says_disk_full_and_leaves_nothing_half_written(tmp_path, tmpfs, synthetic_root):
     disk = tmpfs(1024)  # 1 MiB: the run folder and its logs fit, a 10 MB checkpoint does not
-    result = run("train/ssdlite.py", "--data-root", str(synthetic_root), "--project", str(disk), "--name", "s",
-                 *TINY_SSDLITE)  # fmt: skip
+    result = run(
+        "train/ssdlite.py", "--data-root", str(synthetic_root), "--project", str(disk), "--name", "s", *TINY_SSDLITE
+    )
     line = one_error_line(result)
     assert line.startswith(f"error: disk full writing to {disk / 's'} (No space left on device)"), line
     assert "nothing was saved yet" in line  # the first save is the one that failed: no last.pt to promise
@@ -72,8 +93,9 @@ def test_a_full_disk_says_disk_full_and_leaves_nothing_half_written(tmp_path, tm
 def test_read_only_and_misplaced_folders_are_one_line_naming_the_path(case, tmp_path, tmpfs, synthetic_root):
     read_only = tmpfs(64, read_only=True)
     if case == "project":
-        result = run("train/ssdlite.py", "--data-root", str(synthetic_root), "--project", str(read_only / "runs"),
-                     *TINY_SSDLITE)  # fmt: skip
+        result = run(
+            "train/ssdlite.py", "--data-root", str(synthetic_root), "--project", str(read_only / "runs"), *TINY_SSDLITE
+        )
         assert f"{read_only / 'runs'}: read-only file system" in one_error_line(result)
         return
     video = tmp_path / "still.png"
@@ -82,8 +104,18 @@ def test_read_only_and_misplaced_folders_are_one_line_naming_the_path(case, tmp_
     if case == "cache_is_a_file":
         cache.write_text("a file where the cache folder should be")
     out = read_only / "annotated.png" if case == "video_out" else tmp_path / "annotated.png"
-    result = run("-m", "demo.video", "--source", str(video), "--det", "ssdlite_pedestrian", "--out", str(out),
-                 "--quiet", env={"MNV2_CACHE": str(cache)})  # fmt: skip
+    result = run(
+        "-m",
+        "demo.video",
+        "--source",
+        str(video),
+        "--det",
+        "ssdlite_pedestrian",
+        "--out",
+        str(out),
+        "--quiet",
+        env={"MNV2_CACHE": str(cache)},
+    )
     line = one_error_line(result)
     where = out if case == "video_out" else cache
     assert str(where) in line and ("read-only" in line or "not a folder" in line or "in the way" in line), line
@@ -105,9 +137,25 @@ def test_a_run_folder_deleted_mid_run_is_named(tmp_path):
 
 
 def test_flags_that_cannot_fit_in_memory_are_refused_before_a_run_folder_exists(tmp_path, synthetic_root):
-    line = one_error_line(run("train/ssdlite.py", "--data-root", str(synthetic_root), "--project", str(tmp_path),
-                              "--name", "huge", "--image-size", "100000", "--width-mult", "0.35", "--workers", "0",
-                              "--device", "cpu"))  # fmt: skip
+    line = one_error_line(
+        run(
+            "train/ssdlite.py",
+            "--data-root",
+            str(synthetic_root),
+            "--project",
+            str(tmp_path),
+            "--name",
+            "huge",
+            "--image-size",
+            "100000",
+            "--width-mult",
+            "0.35",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        )
+    )
     assert "--image-size 100000 and --batch-size 32 per process need about" in line and "GiB" in line, line
     assert not (tmp_path / "huge").exists()
 
@@ -116,7 +164,9 @@ def test_ctrl_c_once_saves_and_exits_130_in_one_line(tmp_path):
     result = toy(tmp_path, "--name", "c", "--epochs", "2", "--ctrl-c-at-step", "5")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert lines[-1].startswith(f"SIGINT: saved {tmp_path / 'c' / 'last.pt'} at epoch 1, step 5; continue with --resume")
+    assert lines[-1].startswith(
+        f"SIGINT: saved {tmp_path / 'c' / 'last.pt'} at epoch 1, step 5; continue with --resume"
+    )
     assert load_checkpoint(tmp_path / "c" / "last.pt")["step_in_epoch"] == 5
 
 
@@ -132,13 +182,16 @@ def test_ctrl_c_during_export_is_one_line_and_writes_nothing(tmp_path):
     from ssdlite import SSDLITE320_VOC, build_ssdlite, save_ssdlite
 
     checkpoint = save_ssdlite(build_ssdlite(SSDLITE320_VOC.derive(width_mult=0.35), num_classes=3), tmp_path / "m.pt")
-    script = ("import os, signal, sys; import tools.export_formats as f; write = f.write_onnx\n"
-              "def interrupted(*a, **k):\n    write(*a, **k); os.kill(os.getpid(), signal.SIGINT)\n"
-              "f.write_onnx = interrupted\nimport tools.export; sys.exit(tools.export.main(sys.argv[1:]))")  # fmt: skip
+    script = (
+        "import os, signal, sys; import tools.export_formats as f; write = f.write_onnx\n"
+        "def interrupted(*a, **k):\n    write(*a, **k); os.kill(os.getpid(), signal.SIGINT)\n"
+        "f.write_onnx = interrupted\nimport tools.export; sys.exit(tools.export.main(sys.argv[1:]))"
+    )
     result = run("-c", script, str(checkpoint), "--no-verify")
     assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines() == ["interrupted by Ctrl-C: every file written so far is complete "
-                                                  "(files are written whole or not at all)"]
+    assert result.stderr.strip().splitlines() == [
+        "interrupted by Ctrl-C: every file written so far is complete (files are written whole or not at all)"
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]  # no .onnx, no temporary
 
 
@@ -160,9 +213,15 @@ def test_nan_in_the_first_epoch_does_not_promise_a_last_pt(tmp_path):
     assert "nothing was saved yet" in line and "still holds" not in line and not (tmp_path / "nan" / "last.pt").exists()
 
 
-@pytest.mark.parametrize("entry", [["train/ssdlite.py", "--weights"], ["eval/coco_map.py", "--data", "synthetic",
-                                                                       "--weights"], ["-m", "tools.export"],
-                                   ["-m", "demo.video", "--det"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "entry",
+    [
+        ["train/ssdlite.py", "--weights"],
+        ["eval/coco_map.py", "--data", "synthetic", "--weights"],
+        ["-m", "tools.export"],
+        ["-m", "demo.video", "--det"],
+    ],
+)
 def test_a_text_file_as_weights_is_named_as_such_in_every_entry_point(entry, tmp_path):
     if "demo.video" in entry:
         (tmp_path / "x.png").write_bytes(_png())
@@ -195,8 +254,25 @@ def test_resume_refuses_flags_it_would_not_apply_and_takes_moved_data(tmp_path, 
 
     data = tmp_path / "data"
     shutil.copytree(synthetic_root, data)
-    common = ["train/deeplab.py", "--project", str(tmp_path), "--name", "r", "--crop-size", "64", "--width-mult",
-              "0.35", "--batch-size", "4", "--workers", "0", "--no-progress", "--device", "cpu", "--exist-ok"]  # fmt: skip
+    common = [
+        "train/deeplab.py",
+        "--project",
+        str(tmp_path),
+        "--name",
+        "r",
+        "--crop-size",
+        "64",
+        "--width-mult",
+        "0.35",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--exist-ok",
+    ]
     first = run(*common, "--data-root", str(data), "--epochs", "1")
     assert first.returncode == 0, first.stderr[-2000:]
     last = tmp_path / "r" / "last.pt"
@@ -216,8 +292,7 @@ def test_a_truncated_validation_image_stops_the_run_before_it_trains(tmp_path, s
     shutil.copytree(synthetic_root, data)
     victim = sorted((data / "coco" / "val").iterdir())[1]
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
-    result = run("train/ssdlite.py", "--data-root", str(data), "--project", str(tmp_path), "--name", "v",
-                 *TINY_SSDLITE)  # fmt: skip
+    result = run("train/ssdlite.py", "--data-root", str(data), "--project", str(tmp_path), "--name", "v", *TINY_SSDLITE)
     line = one_error_line(result)
     assert str(victim) in line and "truncated" in line, line
     assert "epoch 1/1" not in result.stderr and not (tmp_path / "v").exists()
@@ -237,7 +312,10 @@ def test_a_damaged_cache_file_is_converted_again_with_a_note(tmp_path, monkeypat
     capsys.readouterr()
     again = Segmenter.from_pretrained(entry.name)
     assert "its bytes no longer match the digest recorded when it was written (damaged?)" in capsys.readouterr().err
-    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values(), strict=True)
+    )
 
 
 def test_a_download_that_is_not_the_published_file_is_refused(tmp_path, monkeypatch):

@@ -28,8 +28,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def fit_set(tmp_path_factory):
     """32 synthetic 128-px images whose val split is the train split (VOC lists; COCO files passed as custom)."""
-    root = generate(tmp_path_factory.mktemp("fit") / "data", num_train=32, num_val=4, seed=5, size=128, workers=1,
-                    progress=False).root  # fmt: skip
+    root = generate(
+        tmp_path_factory.mktemp("fit") / "data", num_train=32, num_val=4, seed=5, size=128, workers=1, progress=False
+    ).root
     lists = root / "voc" / "ImageSets" / "Segmentation"
     shutil.copy(lists / "train.txt", lists / "val.txt")
     return root
@@ -40,11 +41,46 @@ def test_ssdlite_fits_a_few_images_and_finds_them_in_eval_mode(fit_set, tmp_path
     from train.ssdlite import main as train
 
     annotations, images = fit_set / "coco" / "annotations" / "instances_train.json", fit_set / "coco" / "train"
-    run = train(["--data", "custom", "--train-ann", str(annotations), "--train-images", str(images), "--val-ann",
-                 str(annotations), "--val-images", str(images), "--image-size", "128", "--epochs", "60",
-                 "--eval-interval", "60", "--project", str(tmp_path), "--name", "ssdlite", *SCRATCH])  # fmt: skip
-    report = coco_map(["--weights", str(run / "best.pt"), "--ann", str(annotations), "--images", str(images),
-                       "--project", str(tmp_path), "--name", "eval", "--quiet"])  # fmt: skip
+    run = train(
+        [
+            "--data",
+            "custom",
+            "--train-ann",
+            str(annotations),
+            "--train-images",
+            str(images),
+            "--val-ann",
+            str(annotations),
+            "--val-images",
+            str(images),
+            "--image-size",
+            "128",
+            "--epochs",
+            "60",
+            "--eval-interval",
+            "60",
+            "--project",
+            str(tmp_path),
+            "--name",
+            "ssdlite",
+            *SCRATCH,
+        ]
+    )
+    report = coco_map(
+        [
+            "--weights",
+            str(run / "best.pt"),
+            "--ann",
+            str(annotations),
+            "--images",
+            str(images),
+            "--project",
+            str(tmp_path),
+            "--name",
+            "eval",
+            "--quiet",
+        ]
+    )
     stats = json.loads((report / "metrics.json").read_text())["stats"]
     assert stats["AP50"] >= 0.8, stats
 
@@ -52,8 +88,21 @@ def test_ssdlite_fits_a_few_images_and_finds_them_in_eval_mode(fit_set, tmp_path
 def test_deeplab_generalises_to_the_synthetic_val_split(synthetic_deeplab, generalisation_set, tmp_path):
     from eval.voc_miou import main as voc_miou
 
-    report = voc_miou(["--weights", str(synthetic_deeplab / "best.pt"), "--data", "synthetic", "--data-root",
-                       str(generalisation_set), "--project", str(tmp_path), "--name", "eval", "--quiet"])  # fmt: skip
+    report = voc_miou(
+        [
+            "--weights",
+            str(synthetic_deeplab / "best.pt"),
+            "--data",
+            "synthetic",
+            "--data-root",
+            str(generalisation_set),
+            "--project",
+            str(tmp_path),
+            "--name",
+            "eval",
+            "--quiet",
+        ]
+    )
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["mIoU"] >= 0.6, metrics["per_class_iou"]
 
@@ -63,8 +112,21 @@ def test_ssdlite_fine_tuned_from_the_pedestrian_detector_generalises(synthetic_s
 
     transfer = json.loads((synthetic_ssdlite / "args.json").read_text())["transfer"]
     assert transfer["class_rows"] == [] and transfer["unused_classes"] == ["background", "person"]
-    report = coco_map(["--weights", str(synthetic_ssdlite / "best.pt"), "--data", "synthetic", "--data-root",
-                       str(generalisation_set), "--project", str(tmp_path), "--name", "eval", "--quiet"])  # fmt: skip
+    report = coco_map(
+        [
+            "--weights",
+            str(synthetic_ssdlite / "best.pt"),
+            "--data",
+            "synthetic",
+            "--data-root",
+            str(generalisation_set),
+            "--project",
+            str(tmp_path),
+            "--name",
+            "eval",
+            "--quiet",
+        ]
+    )
     stats = json.loads((report / "metrics.json").read_text())["stats"]
     assert stats["AP50"] >= 0.5, stats
 
@@ -76,8 +138,9 @@ def _coco_folder(root, names):
     for i in range(2):
         cv2.imwrite(str(root / "images" / f"{i}.jpg"), np.full((64, 64, 3), 60 * i, np.uint8))
         images.append({"id": i + 1, "file_name": f"{i}.jpg", "height": 64, "width": 64})
-        annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 2, "bbox": [8, 8, 30, 40], "area": 1200,
-                            "iscrowd": 0})  # fmt: skip
+        annotations.append(
+            {"id": i + 1, "image_id": i + 1, "category_id": 2, "bbox": [8, 8, 30, 40], "area": 1200, "iscrowd": 0}
+        )
     categories = [{"id": k + 1, "name": name} for k, name in enumerate(names)]
     path = root / "instances.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
@@ -94,9 +157,22 @@ def test_fine_tuning_keeps_the_person_row_by_name(pedestrian, assets_dir, tmp_pa
 
     photo = read_image(assets_dir / "coral" / "grace_hopper.bmp")
     ann = _coco_folder(tmp_path, ["bicycle", "Person", "dog"])
-    args = build_parser().parse_args(["--data", "custom", "--train-ann", str(ann), "--train-images",
-                                      str(tmp_path / "images"), "--val-ann", str(ann), "--val-images",
-                                      str(tmp_path / "images"), "--weights", str(pedestrian)])  # fmt: skip
+    args = build_parser().parse_args(
+        [
+            "--data",
+            "custom",
+            "--train-ann",
+            str(ann),
+            "--train-images",
+            str(tmp_path / "images"),
+            "--val-ann",
+            str(ann),
+            "--val-images",
+            str(tmp_path / "images"),
+            "--weights",
+            str(pedestrian),
+        ]
+    )
     task = SSDLiteTask(args)
     model = task.build_model().eval()
     source, _ = load_ssdlite(pedestrian)

@@ -71,10 +71,13 @@ def _stand_in_wheel(folder: Path) -> Path:
     """A wheel of a distribution named `datasets` owning a top-level `datasets/` folder, as Hugging Face's does."""
     import zipfile
 
-    files = {"datasets/__init__.py": "FROM = 'the Hugging Face stand-in'\n", "datasets/arrow_dataset.py": "",
-             "datasets-9.9.9.dist-info/METADATA": "Metadata-Version: 2.1\nName: datasets\nVersion: 9.9.9\n",
-             "datasets-9.9.9.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-                                               "Tag: py3-none-any\n"}  # fmt: skip
+    files = {
+        "datasets/__init__.py": "FROM = 'the Hugging Face stand-in'\n",
+        "datasets/arrow_dataset.py": "",
+        "datasets-9.9.9.dist-info/METADATA": "Metadata-Version: 2.1\nName: datasets\nVersion: 9.9.9\n",
+        "datasets-9.9.9.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
     record = "".join(f"{name},,\n" for name in files) + "datasets-9.9.9.dist-info/RECORD,,\n"
     path = folder / "datasets-9.9.9-py3-none-any.whl"
     with zipfile.ZipFile(path, "w") as wheel:
@@ -94,14 +97,31 @@ def test_a_regular_install_beside_hugging_face_datasets(tmp_path):
     source.mkdir()
     for name in ("pyproject.toml", "README.md", "mnv2_import_hook.py"):
         shutil.copy2(REPO / name, source / name)
-    for name in ("_build", "common", "backbone", "ssdlite", "deeplab_mobile", "datasets", "train", "eval", "demo",
-                 "tools", "bench"):  # fmt: skip
+    for name in (
+        "_build",
+        "common",
+        "backbone",
+        "ssdlite",
+        "deeplab_mobile",
+        "datasets",
+        "train",
+        "eval",
+        "demo",
+        "tools",
+        "bench",
+    ):
         shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     python = venv / "bin" / "python"
-    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
+    site = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     (site / "zz_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch & co., not the suite
     pip = [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check"]
     offline = ["--no-deps", "--no-index", "--no-build-isolation"]
@@ -111,16 +131,25 @@ def test_a_regular_install_beside_hugging_face_datasets(tmp_path):
     stand_in = (site / "datasets" / "__init__.py").read_text()
     assert stand_in == "FROM = 'the Hugging Face stand-in'\n" and not (site / "backbone").exists()
 
-    probe = ("import datasets, datasets.sources, eval.voc_miou; print(datasets.__file__); "
-             "print(eval.voc_miou.build_parser().prog)")  # fmt: skip
+    probe = (
+        "import datasets, datasets.sources, eval.voc_miou; print(datasets.__file__); "
+        "print(eval.voc_miou.build_parser().prog)"
+    )
     done = subprocess.run([python, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:2] == [str(site / "mobilenetv2-suite" / "datasets" / "__init__.py"),
-                                           "python eval/voc_miou.py"]  # fmt: skip
+    assert done.stdout.split("\n")[:2] == [
+        str(site / "mobilenetv2-suite" / "datasets" / "__init__.py"),
+        "python eval/voc_miou.py",
+    ]
 
     done = subprocess.run([*pip, "uninstall", "--yes", "mobilenetv2-suite"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    after = subprocess.run([python, "-c", "import datasets; print(datasets.FROM)"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    after = subprocess.run(
+        [python, "-c", "import datasets; print(datasets.FROM)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert after.stdout.strip() == "the Hugging Face stand-in", after.stderr
     assert not (site / "mobilenetv2-suite").exists()

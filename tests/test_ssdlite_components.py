@@ -200,9 +200,7 @@ def _post(box_regression, class_logits, anchors, sizes, **kw):
 
 
 def test_postprocess_threshold_nms_per_class_and_scaling():
-    anchors = _xyxy_anchors(
-        [[0.1, 0.1, 0.5, 0.5], [0.12, 0.1, 0.52, 0.5], [0.6, 0.6, 0.9, 0.9], [0.0, 0.0, 0.2, 0.2]]
-    )
+    anchors = _xyxy_anchors([[0.1, 0.1, 0.5, 0.5], [0.12, 0.1, 0.52, 0.5], [0.6, 0.6, 0.9, 0.9], [0.0, 0.0, 0.2, 0.2]])
     logits = torch.full((1, 4, 3), -10.0)
     logits[0, 0, 1] = 3.0  # class 1, best
     logits[0, 1, 1] = 2.0  # class 1, overlaps anchor 0 → suppressed
@@ -219,8 +217,15 @@ def test_postprocess_top_k_softmax_clipping_and_batches():
     anchors = _xyxy_anchors([[0.1 * i, 0.0, 0.1 * i + 0.05, 0.05] for i in range(8)] + [[0.9, 0.9, 1.3, 1.3]])
     logits = torch.zeros(2, 9, 2)
     logits[0, :, 1] = torch.arange(9.0)  # every anchor a detection, rising scores
-    results = _post(torch.zeros(2, 9, 4), logits, anchors, [(10, 10), (20, 20)], classification="softmax",
-                    score_threshold=0.6, detections_per_image=3)  # fmt: skip
+    results = _post(
+        torch.zeros(2, 9, 4),
+        logits,
+        anchors,
+        [(10, 10), (20, 20)],
+        classification="softmax",
+        score_threshold=0.6,
+        detections_per_image=3,
+    )
     assert len(results) == 2 and len(results[1]["scores"]) == 0  # image 1: all scores 0.5
     det = results[0]
     assert len(det["scores"]) == 3 and bool((det["scores"][:-1] >= det["scores"][1:]).all())

@@ -20,14 +20,51 @@ ENTRY = Path(__file__).resolve().parent.parent / "train" / "ssdlite.py"
 
 
 def train(tmp_path: Path, root: Path, name: str, processes: int) -> Path:
-    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}"] if processes > 1 \
-        else [sys.executable]  # fmt: skip
-    flags = ["--data", "synthetic", "--data-root", str(root), "--image-size", "128", "--width-mult", "0.35",
-             "--weights", "none", "--frozen-bn", "--no-augment", "--ema-decay", "0", "--batch-size", "8",
-             "--epochs", "2", "--eval-interval", "100", "--lr", "0.05", "--workers", "0", "--device", "cpu",
-             "--no-progress", "--project", str(tmp_path), "--name", name]  # fmt: skip
-    result = subprocess.run([*launcher, str(ENTRY), *flags], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
+        if processes > 1
+        else [sys.executable]
+    )
+    flags = [
+        "--data",
+        "synthetic",
+        "--data-root",
+        str(root),
+        "--image-size",
+        "128",
+        "--width-mult",
+        "0.35",
+        "--weights",
+        "none",
+        "--frozen-bn",
+        "--no-augment",
+        "--ema-decay",
+        "0",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--eval-interval",
+        "100",
+        "--lr",
+        "0.05",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--project",
+        str(tmp_path),
+        "--name",
+        name,
+    ]
+    result = subprocess.run(
+        [*launcher, str(ENTRY), *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp_path / name / "last.pt"
 

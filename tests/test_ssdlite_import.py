@@ -121,8 +121,11 @@ def test_a_classification_or_segmentation_graph_is_named_as_such(tmp_path):
     graph.node.append(_const("MobilenetV2/Conv/weights", np.ones((3, 3, 3, 32))))
     graph.node.add(name="MobilenetV2/Conv/Conv2D", op="Conv2D", input=["ImageTensor", "MobilenetV2/Conv/weights"])
     path = _write_graph(graph, tmp_path / "deeplab.pb")
-    with pytest.raises(WeightsError, match=r"deeplab\.pb: no 'FeatureExtractor/MobilenetV2/Conv/weights'.*"
-                                           r"first weight is 'MobilenetV2/Conv/weights'"):  # fmt: skip
+    with pytest.raises(
+        WeightsError,
+        match=r"deeplab\.pb: no 'FeatureExtractor/MobilenetV2/Conv/weights'.*"
+        r"first weight is 'MobilenetV2/Conv/weights'",
+    ):
         import_graph(path)
 
 
@@ -193,7 +196,7 @@ def test_cli_imports_archive_and_writes_a_loadable_checkpoint(tmp_path, capsys):
 
 @needs_pedestrian
 def test_the_name_converts_once_into_the_cache(tmp_path, monkeypatch, pedestrian_model):
-    """"ssdlite_pedestrian" is imported from the installed package on first use, into $MNV2_CACHE, then read."""
+    """ "ssdlite_pedestrian" is imported from the installed package on first use, into $MNV2_CACHE, then read."""
     monkeypatch.setenv("MNV2_CACHE", str(tmp_path / "cache"))
     model, checkpoint = load_ssdlite("ssdlite_pedestrian")
     cached = tmp_path / "cache" / "ssdlite_pedestrian.pt"

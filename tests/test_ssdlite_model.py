@@ -106,7 +106,7 @@ def test_checkpoint_round_trip_keeps_preset_weights_and_names(tiny_model, tmp_pa
     assert not model.training
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        for a, b in zip(model.eval()(x), tiny_model(x)):
+        for a, b in zip(model.eval()(x), tiny_model(x), strict=True):
             torch.testing.assert_close(a, b)
     # A training checkpoint yields its EMA weights, the ones the engine evaluated.
     ema = {k: v + 1 if v.is_floating_point() else v for k, v in tiny_model.state_dict().items()}
@@ -124,12 +124,17 @@ def test_checkpoint_round_trip_keeps_preset_weights_and_names(tiny_model, tmp_pa
 def test_checkpoint_errors_name_file_and_mismatch(tiny_model, tmp_path):
     path = save_ssdlite(tiny_model, tmp_path / "tiny.pt")
     before = path.read_bytes()
-    with pytest.raises(WeightsError, match=r"tiny\.pt: made with preset 'tiny', which differs from 'ssdlite320_coco' in image_size: 64x64 vs 320x320"):
+    with pytest.raises(
+        WeightsError,
+        match=r"tiny\.pt: made with preset 'tiny', which differs from 'ssdlite320_coco' in image_size: 64x64 vs 320x320",
+    ):
         load_ssdlite(path, preset=SSDLITE320_COCO)
     with pytest.raises(WeightsError, match=r"tiny\.pt: has 4 classes .* but 21 were asked for"):
         load_ssdlite(path, num_classes=21)
     deeplab = save_checkpoint({"arch": "deeplab", "config": {}, "model": {}}, tmp_path / "seg.pt")
-    with pytest.raises(WeightsError, match=r"seg\.pt: holds a Mobile DeepLabv3 segmenter \(Segmenter, .*, not an SSDLite detector"):
+    with pytest.raises(
+        WeightsError, match=r"seg\.pt: holds a Mobile DeepLabv3 segmenter \(Segmenter, .*, not an SSDLite detector"
+    ):
         load_ssdlite(deeplab)
     (tmp_path / "broken.pt").write_bytes(before[: len(before) // 2])
     with pytest.raises(WeightsError, match=r"broken\.pt"):
@@ -168,7 +173,7 @@ def test_predict_batches_images_of_different_sizes(decisive_model):
     assert decisive_model.training
     decisive_model.eval()
     alone = [predict(decisive_model, [im], score_threshold=0.0, detections_per_image=20)[0] for im in images]
-    for a, b in zip(batched, alone):
+    for a, b in zip(batched, alone, strict=True):
         assert len(a["scores"]) == 20
         torch.testing.assert_close(a["scores"], b["scores"], atol=1e-5, rtol=1e-4)
         assert torch.equal(a["labels"], b["labels"])

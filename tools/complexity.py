@@ -70,29 +70,66 @@ PAPER_ROWS = [
 
 # (width, resolution) → (MACs in millions, params in millions) as published with the TF-slim checkpoints.
 TF_SLIM_GRID = {
-    (1.4, 224): (582, 6.06), (1.3, 224): (509, 5.34),
-    (1.0, 224): (300, 3.47), (1.0, 192): (221, 3.47), (1.0, 160): (154, 3.47), (1.0, 128): (99, 3.47), (1.0, 96): (56, 3.47),
-    (0.75, 224): (209, 2.61), (0.75, 192): (153, 2.61), (0.75, 160): (107, 2.61), (0.75, 128): (69, 2.61), (0.75, 96): (39, 2.61),
-    (0.5, 224): (97, 1.95), (0.5, 192): (71, 1.95), (0.5, 160): (50, 1.95), (0.5, 128): (32, 1.95), (0.5, 96): (18, 1.95),
-    (0.35, 224): (59, 1.66), (0.35, 192): (43, 1.66), (0.35, 160): (30, 1.66), (0.35, 128): (20, 1.66), (0.35, 96): (11, 1.66),
-}  # fmt: skip
+    (1.4, 224): (582, 6.06),
+    (1.3, 224): (509, 5.34),
+    (1.0, 224): (300, 3.47),
+    (1.0, 192): (221, 3.47),
+    (1.0, 160): (154, 3.47),
+    (1.0, 128): (99, 3.47),
+    (1.0, 96): (56, 3.47),
+    (0.75, 224): (209, 2.61),
+    (0.75, 192): (153, 2.61),
+    (0.75, 160): (107, 2.61),
+    (0.75, 128): (69, 2.61),
+    (0.75, 96): (39, 2.61),
+    (0.5, 224): (97, 1.95),
+    (0.5, 192): (71, 1.95),
+    (0.5, 160): (50, 1.95),
+    (0.5, 128): (32, 1.95),
+    (0.5, 96): (18, 1.95),
+    (0.35, 224): (59, 1.66),
+    (0.35, 192): (43, 1.66),
+    (0.35, 160): (30, 1.66),
+    (0.35, 128): (20, 1.66),
+    (0.35, 96): (11, 1.66),
+}
 
 DETECTION_ROWS = [
-    Reference("SSDLite 320, COCO (91 classes)", lambda: build_ssdlite(SSDLITE320_COCO), (320, 320), 4.3, 800,
-              "MobileNetV2 paper, Table 6"),  # fmt: skip
-    Reference("SSDLite TF preset, COCO (91 classes)", lambda: build_ssdlite(SSDLITE_TF_COCO300), (300, 300), None,
-              None, "TF model zoo ssdlite_mobilenet_v2_coco"),  # fmt: skip
+    Reference(
+        "SSDLite 320, COCO (91 classes)",
+        lambda: build_ssdlite(SSDLITE320_COCO),
+        (320, 320),
+        4.3,
+        800,
+        "MobileNetV2 paper, Table 6",
+    ),
+    Reference(
+        "SSDLite TF preset, COCO (91 classes)",
+        lambda: build_ssdlite(SSDLITE_TF_COCO300),
+        (300, 300),
+        None,
+        None,
+        "TF model zoo ssdlite_mobilenet_v2_coco",
+    ),
 ]
 
 # Paper Table 7 rows at 513×513, 21 classes; only the headline row's figures are quoted here.
 SEGMENTATION_ROWS = [
-    Reference("Mobile DeepLabv3 MNetV2* OS16", lambda: build_deeplab("mnv2_os16"), (513, 513), 2.11, 2750,
-              "MobileNetV2 paper, Table 7"),  # fmt: skip
+    Reference(
+        "Mobile DeepLabv3 MNetV2* OS16",
+        lambda: build_deeplab("mnv2_os16"),
+        (513, 513),
+        2.11,
+        2750,
+        "MobileNetV2 paper, Table 7",
+    ),
     Reference("Mobile DeepLabv3 MNetV2* OS8", lambda: build_deeplab("mnv2_os8"), (513, 513), None, None, "–"),
-    Reference("Mobile DeepLabv3 MNetV2* OS16 + ASPP", lambda: build_deeplab("mnv2_aspp_os16"), (513, 513), None,
-              None, "–"),  # fmt: skip
-    Reference("Mobile DeepLabv3 MNetV2* OS8 + ASPP", lambda: build_deeplab("mnv2_aspp_os8"), (513, 513), None,
-              None, "–"),  # fmt: skip
+    Reference(
+        "Mobile DeepLabv3 MNetV2* OS16 + ASPP", lambda: build_deeplab("mnv2_aspp_os16"), (513, 513), None, None, "–"
+    ),
+    Reference(
+        "Mobile DeepLabv3 MNetV2* OS8 + ASPP", lambda: build_deeplab("mnv2_aspp_os8"), (513, 513), None, None, "–"
+    ),
 ]
 
 GRID_ROWS = [
@@ -121,8 +158,16 @@ def table(rows: list[Reference]) -> tuple[str, list[dict]]:
             f"| {ref.name} | {h}×{w} | {c.params:,} | {params_pub} | {_ratio(c.params, ref.params_m and ref.params_m * 1e6)}"
             f" | {c.madds / 1e6:.1f}M | {madds_pub} | {_ratio(c.madds, ref.madds_m and ref.madds_m * 1e6)} | {ref.source} |"
         )
-        records.append({"name": ref.name, "input_size": [h, w], **asdict(c), "params_m_published": ref.params_m,
-                        "madds_m_published": ref.madds_m, "source": ref.source})  # fmt: skip
+        records.append(
+            {
+                "name": ref.name,
+                "input_size": [h, w],
+                **asdict(c),
+                "params_m_published": ref.params_m,
+                "madds_m_published": ref.madds_m,
+                "source": ref.source,
+            }
+        )
     return "\n".join(lines), records
 
 
@@ -153,7 +198,9 @@ def print_tables(args: argparse.Namespace) -> int:
         if args.no_classifier:
             kwargs["num_classes"] = None
         name = f"MobileNetV2 {args.width} OS{args.output_stride}{' features' if args.no_classifier else ''}"
-        sections = [("Your model", [Reference(name, lambda: MobileNetV2(**kwargs), (args.size, args.size), None, None, "–")])]
+        sections = [
+            ("Your model", [Reference(name, lambda: MobileNetV2(**kwargs), (args.size, args.size), None, None, "–")])
+        ]
     else:
         sections = [
             ("Paper figures: classification", PAPER_ROWS),

@@ -71,38 +71,85 @@ def formats_asked(names: Sequence[str]) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("python -m tools.export", __doc__)
-    parser.add_argument("checkpoint", type=Path, help="SSDLite or DeepLab checkpoint (.pt), trained here or imported, "
-                        "or a weights name (README: Model zoo; written to NAME.* in --out or here)")  # fmt: skip
-    parser.add_argument("--format", choices=(*FORMATS, "both", "tflite"), nargs="+", default=["both"], metavar="FMT",
-                        help="one or more of onnx, torchscript, both (= onnx torchscript), tflite (LiteRT, for "
-                        "phones; the .[mobile] extra) (default: both)")  # fmt: skip
+    parser.add_argument(
+        "checkpoint",
+        type=Path,
+        help="SSDLite or DeepLab checkpoint (.pt), trained here or imported, "
+        "or a weights name (README: Model zoo; written to NAME.* in --out or here)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=(*FORMATS, "both", "tflite"),
+        nargs="+",
+        default=["both"],
+        metavar="FMT",
+        help="one or more of onnx, torchscript, both (= onnx torchscript), tflite (LiteRT, for "
+        "phones; the .[mobile] extra) (default: both)",
+    )
     g = parser.add_argument_group("on-device (tflite)")
-    g.add_argument("--int8", action="store_true",
-                   help="int8 post-training quantisation of the tflite file (NAME_int8.tflite), calibrated on "
-                   "--calib-data and verified against fp32 before it is written")  # fmt: skip
-    g.add_argument("--calib-data", metavar="DIR|KIND",
-                   help=f"calibration images: a folder, or a dataset kind ({', '.join(CALIBRATION_KINDS)}) with "
-                   "--calib-root (default: the checkpoint's training data when it is here; an imported model "
-                   "needs this flag)")  # fmt: skip
+    g.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 post-training quantisation of the tflite file (NAME_int8.tflite), calibrated on "
+        "--calib-data and verified against fp32 before it is written",
+    )
+    g.add_argument(
+        "--calib-data",
+        metavar="DIR|KIND",
+        help=f"calibration images: a folder, or a dataset kind ({', '.join(CALIBRATION_KINDS)}) with "
+        "--calib-root (default: the checkpoint's training data when it is here; an imported model "
+        "needs this flag)",
+    )
     g.add_argument("--calib-root", type=Path, metavar="DIR", help="--data-root of a --calib-data KIND")
-    g.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_COUNT, metavar="N",
-                   help="how many calibration images, spread over the folder (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="folder for NAME.onnx / NAME.torchscript / NAME[_int8].tflite (default: the checkpoint's "
-                        "folder)")  # fmt: skip
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
-                        help=f"ONNX opset, {OPSETS.start} to {OPSETS.stop - 1} (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--imgsz", "--img", "--img-size", "--image-size", dest="imgsz", type=int, nargs="+",
-                        metavar="SIZE", help="input HEIGHT [WIDTH] the graph is fixed to (default: the preset's "
-                        "image_size for SSDLite, crop_size for DeepLab); the batch axis stays dynamic")  # fmt: skip
-    parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                        help=f"run the files (ONNX Runtime, CPU; TorchScript) against eager PyTorch and write "
-                        f"nothing unless raw outputs agree within {ATOL:g}, NMS keeps the same detections and the "
-                        "argmax masks are the same; the .tflite in the LiteRT interpreter, by the looser bounds of "
-                        "docs/export.md (no detection >= 0.5 gained or lost; 98%% of the pixels fp32 is sure of the same), in "
-                        "LiteRT and, when installed, in MediaPipe Tasks (default: on)")  # fmt: skip
-    parser.add_argument("--images", type=Path, nargs="+", metavar="FILE",
-                        help="photos to verify on (default: scikit-image's astronaut, coffee and chelsea)")  # fmt: skip
+    g.add_argument(
+        "--calib-images",
+        type=int,
+        default=DEFAULT_CALIBRATION_COUNT,
+        metavar="N",
+        help="how many calibration images, spread over the folder (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="folder for NAME.onnx / NAME.torchscript / NAME[_int8].tflite (default: the checkpoint's folder)",
+    )
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        metavar="N",
+        help=f"ONNX opset, {OPSETS.start} to {OPSETS.stop - 1} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--imgsz",
+        "--img",
+        "--img-size",
+        "--image-size",
+        dest="imgsz",
+        type=int,
+        nargs="+",
+        metavar="SIZE",
+        help="input HEIGHT [WIDTH] the graph is fixed to (default: the preset's "
+        "image_size for SSDLite, crop_size for DeepLab); the batch axis stays dynamic",
+    )
+    parser.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"run the files (ONNX Runtime, CPU; TorchScript) against eager PyTorch and write "
+        f"nothing unless raw outputs agree within {ATOL:g}, NMS keeps the same detections and the "
+        "argmax masks are the same; the .tflite in the LiteRT interpreter, by the looser bounds of "
+        "docs/export.md (no detection >= 0.5 gained or lost; 98%% of the pixels fp32 is sure of the same), in "
+        "LiteRT and, when installed, in MediaPipe Tasks (default: on)",
+    )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="photos to verify on (default: scikit-image's astronaut, coffee and chelsea)",
+    )
     return parser
 
 
@@ -111,8 +158,15 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--imgsz takes HEIGHT [WIDTH], each at least {MIN_SIDE} pixels; got {args.imgsz}")
     if args.opset not in OPSETS:
         parser.error(f"--opset {args.opset}: the exporter writes opsets {OPSETS.start} to {OPSETS.stop - 1}")
-    calibration_flags = [flag for flag, given in (("--calib-data", args.calib_data), ("--calib-root", args.calib_root),
-                         ("--calib-images", args.calib_images != DEFAULT_CALIBRATION_COUNT)) if given]  # fmt: skip
+    calibration_flags = [
+        flag
+        for flag, given in (
+            ("--calib-data", args.calib_data),
+            ("--calib-root", args.calib_root),
+            ("--calib-images", args.calib_images != DEFAULT_CALIBRATION_COUNT),
+        )
+        if given
+    ]
     if (args.int8 or calibration_flags) and "tflite" not in args.format:
         flags = " and ".join(["--int8"] * args.int8 + calibration_flags)
         parser.error(f"{flags} apply to the on-device file: add --format tflite")
@@ -124,14 +178,16 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--calib-images {args.calib_images}: give at least 1")
 
 
-def on_device_file(args: argparse.Namespace, graph: ExportGraph,
-                   images: list[np.ndarray]) -> tuple[Path, bytes, list[Check]]:  # fmt: skip
+def on_device_file(
+    args: argparse.Namespace, graph: ExportGraph, images: list[np.ndarray]
+) -> tuple[Path, bytes, list[Check]]:
     """(path, content, checks) of the tflite file, int8 with calibration when asked, verified but not yet written."""
     path = (args.out or args.checkpoint.parent) / f"{args.checkpoint.stem}{'_int8' if args.int8 else ''}.tflite"
     calibration, source = None, None
     if args.int8:
-        calibration, source = calibration_set(args.calib_data, args.calib_root, {"args": graph.training_args},
-                                              args.calib_images)  # fmt: skip
+        calibration, source = calibration_set(
+            args.calib_data, args.calib_root, {"args": graph.training_args}, args.calib_images
+        )
         print(f"calibrating on {len(calibration)} images: {source}", flush=True)
     return (path, *build_tflite(graph, calibration, source, images))
 
@@ -145,16 +201,19 @@ def export_command(args: argparse.Namespace) -> list[Path]:
     on_device = on_device_file(args, graph, images) if "tflite" in formats else None  # verified, unwritten
     onnx_torchscript = [f for f in formats if f in FORMATS]
     if onnx_torchscript:
-        paths, checks = export(graph, onnx_torchscript, args.out or args.checkpoint.parent, args.checkpoint.stem,
-                               args.opset, images)  # fmt: skip
+        paths, checks = export(
+            graph, onnx_torchscript, args.out or args.checkpoint.parent, args.checkpoint.stem, args.opset, images
+        )
         tables.append(checks)
     if on_device:  # written last, so that a refused file of either kind leaves everything as it was
         path, content, checks = on_device
         paths.append(write_atomic(path, content))
         tables.append(checks)
     meta = graph.metadata()
-    print(f"{args.checkpoint}: {meta['arch']} (preset {meta['preset']}, {len(meta['class_names'])} classes), "
-          f"input [batch, 3, {meta['image_size'][0]}, {meta['image_size'][1]}]")  # fmt: skip
+    print(
+        f"{args.checkpoint}: {meta['arch']} (preset {meta['preset']}, {len(meta['class_names'])} classes), "
+        f"input [batch, 3, {meta['image_size'][0]}, {meta['image_size'][1]}]"
+    )
     for checks in tables:
         if checks:
             print(format_table(checks))

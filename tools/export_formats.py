@@ -130,9 +130,15 @@ def write_onnx(graph: nn.Module, example: torch.Tensor, path: Path, opset: int, 
     names = (INPUT_NAME, *graph.output_names)
     with quiet_torchscript(), torch.no_grad():
         torch.onnx.export(
-            graph, (example,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=list(graph.output_names), dynamic_axes={name: {0: "batch"} for name in names},
-        )  # fmt: skip
+            graph,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=list(graph.output_names),
+            dynamic_axes={name: {0: "batch"} for name in names},
+        )
     proto = onnx.load(str(path))
     add_onnx_metadata(proto, metadata)
     onnx.checker.check_model(proto)
@@ -180,8 +186,11 @@ def verify(graph: ExportGraph, files: Mapping[str, Path], images: Sequence[np.nd
         expected = graph(x)
         for fmt, run in runners.items():
             actual = run(x)
-            diffs = {name: _max_diff(e, a) for name, e, a in zip(graph.output_names, expected, actual)
-                     if e.is_floating_point()}  # fmt: skip
+            diffs = {
+                name: _max_diff(e, a)
+                for name, e, a in zip(graph.output_names, expected, actual, strict=True)
+                if e.is_floating_point()
+            }
             agrees, summary = graph.agreement(expected, actual, sizes)
             checks.append(Check(fmt, len(batch), diffs, agrees, summary))
     return checks
@@ -191,11 +200,15 @@ def format_table(checks: Sequence[Check]) -> str:
     """The differences, one row per file and batch size."""
     names = list(checks[0].diffs)
     header = ["format", "batch", *(f"max|Δ| {name}" for name in names), "after post-processing", "result"]
-    rows = [[c.format, str(c.batch), *(f"{c.diffs[n]:.1e}" for n in names), c.summary, "ok" if c.ok else "FAIL"]
-            for c in checks]  # fmt: skip
+    rows = [
+        [c.format, str(c.batch), *(f"{c.diffs[n]:.1e}" for n in names), c.summary, "ok" if c.ok else "FAIL"]
+        for c in checks
+    ]
     table = [header, *rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table)
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in table
+    )
 
 
 def export(

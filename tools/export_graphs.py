@@ -101,7 +101,7 @@ class SSDLiteGraph(nn.Module):
         metadata = self.metadata()
         (boxes, scores), (other_boxes, _) = expected, actual
         ours, theirs = (ssdlite_postprocess_onnx(b, scores, sizes, metadata) for b in (boxes, other_boxes))
-        gaps = [_detection_gap(a, b) for a, b in zip(ours, theirs)]
+        gaps = [_detection_gap(a, b) for a, b in zip(ours, theirs, strict=True)]
         count = sum(len(d["labels"]) for d in ours)
         if max(gaps) > BOX_ATOL_PX:
             return False, f"DIFFERENT detections in image {np.argmax(gaps)} of {len(gaps)}"
@@ -113,15 +113,18 @@ class DeepLabGraph(nn.Module):
 
     output_names = ("logits", "mask")
 
-    def __init__(self, model: MobileDeepLabV3, crop_size: int | None = None,
-                 training_args: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, model: MobileDeepLabV3, crop_size: int | None = None, training_args: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__()
         self.model = model  # owns its preset and class names
         self.training_args = training_args  # the flags it was trained with, if trained here (where its data was)
         preset = model.preset
         # A fixed input: "any" becomes "pad" (an image larger than the crop is brought down to it).
-        changes = {"crop_size": crop_size or preset.crop_size, "input_mode": "pad" if preset.input_mode == "any"
-                   else preset.input_mode}  # fmt: skip
+        changes = {
+            "crop_size": crop_size or preset.crop_size,
+            "input_mode": "pad" if preset.input_mode == "any" else preset.input_mode,
+        }
         self.input_preset: DeepLabPreset = preset.derive(**changes)
         self.image_size = (self.input_preset.crop_size,) * 2
 
@@ -133,8 +136,10 @@ class DeepLabGraph(nn.Module):
         """Images as the head's own preprocessing feeds them at the export size (`deeplab_mobile.preprocess_image`
         with `input_preset`), and their own sizes."""
         rgb = [as_rgb(image) for image in images]
-        return (torch.stack([deeplab_preprocess_image(image, self.input_preset)[0] for image in rgb]),
-                [image.shape[:2] for image in rgb])  # fmt: skip
+        return (
+            torch.stack([deeplab_preprocess_image(image, self.input_preset)[0] for image in rgb]),
+            [image.shape[:2] for image in rgb],
+        )
 
     def metadata(self) -> dict[str, Any]:
         preset = self.model.preset
@@ -199,8 +204,10 @@ def load_graph(path: str | os.PathLike, image_size: tuple[int, int] | None = Non
         return SSDLiteGraph(model, checkpoint.get("args")).eval()
     if arch == DEEPLAB_ARCH:
         if image_size is not None and image_size[0] != image_size[1]:
-            raise ExportError(f"--imgsz {image_size[0]} {image_size[1]}: a DeepLab file takes a square input (its "
-                              "crop size, padded as the model was trained); give one size")  # fmt: skip
+            raise ExportError(
+                f"--imgsz {image_size[0]} {image_size[1]}: a DeepLab file takes a square input (its "
+                "crop size, padded as the model was trained); give one size"
+            )
         model = deeplab_from_checkpoint(checkpoint, str(path))
         return DeepLabGraph(model, image_size[0] if image_size else None, checkpoint.get("args")).eval()
     found = f"its arch is {arch!r}" if arch is not None else "no 'arch' entry"

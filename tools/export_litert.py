@@ -89,8 +89,11 @@ def training_folder(training_args: Mapping[str, Any] | None) -> Path | None:
         return None
     kind, root = training_args.get("data"), training_args.get("data_root")
     if kind == "custom":
-        folder = Path(training_args["train_images"]) if training_args.get("train_images") else (
-            Path(root) / "JPEGImages" if root else None)  # fmt: skip
+        folder = (
+            Path(training_args["train_images"])
+            if training_args.get("train_images")
+            else (Path(root) / "JPEGImages" if root else None)
+        )
     elif kind in DATA_KINDS and (root or kind == "synthetic"):  # looked up, never drawn
         folder = training_images(kind, Path(root or DEFAULT_SYNTHETIC_ROOT))
     else:
@@ -98,8 +101,9 @@ def training_folder(training_args: Mapping[str, Any] | None) -> Path | None:
     return folder if folder is not None and folder.is_dir() else None
 
 
-def calibration_set(spec: str | None, root: Path | None, checkpoint: Mapping[str, Any],
-                    count: int = DEFAULT_COUNT) -> tuple[list[np.ndarray], str]:  # fmt: skip
+def calibration_set(
+    spec: str | None, root: Path | None, checkpoint: Mapping[str, Any], count: int = DEFAULT_COUNT
+) -> tuple[list[np.ndarray], str]:
     """(calibration images, where they came from) for --calib-data `spec` (a kind or a folder), else the
     checkpoint's training data when it is here; else a UserError asking for --calib-data, at once (before the
     minutes of conversion): ranges taken on other data (drawn shapes, or any photos at hand) make a file that
@@ -114,12 +118,16 @@ def calibration_set(spec: str | None, root: Path | None, checkpoint: Mapping[str
     if trained_on is not None:
         return calibration_images(trained_on, count), f"{trained_on}, the checkpoint's training data"
     if training_args:
-        raise UserError(f"the data this model was trained on ({training_args.get('data')} at "
-                        f"{training_args.get('data_root') or training_args.get('train_images')}) is not here: pass "
-                        "--calib-data with a folder of images like those it was trained on")  # fmt: skip
-    raise UserError("an imported model records no training data to calibrate on: pass --calib-data with a folder "
-                    "of a few hundred photos like those it will see (for Google's COCO and VOC models: COCO or VOC "
-                    "photos, e.g. --calib-data coco --calib-root DIR)")  # fmt: skip
+        raise UserError(
+            f"the data this model was trained on ({training_args.get('data')} at "
+            f"{training_args.get('data_root') or training_args.get('train_images')}) is not here: pass "
+            "--calib-data with a folder of images like those it was trained on"
+        )
+    raise UserError(
+        "an imported model records no training data to calibrate on: pass --calib-data with a folder "
+        "of a few hundred photos like those it will see (for Google's COCO and VOC models: COCO or VOC "
+        "photos, e.g. --calib-data coco --calib-root DIR)"
+    )
 
 
 def calibration_images(folder: Path, count: int = DEFAULT_COUNT) -> list[np.ndarray]:
@@ -178,19 +186,28 @@ def file_metadata(graph: ExportGraph, int8: bool, calibration_source: str | None
     if calibration_source:
         suite["calibration"] = calibration_source
     names, preset = list(graph.model.class_names), graph.model.preset
-    common = dict(name=f"{suite['arch']} {preset.name}", version=f"mobilenetv2-suite, {'int8' if int8 else 'fp32'}",
-                  author="mobilenetv2-suite (tools/export.py)",
-                  licence="the licence of the weights (README: Model zoo) for imported models; yours for your own")  # fmt: skip
+    common = dict(
+        name=f"{suite['arch']} {preset.name}",
+        version=f"mobilenetv2-suite, {'int8' if int8 else 'fp32'}",
+        author="mobilenetv2-suite (tools/export.py)",
+        licence="the licence of the weights (README: Model zoo) for imported models; yours for your own",
+    )
     if isinstance(graph, SSDLiteGraph):
         suite.update(outputs=["location", "score"], classification=preset.classification)
         anchors = graph.anchors.numpy()
-        phone = model_metadata(description=f"SSDLite-MobileNetV2 detector, {len(names) - 1} classes; boxes decoded "
-                               "against the anchors of this metadata, NMS by the runtime", detector=True,
-                               anchors=anchors, num_classes=len(names) - 1, **common)  # fmt: skip
+        phone = model_metadata(
+            description=f"SSDLite-MobileNetV2 detector, {len(names) - 1} classes; boxes decoded "
+            "against the anchors of this metadata, NMS by the runtime",
+            detector=True,
+            anchors=anchors,
+            num_classes=len(names) - 1,
+            **common,
+        )
         return suite, phone, names[1:], anchors
     suite.update(outputs=["logits"])
-    phone = model_metadata(description=f"Mobile DeepLabv3 (MobileNetV2) segmenter, {len(names)} classes",
-                           detector=False, **common)  # fmt: skip
+    phone = model_metadata(
+        description=f"Mobile DeepLabv3 (MobileNetV2) segmenter, {len(names)} classes", detector=False, **common
+    )
     return suite, phone, names, None
 
 
@@ -214,8 +231,12 @@ def quiet_converter() -> Iterator[Quiet]:
     terminal = os.fdopen(os.dup(2), "w", buffering=1)
     said = io.StringIO()
     try:
-        with native_stderr_captured() as native, warnings.catch_warnings(), contextlib.redirect_stdout(said), \
-                contextlib.redirect_stderr(said):  # fmt: skip
+        with (
+            native_stderr_captured() as native,
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(said),
+            contextlib.redirect_stderr(said),
+        ):
             warnings.simplefilter("ignore")
             yield Quiet(said, terminal)
     finally:
@@ -238,16 +259,23 @@ def convert(graph: ExportGraph, calibration: Sequence[np.ndarray] | None) -> byt
     except Exception as e:  # the converter's own errors name the op or node it refused; pass that on in one line
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
         said = quiet.said.getvalue().strip().splitlines()
-        raise ExportError(f"litert-torch could not convert this {graph.metadata()['arch']} model: {first[:300]}"
-                          + (f" (it said: {said[-1][:200]})" if said else "")) from e  # fmt: skip
+        raise ExportError(
+            f"litert-torch could not convert this {graph.metadata()['arch']} model: {first[:300]}"
+            + (f" (it said: {said[-1][:200]})" if said else "")
+        ) from e
 
 
 def _phone_pixels(graph: ExportGraph, image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(phone_input(image, graph.metadata())[0])[None]
 
 
-def _convert(litert_torch: ModuleType, module: nn.Module, graph: ExportGraph, calibration: list[torch.Tensor] | None,
-             terminal: TextIO) -> bytes:  # fmt: skip
+def _convert(
+    litert_torch: ModuleType,
+    module: nn.Module,
+    graph: ExportGraph,
+    calibration: list[torch.Tensor] | None,
+    terminal: TextIO,
+) -> bytes:
     example = (torch.zeros(1, *graph.image_size, 3, dtype=torch.uint8),)
     if calibration is None:
         return litert_torch.convert(module, example).model_content()
@@ -283,15 +311,21 @@ def relu6_aware_quantizer() -> Any:
             config = self.global_config
             for clip in model.graph.nodes:
                 conv = clip.args[0] if clip.op == "call_function" and clip.target in relu6 else None
-                if conv is None or tuple(clip.args[1:3]) != (0.0, 6.0) or getattr(conv, "target", None) not in \
-                        convolutions or len(conv.users) != 1 or _kept_float(conv, self.module_type_config):  # fmt: skip
+                if (
+                    conv is None
+                    or tuple(clip.args[1:3]) != (0.0, 6.0)
+                    or getattr(conv, "target", None) not in convolutions
+                    or len(conv.users) != 1
+                    or _kept_float(conv, self.module_type_config)
+                ):
                     continue
                 inputs = {conv.args[0]: utils.get_input_act_qspec(config), conv.args[1]: utils.get_weight_qspec(config)}
                 if len(conv.args) > 2 and isinstance(conv.args[2], torch.fx.Node):
                     inputs[conv.args[2]] = utils.get_bias_qspec(config)
                 conv.meta["quantization_annotation"] = annotation(input_qspec_map=inputs, _annotated=True)
                 clip.meta["quantization_annotation"] = annotation(
-                    output_qspec=utils.get_output_act_qspec(config), _annotated=True)  # fmt: skip
+                    output_qspec=utils.get_output_act_qspec(config), _annotated=True
+                )
             return super().annotate(model)  # the rest by litert-torch's patterns (annotated nodes are skipped)
 
     config = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
@@ -316,8 +350,8 @@ def detections_agree(expected: Sequence[dict], actual: Sequence[dict]) -> list[t
     compared nothing would prove nothing, and a weak model's near-tied classes may swap under int8."""
     decided = any(bool((d["scores"] >= DETECTION_SCORE).any()) for d in [*expected, *actual])
     if decided:
-        return [_pairs(e, a) for e, a in zip(expected, actual)]
-    return [_top(e, a) for e, a in zip(expected, actual)]
+        return [_pairs(e, a) for e, a in zip(expected, actual, strict=True)]
+    return [_top(e, a) for e, a in zip(expected, actual, strict=True)]
 
 
 def _pairs(expected: dict, actual: dict) -> tuple[bool, str]:
@@ -361,8 +395,10 @@ def _top(expected: dict, actual: dict) -> tuple[bool, str]:
         score_gap = max(score_gap, float(gaps.min()))
         box_gap = max(box_gap, float((actual["boxes"][j] - expected["boxes"][i]).abs().max()))
     ok = missing <= TOP_MISSING and score_gap <= SCORE_TOLERANCE
-    return ok, (f"none ≥ {DETECTION_SCORE} on any image: the top {len(best)} compared directly, {missing} missing, "
-                f"scores ±{score_gap:.3f}, boxes ±{box_gap:.1f} px")  # fmt: skip
+    return ok, (
+        f"none ≥ {DETECTION_SCORE} on any image: the top {len(best)} compared directly, {missing} missing, "
+        f"scores ±{score_gap:.3f}, boxes ±{box_gap:.1f} px"
+    )
 
 
 def masks_agree(probabilities: torch.Tensor, mask: np.ndarray) -> tuple[bool, str]:
@@ -375,16 +411,20 @@ def masks_agree(probabilities: torch.Tensor, mask: np.ndarray) -> tuple[bool, st
     same = (top.indices[0].numpy() == mask) & decided
     share = float(same.sum() / max(decided.sum(), 1))
     overall = float((top.indices[0].numpy() == mask).mean())
-    return share >= MIN_AGREEMENT, (f"same class on {100 * share:.2f}% of the {100 * decided.mean():.0f}% decided "
-                                    f"pixels ({100 * overall:.2f}% of all)")  # fmt: skip
+    return share >= MIN_AGREEMENT, (
+        f"same class on {100 * share:.2f}% of the {100 * decided.mean():.0f}% decided "
+        f"pixels ({100 * overall:.2f}% of all)"
+    )
 
 
 def as_detections(found: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, torch.Tensor]:
     """MediaPipe's detections (class names) as the suite's (class indices)."""
     labels = [class_names.index(name) if name in class_names else -1 for name in found["names"]]
-    return {"boxes": torch.from_numpy(np.asarray(found["boxes"], np.float32)).reshape(-1, 4),
-            "scores": torch.from_numpy(np.asarray(found["scores"], np.float32)),
-            "labels": torch.tensor(labels, dtype=torch.int64)}  # fmt: skip
+    return {
+        "boxes": torch.from_numpy(np.asarray(found["boxes"], np.float32)).reshape(-1, 4),
+        "scores": torch.from_numpy(np.asarray(found["scores"], np.float32)),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+    }
 
 
 @torch.no_grad()
@@ -398,7 +438,7 @@ def mediapipe_reference(graph: SSDLiteGraph, images: Sequence[np.ndarray], thres
     boxes = decode_boxes(box_regression, graph.anchors).clamp(0.0, 1.0)
     scores, labels = class_scores(class_logits, preset.classification).max(-1)
     found = []
-    for b, s, lab, (h, w) in zip(boxes, scores, labels + 1, sizes):
+    for b, s, lab, (h, w) in zip(boxes, scores, labels + 1, sizes, strict=True):
         keep = s >= threshold
         b, s, lab = b[keep] * torch.tensor([w, h, w, h]), s[keep], lab[keep]
         kept = nms(b, s, MEDIAPIPE_NMS_IOU)[: mediapipe_tasks.MAX_DETECTIONS]
@@ -412,13 +452,15 @@ def fp32_probabilities(graph: DeepLabGraph, images: Sequence[np.ndarray], stretc
     preset's way (the suite's runtime), or stretched to the input (`stretched`: how MediaPipe feeds any file)."""
     preset = graph.input_preset.derive(input_mode="resize") if stretched else graph.input_preset
     prepared = [deeplab_preprocess(image, preset) for image in images]
-    scores = scores_at_image_size(graph.model, [x for x, _ in prepared], [r for _, r in prepared],
-                                  [image.shape[:2] for image in images])  # fmt: skip
+    scores = scores_at_image_size(
+        graph.model, [x for x, _ in prepared], [r for _, r in prepared], [image.shape[:2] for image in images]
+    )
     return [s.softmax(0) for s in scores]
 
 
-def verify_on_device(graph: ExportGraph, path: str | os.PathLike, images: Sequence[np.ndarray],
-                     label: str) -> list[Check]:  # fmt: skip
+def verify_on_device(
+    graph: ExportGraph, path: str | os.PathLike, images: Sequence[np.ndarray], label: str
+) -> list[Check]:
     """One Check per image and runtime: the file in the LiteRT interpreter (the suite's runtime) and, when it is
     installed, in MediaPipe Tasks (as an app runs it), each against eager PyTorch by the bounds above."""
     runtime = LiteRTModel(path)
@@ -426,21 +468,24 @@ def verify_on_device(graph: ExportGraph, path: str | os.PathLike, images: Sequen
     loose = 0.01
     if isinstance(graph, SSDLiteGraph):
         expected = torch_detect(graph.model, images, score_threshold=loose)
-        checks += [Check(label, 1, {}, ok, summary)
-                   for ok, summary in detections_agree(expected, runtime.detect(images, loose))]  # fmt: skip
+        checks += [
+            Check(label, 1, {}, ok, summary)
+            for ok, summary in detections_agree(expected, runtime.detect(images, loose))
+        ]
         if mediapipe_tasks.available():
             names = list(graph.model.class_names)
             found = [as_detections(d, names) for d in mediapipe_tasks.detect(path, images, loose)]
             reference = mediapipe_reference(graph, images, loose)
-            checks += [Check(f"{label} MediaPipe", 1, {}, ok, summary)
-                       for ok, summary in detections_agree(reference, found)]  # fmt: skip
+            checks += [
+                Check(f"{label} MediaPipe", 1, {}, ok, summary) for ok, summary in detections_agree(reference, found)
+            ]
         return checks
     assert isinstance(graph, DeepLabGraph)
-    for probabilities, mask in zip(fp32_probabilities(graph, images, False), runtime.segment(images)):
+    for probabilities, mask in zip(fp32_probabilities(graph, images, False), runtime.segment(images), strict=True):
         checks.append(Check(label, 1, {}, *masks_agree(probabilities, mask)))
     if mediapipe_tasks.available():
         masks = mediapipe_tasks.segment(path, images)
-        for probabilities, mask in zip(fp32_probabilities(graph, images, True), masks):
+        for probabilities, mask in zip(fp32_probabilities(graph, images, True), masks, strict=True):
             checks.append(Check(f"{label} MediaPipe", 1, {}, *masks_agree(probabilities, mask)))
     return checks
 
@@ -453,8 +498,12 @@ def installed() -> bool:
     return importlib.util.find_spec("litert_torch") is not None
 
 
-def build_tflite(graph: ExportGraph, calibration: Sequence[np.ndarray] | None = None,
-                 calibration_source: str | None = None, images: Sequence[np.ndarray] = ()) -> tuple[bytes, list[Check]]:  # fmt: skip
+def build_tflite(
+    graph: ExportGraph,
+    calibration: Sequence[np.ndarray] | None = None,
+    calibration_source: str | None = None,
+    images: Sequence[np.ndarray] = (),
+) -> tuple[bytes, list[Check]]:
     """The .tflite bytes (int8 when `calibration` is given) with its metadata, and, given `images`, its checks: a
     file that misses the bounds raises VerificationError. Nothing is written where the caller would see it (the
     runtimes read a temporary copy)."""
@@ -474,10 +523,14 @@ def build_tflite(graph: ExportGraph, calibration: Sequence[np.ndarray] | None = 
     return content, checks
 
 
-def export_tflite(graph: ExportGraph, path: Path, calibration: Sequence[np.ndarray] | None = None,
-                  calibration_source: str | None = None, images: Sequence[np.ndarray] = ()) -> list[Check]:  # fmt: skip
+def export_tflite(
+    graph: ExportGraph,
+    path: Path,
+    calibration: Sequence[np.ndarray] | None = None,
+    calibration_source: str | None = None,
+    images: Sequence[np.ndarray] = (),
+) -> list[Check]:
     """`build_tflite`, then the file written atomically to `path` (only once it passed)."""
     content, checks = build_tflite(graph, calibration, calibration_source, images)
     write_atomic(path, content)
     return checks
-

@@ -28,11 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = new_parser("python -m tools.import_tf_detection", __doc__)
     parser.add_argument("graph", type=Path, help="frozen_inference_graph.pb, or the model-zoo .tar.gz holding it")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint to write (.pt)")
-    parser.add_argument("--preset", default=SSDLITE_TF_COCO300.name, choices=sorted(PRESETS),
-                        help="architecture and conventions of the graph (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--labels", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-                        help="comma-separated class names without the background, e.g. 'person' "
-                             "(default: COCO's names for 91-class graphs)")  # fmt: skip
+    parser.add_argument(
+        "--preset",
+        default=SSDLITE_TF_COCO300.name,
+        choices=sorted(PRESETS),
+        help="architecture and conventions of the graph (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--labels",
+        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        help="comma-separated class names without the background, e.g. 'person' "
+        "(default: COCO's names for 91-class graphs)",
+    )
     return run_cli(parser, argv, lambda parser, args: check_output_file(parser, "--out", args.out), _import)
 
 

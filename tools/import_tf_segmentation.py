@@ -21,15 +21,18 @@ def _import(args: argparse.Namespace) -> int:
     model, settings = import_tf_deeplab(args.model, args.labels)
     save_deeplab(model, args.out, source=provenance(args.model, settings))
     p = settings.preset
-    print(f"preset {p.name}: width {p.width_mult}, OS{p.output_stride}, {p.num_classes} classes, "
-          f"{p.crop_size}×{p.crop_size} input ({p.input_mode}); wrote {args.out}")
+    print(
+        f"preset {p.name}: width {p.width_mult}, OS{p.output_stride}, {p.num_classes} classes, "
+        f"{p.crop_size}×{p.crop_size} input ({p.input_mode}); wrote {args.out}"
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = new_parser("python -m tools.import_tf_segmentation", __doc__)
-    parser.add_argument("model", type=Path,
-                        help=".tflite (float or quantised), frozen_inference_graph.pb or a model-zoo .tar.gz")
+    parser.add_argument(
+        "model", type=Path, help=".tflite (float or quantised), frozen_inference_graph.pb or a model-zoo .tar.gz"
+    )
     parser.add_argument("--out", type=Path, required=True, help="where to write the checkpoint (.pt)")
     parser.add_argument("--labels", type=Path, help="class names, one per line (default: PASCAL VOC for 21 classes)")
     return run_cli(parser, argv, lambda parser, args: check_output_file(parser, "--out", args.out), _import)

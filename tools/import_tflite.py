@@ -28,9 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = new_parser("python -m tools.import_tflite", __doc__)
     parser.add_argument("tflite", type=Path, help="a MobileNetV2 classifier as .tflite (float or quantised)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the checkpoint (.pt)")
-    parser.add_argument("--keep-background", action="store_true",
-                        help="keep output 0 ('background') of 1001-class TF models instead of torchvision's "
-                             "1000-class order")  # fmt: skip
+    parser.add_argument(
+        "--keep-background",
+        action="store_true",
+        help="keep output 0 ('background') of 1001-class TF models instead of torchvision's 1000-class order",
+    )
     return run_cli(parser, argv, lambda parser, args: check_output_file(parser, "--out", args.out), _import)
 
 

@@ -55,8 +55,9 @@ def metadata_schema(name: str) -> ModuleType:
     """mediapipe/tasks/metadata/<name>_py_generated.py, loaded from its file without importing mediapipe."""
     spec = importlib.util.find_spec("mediapipe")
     if spec is None or not spec.submodule_search_locations:
-        raise ExportError(f"writing the phone file's metadata needs the schema modules of the mediapipe wheel: "
-                          f"{INSTALL_MEDIAPIPE}")  # fmt: skip
+        raise ExportError(
+            f"writing the phone file's metadata needs the schema modules of the mediapipe wheel: {INSTALL_MEDIAPIPE}"
+        )
     path = os.path.join(next(iter(spec.submodule_search_locations)), "tasks", "metadata", f"{name}_py_generated.py")
     module_spec = importlib.util.spec_from_file_location(f"_mediapipe_{name}", path)
     if module_spec is None or not os.path.isfile(path):
@@ -92,7 +93,10 @@ def _image_input(colour_space: str = "RGB") -> Any:
 def _with_labels(tensor: Any) -> Any:
     md = metadata_schema("metadata_schema")
     labels = md.AssociatedFileT()
-    labels.name, labels.description = LABELS_FILE, "The class names, one per line, in the order of the output's last axis"
+    labels.name, labels.description = (
+        LABELS_FILE,
+        "The class names, one per line, in the order of the output's last axis",
+    )
     labels.type = md.AssociatedFileType.TENSOR_AXIS_LABELS
     tensor.associatedFiles = [labels]
     return tensor
@@ -155,9 +159,18 @@ def _segmenter_outputs() -> tuple[list, Any]:
     return [scores], _custom(SEGMENTER_METADATA, options)
 
 
-def model_metadata(*, name: str, description: str, licence: str, version: str, author: str, detector: bool,
-                   anchors: np.ndarray | None = None, num_classes: int = 0,
-                   scales: Sequence[float] = (10.0, 10.0, 5.0, 5.0)) -> bytes:  # fmt: skip
+def model_metadata(
+    *,
+    name: str,
+    description: str,
+    licence: str,
+    version: str,
+    author: str,
+    detector: bool,
+    anchors: np.ndarray | None = None,
+    num_classes: int = 0,
+    scales: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+) -> bytes:
     """The TFLITE_METADATA flatbuffer of a detector (2-output SSD form, `anchors` and `num_classes` score columns)
     or a segmenter."""
     md = metadata_schema("metadata_schema")
@@ -181,13 +194,22 @@ def float_outputs(content: bytes) -> bytes:
     schema = _tflite_schema()
     model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
     subgraph = model.subgraphs[0]
-    quantised = {int(i) for i in subgraph.outputs
-                 if subgraph.tensors[int(i)].type in (schema.TensorType.INT8, schema.TensorType.UINT8)}  # fmt: skip
+    quantised = {
+        int(i)
+        for i in subgraph.outputs
+        if subgraph.tensors[int(i)].type in (schema.TensorType.INT8, schema.TensorType.UINT8)
+    }
     if not quantised:
         return content
     codes = model.operatorCodes
-    dequantize = next((i for i, c in enumerate(codes)
-                       if max(c.builtinCode, c.deprecatedBuiltinCode) == schema.BuiltinOperator.DEQUANTIZE), None)  # fmt: skip
+    dequantize = next(
+        (
+            i
+            for i, c in enumerate(codes)
+            if max(c.builtinCode, c.deprecatedBuiltinCode) == schema.BuiltinOperator.DEQUANTIZE
+        ),
+        None,
+    )
     if dequantize is None:
         code = schema.OperatorCodeT()
         code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
@@ -276,8 +298,9 @@ def _flatbuffer_size(content: bytes) -> int:
         return len(content)
 
 
-def phone_file(content: bytes, suite: Mapping[str, Any], labels: Sequence[str], anchors: np.ndarray | None,
-               phone: bytes) -> bytes:  # fmt: skip
+def phone_file(
+    content: bytes, suite: Mapping[str, Any], labels: Sequence[str], anchors: np.ndarray | None, phone: bytes
+) -> bytes:
     """The converter's `content` as it ships: float outputs, the phone runtimes' metadata `phone` (model_metadata)
     with `labels` as its label file, and the suite's own entries."""
     entries = {TFLITE_METADATA: phone, METADATA_NAME: json.dumps(dict(suite)).encode()}
@@ -305,8 +328,10 @@ def read_tflite_metadata(path: str | os.PathLike) -> tuple[dict[str, Any], np.nd
     except Exception as e:  # a flatbuffer that is not a TFLite model fails anywhere in the generated reader
         raise ExportError(f"{path}: not a readable .tflite file ({type(e).__name__}: {e})") from None
     if METADATA_NAME not in entries:
-        raise ExportError(f"{path}: a .tflite without the suite's metadata (class names, input size, "
-                          "normalisation): export the checkpoint with `python -m tools.export CKPT --format tflite`")  # fmt: skip
+        raise ExportError(
+            f"{path}: a .tflite without the suite's metadata (class names, input size, "
+            "normalisation): export the checkpoint with `python -m tools.export CKPT --format tflite`"
+        )
     try:
         metadata = json.loads(bytes(entries[METADATA_NAME]).decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -53,8 +53,13 @@ def phone_input(image: np.ndarray, metadata: Mapping[str, Any]) -> tuple[np.ndar
 
 def _preset(metadata: Mapping[str, Any]) -> DeepLabPreset:
     """The part of a DeepLab file's preset that decides how an image fits its input."""
-    return DeepLabPreset(metadata["preset"], crop_size=metadata["image_size"][0], input_mode=metadata["input_mode"],
-                         resize=metadata["resize"], num_classes=len(metadata["class_names"]))  # fmt: skip
+    return DeepLabPreset(
+        metadata["preset"],
+        crop_size=metadata["image_size"][0],
+        input_mode=metadata["input_mode"],
+        resize=metadata["resize"],
+        num_classes=len(metadata["class_names"]),
+    )
 
 
 class LiteRTModel:
@@ -92,8 +97,11 @@ class LiteRTModel:
         """The file's outputs (float32) for one uint8 [H, W, 3] input, by output name."""
         self.interpreter.set_tensor(self.input["index"], pixels[None])
         self.interpreter.invoke()
-        return {name: self.interpreter.get_tensor(detail["index"])[0].copy()
-                for name, detail in zip(self.metadata["outputs"], self.outputs)}  # the subgraph's output order
+        return {
+            name: self.interpreter.get_tensor(detail["index"])[0].copy()
+            for name, detail in zip(self.metadata["outputs"], self.outputs, strict=True)
+        }  # the subgraph's output order
+
     def detect(self, images: Sequence[np.ndarray], score_threshold: float | None = None) -> list[Detections]:
         """SSDLite detections in each image's pixels, thresholds from the file's preset unless given."""
         if not self.is_detector:
@@ -105,10 +113,14 @@ class LiteRTModel:
             box_regression = torch.from_numpy(out["location"])[:, [1, 0, 3, 2]]  # (ty, tx, th, tw) → ours
             boxes = decode_boxes(box_regression, self.anchors).clamp(0.0, 1.0)
             found += select_detections(
-                boxes[None], torch.from_numpy(out["score"])[None], [as_rgb(image).shape[:2]],
+                boxes[None],
+                torch.from_numpy(out["score"])[None],
+                [as_rgb(image).shape[:2]],
                 score_threshold=meta["score_threshold"] if score_threshold is None else score_threshold,
-                nms_iou=meta["nms_iou"], pre_nms_topk=meta["pre_nms_topk"],
-                detections_per_image=meta["detections_per_image"])  # fmt: skip
+                nms_iou=meta["nms_iou"],
+                pre_nms_topk=meta["pre_nms_topk"],
+                detections_per_image=meta["detections_per_image"],
+            )
         return found
 
     def segment(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -123,4 +135,3 @@ class LiteRTModel:
             size = as_rgb(image).shape[:2]
             masks.append(mask_at_image_size(scores, size, preset).numpy())
         return masks
-

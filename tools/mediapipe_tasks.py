@@ -37,13 +37,20 @@ def available() -> bool:
     return importlib.util.find_spec("mediapipe") is not None
 
 
-def detect(path: str | Path, images: Sequence[np.ndarray], score_threshold: float,
-           timings: list[float] | None = None) -> list[dict[str, np.ndarray | list[str]]]:  # fmt: skip
+def detect(
+    path: str | Path, images: Sequence[np.ndarray], score_threshold: float, timings: list[float] | None = None
+) -> list[dict[str, np.ndarray | list[str]]]:
     """ObjectDetector on each uint8 RGB image: per image {"boxes" [N, 4] (x0, y0, x1, y1) pixels, "scores" [N],
     "names" [N]}, best first. `timings` gets the seconds of each detect call (MediaPipe's resize included)."""
     found = _run("detect", path, images, {"score_threshold": score_threshold, "max_results": MAX_DETECTIONS}, timings)
-    return [{"boxes": found[f"boxes{i}"].reshape(-1, 4), "scores": found[f"scores{i}"],
-             "names": [str(n) for n in found[f"names{i}"]]} for i in range(len(images))]  # fmt: skip
+    return [
+        {
+            "boxes": found[f"boxes{i}"].reshape(-1, 4),
+            "scores": found[f"scores{i}"],
+            "names": [str(n) for n in found[f"names{i}"]],
+        }
+        for i in range(len(images))
+    ]
 
 
 def segment(path: str | Path, images: Sequence[np.ndarray], timings: list[float] | None = None) -> list[np.ndarray]:
@@ -52,20 +59,32 @@ def segment(path: str | Path, images: Sequence[np.ndarray], timings: list[float]
     return [found[f"mask{i}"] for i in range(len(images))]
 
 
-def _run(task: str, path: str | Path, images: Sequence[np.ndarray], options: dict[str, Any],
-         timings: list[float] | None) -> dict[str, np.ndarray]:  # fmt: skip
+def _run(
+    task: str, path: str | Path, images: Sequence[np.ndarray], options: dict[str, Any], timings: list[float] | None
+) -> dict[str, np.ndarray]:
     if not available():
         raise ExportError(f"MediaPipe Tasks is not installed: {INSTALL_MEDIAPIPE}")
     with tempfile.TemporaryDirectory() as folder:
         request, answer = Path(folder) / "images.npz", Path(folder) / "answer.npz"
         np.savez(request, **{f"image{i}": np.ascontiguousarray(image[..., :3]) for i, image in enumerate(images)})
-        command = [sys.executable, "-m", "tools.mediapipe_tasks", task, str(path), str(request), str(answer),
-                   json.dumps(options)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "tools.mediapipe_tasks",
+            task,
+            str(path),
+            str(request),
+            str(answer),
+            json.dumps(options),
+        ]
         try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=TIME_LIMIT_S,
-                                    cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+            result = subprocess.run(
+                command, capture_output=True, text=True, timeout=TIME_LIMIT_S, cwd=Path(__file__).resolve().parents[1]
+            )
         except subprocess.TimeoutExpired:
-            raise ExportError(f"{path}: MediaPipe Tasks did not answer within {TIME_LIMIT_S} s (a hung graph)") from None
+            raise ExportError(
+                f"{path}: MediaPipe Tasks did not answer within {TIME_LIMIT_S} s (a hung graph)"
+            ) from None
         if result.returncode != 0 or not answer.is_file():
             raise ExportError(f"{path}: MediaPipe Tasks refused it: {_reason(result)}")
         with np.load(answer) as found:
@@ -83,7 +102,7 @@ def _reason(result: subprocess.CompletedProcess) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     starts = [i for i, line in enumerate(lines) if "Error" in line.split(":")[0] or line.startswith(("E0", "F0"))]
     if starts:
-        said = " ".join(lines[starts[-1]:])
+        said = " ".join(lines[starts[-1] :])
         return said if len(said) <= 400 else f"{said[:150]} ... {said[-200:]}"
     return f"its process ended with status {result.returncode} ({lines[-1][:200] if lines else 'no message'})"
 
@@ -106,15 +125,22 @@ def _serve(task: str, model: str, request: str, answer: str, options: dict[str, 
                 start = time.perf_counter()
                 result = detector.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=image))
                 seconds.append(time.perf_counter() - start)
-                boxes = [[d.bounding_box.origin_x, d.bounding_box.origin_y, d.bounding_box.origin_x +
-                          d.bounding_box.width, d.bounding_box.origin_y + d.bounding_box.height]
-                         for d in result.detections]  # fmt: skip
+                boxes = [
+                    [
+                        d.bounding_box.origin_x,
+                        d.bounding_box.origin_y,
+                        d.bounding_box.origin_x + d.bounding_box.width,
+                        d.bounding_box.origin_y + d.bounding_box.height,
+                    ]
+                    for d in result.detections
+                ]
                 out[f"boxes{i}"] = np.asarray(boxes, np.float32).reshape(-1, 4)
                 out[f"scores{i}"] = np.asarray([d.categories[0].score for d in result.detections], np.float32)
                 out[f"names{i}"] = np.asarray([d.categories[0].category_name or "" for d in result.detections], str)
     else:
-        settings = vision.ImageSegmenterOptions(base_options=base, output_category_mask=True,
-                                                output_confidence_masks=False)  # fmt: skip
+        settings = vision.ImageSegmenterOptions(
+            base_options=base, output_category_mask=True, output_confidence_masks=False
+        )
         with vision.ImageSegmenter.create_from_options(settings) as segmenter:
             for i, image in enumerate(images):
                 start = time.perf_counter()

@@ -48,9 +48,14 @@ def block_count(text: str) -> int:
 
 
 def add_freeze_argument(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--freeze", type=block_count, default=0, metavar="N",
-                       help=f"freeze the stem and the first N of the backbone's {NUM_BLOCKS} blocks, BatchNorm "
-                            "statistics included (small datasets; default: 0)")  # fmt: skip
+    group.add_argument(
+        "--freeze",
+        type=block_count,
+        default=0,
+        metavar="N",
+        help=f"freeze the stem and the first N of the backbone's {NUM_BLOCKS} blocks, BatchNorm "
+        "statistics included (small datasets; default: 0)",
+    )
 
 
 def freeze_backbone(backbone: MobileNetV2, blocks: int) -> list[str]:
@@ -87,7 +92,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Any], device: torc
 
     update_bn(images(), model)
     if used == 0:  # nothing came: keep the statistics we had rather than the reset ones
-        model.load_state_dict(saved, strict=False)
+        model.load_state_dict(saved, strict=True)
         return 0
     if distributed:
         for module in model.modules():

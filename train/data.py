@@ -38,8 +38,16 @@ class ResumableSampler(DistributedSampler):
 class TrainingData:
     """The loaders of one training process; `batch_per_process` samples per batch."""
 
-    def __init__(self, train_set: Dataset, val_set: Dataset | None, collate: Callable, val_collate: Callable,
-                 args: argparse.Namespace, dist: DistInfo, batch_per_process: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        train_set: Dataset,
+        val_set: Dataset | None,
+        collate: Callable,
+        val_collate: Callable,
+        args: argparse.Namespace,
+        dist: DistInfo,
+        batch_per_process: int,
+    ) -> None:
         self.train_set, self.args, self.dist, self.batch = train_set, args, dist, batch_per_process
         self.sampler = ResumableSampler(train_set, dist, args.seed)
         workers = args.workers
@@ -51,12 +59,22 @@ class TrainingData:
             # its own generator: creating an iterator must not draw from the training process's random streams
             generator=torch.Generator().manual_seed(args.seed),
         )
-        self.train = Loader(train_set, batch_per_process, sampler=self.sampler, seed=args.seed,
-                            persistent_workers=workers > 0, **self.loader_kwargs)  # fmt: skip
+        self.train = Loader(
+            train_set,
+            batch_per_process,
+            sampler=self.sampler,
+            seed=args.seed,
+            persistent_workers=workers > 0,
+            **self.loader_kwargs,
+        )
         self.val = None
         if val_set is not None:
-            self.val = Loader(shard_dataset(val_set, dist), batch_per_process, persistent_workers=workers > 0,
-                              **{**self.loader_kwargs, "collate_fn": val_collate})  # fmt: skip
+            self.val = Loader(
+                shard_dataset(val_set, dist),
+                batch_per_process,
+                persistent_workers=workers > 0,
+                **{**self.loader_kwargs, "collate_fn": val_collate},
+            )
 
     def start_epoch(self, epoch: int, batches_done: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -68,5 +86,6 @@ class TrainingData:
         generator = torch.Generator().manual_seed(self.args.seed * 100_003 + self.dist.rank * 1_009 + epoch)
         order = torch.randperm(len(self.train_set), generator=generator)[: count * self.batch].tolist()  # type: ignore[arg-type]
         keys = [(RECALIBRATION_STREAM, epoch, i) for i in order]
-        return Loader(self.train_set, self.batch, sampler=keys, seed=self.args.seed, drop_last=True,
-                      **self.loader_kwargs)  # fmt: skip
+        return Loader(
+            self.train_set, self.batch, sampler=keys, seed=self.args.seed, drop_last=True, **self.loader_kwargs
+        )

@@ -52,8 +52,13 @@ class DeepLabTask(Task):
             preset = preset_like_source(preset, self.source)
         changes = {"width_mult": args.width_mult, "crop_size": args.crop_size}
         preset = preset.derive(**{k: v for k, v in changes.items() if v is not None})
-        training = segmentation_train_transform(preset.crop_size, (args.min_scale, args.max_scale),
-                                                preset.normalization, preset.resize, augment=not args.no_augment)  # fmt: skip
+        training = segmentation_train_transform(
+            preset.crop_size,
+            (args.min_scale, args.max_scale),
+            preset.normalization,
+            preset.resize,
+            augment=not args.no_augment,
+        )
         evaluation = SegmentationEvalTransform(partial(preprocess_image, preset=preset))
         self.data = segmentation_data(args, training, evaluation, self.skip)
         self.preset = dataclasses.replace(preset, num_classes=len(self.data.class_names))  # the dataset's classes
@@ -79,19 +84,21 @@ class DeepLabTask(Task):
         return {"score": metrics["mIoU"], "mIoU": metrics["mIoU"], "pixel_accuracy": metrics["pixel_accuracy"]}
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("python train/deeplab.py", __doc__)
-    add_model_arguments(parser, PRESETS, "architecture and input conventions (default: mnv2_os16, the paper's row, "
-                        "padding and normalising like --weights); the class count comes from the dataset",
-                        "a named segmenter, or a detector's backbone")  # fmt: skip
+    add_model_arguments(
+        parser,
+        PRESETS,
+        "architecture and input conventions (default: mnv2_os16, the paper's row, "
+        "padding and normalising like --weights); the class count comes from the dataset",
+        "a named segmenter, or a detector's backbone",
+    )
     g = parser.add_argument_group("augmentation")
     g.add_argument("--crop-size", type=int, default=None, help="training crop (default: the preset's, 513)")
     g.add_argument("--min-scale", type=float, default=0.5, help="random scale lower bound (default: 0.5)")
     g.add_argument("--max-scale", type=float, default=2.0, help="random scale upper bound (default: 2.0)")
     add_data_arguments(parser, segmentation=True)
-    add_engine_arguments(parser, lr=0.01, epochs=50, batch_size=16, weight_decay=4e-5, optimizer="sgd",
-                         schedule="poly")  # fmt: skip
+    add_engine_arguments(parser, lr=0.01, epochs=50, batch_size=16, weight_decay=4e-5, optimizer="sgd", schedule="poly")
     return parser
 
 

@@ -49,8 +49,13 @@ from train.run_folder import RunFolder
 from train.task import Task
 
 
-def train_main(parser: argparse.ArgumentParser, make_task: Callable[[argparse.Namespace], Task], task_name: str,
-               argv: Sequence[str] | None, runtime_flags: Iterable[str] = ()) -> Path:  # fmt: skip
+def train_main(
+    parser: argparse.ArgumentParser,
+    make_task: Callable[[argparse.Namespace], Task],
+    task_name: str,
+    argv: Sequence[str] | None,
+    runtime_flags: Iterable[str] = (),
+) -> Path:
     """What `python train/<task>.py` does: parse (or restore on --resume) the flags, build the task, train,
     summarise; user errors become one `error:` line and exit 2, divergence exit 3 (common.cli.run_cli).
     `runtime_flags`: destinations a resumed run takes from its command line besides train.resume.RUNTIME_FLAGS."""
@@ -96,8 +101,10 @@ def compile_decision(choice: str, device: torch.device, planned_images: int) -> 
     missing = backend_missing(device)
     if choice == "on":
         if missing:
-            raise UserError(f"--compile on: {missing}, so torch.compile cannot build kernels for {device.type}; "
-                            "install one, or pass --compile auto or off")  # fmt: skip
+            raise UserError(
+                f"--compile on: {missing}, so torch.compile cannot build kernels for {device.type}; "
+                "install one, or pass --compile auto or off"
+            )
         return True, "on (--compile on)"
     threshold = AUTO_MIN_IMAGES.get(device.type)
     if threshold is None:
@@ -112,6 +119,7 @@ def compile_decision(choice: str, device: torch.device, planned_images: int) -> 
 # ---- SIGINT/SIGTERM: finish the step, checkpoint, exit (130 after Ctrl-C, 0 after SIGTERM). Schedulers (systemd,
 # Slurm, Kubernetes) signal the whole process group; DataLoader workers ignore the signal
 # (datasets.loading.init_worker), so only the main process acts.
+
 
 @dataclass
 class StopRequest:
@@ -155,9 +163,11 @@ def check_step_fits(flags: str, batch: int, size: tuple[int, int], device: torch
     """Refuse, before a run folder exists, flags whose training step cannot fit in the device's memory."""
     need, have = batch * size[0] * size[1] * BYTES_PER_INPUT_PIXEL, device_memory(device)
     if need > have:
-        raise UserError(f"{flags} and --batch-size {batch} per process need about {need / 2**30:,.0f} GiB for a "
-                        f"training step (about {BYTES_PER_INPUT_PIXEL} bytes per input pixel), more than the "
-                        f"{have / 2**30:,.0f} GiB of {device}: use a smaller size or batch")  # fmt: skip
+        raise UserError(
+            f"{flags} and --batch-size {batch} per process need about {need / 2**30:,.0f} GiB for a "
+            f"training step (about {BYTES_PER_INPUT_PIXEL} bytes per input pixel), more than the "
+            f"{have / 2**30:,.0f} GiB of {device}: use a smaller size or batch"
+        )
 
 
 def channels_last_inputs(module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -188,8 +198,10 @@ class Trainer:
         self.batch_per_process = args.batch_size // self.dist.world_size
         self.min_batch = 1 if args.frozen_bn else 2  # train-mode BatchNorm fails on a single sample
         if self.batch_per_process < self.min_batch:
-            raise UserError(f"--batch-size {args.batch_size} over {self.dist.world_size} processes leaves "
-                            f"{self.batch_per_process} per process; BatchNorm needs 2: raise it or add --frozen-bn")
+            raise UserError(
+                f"--batch-size {args.batch_size} over {self.dist.world_size} processes leaves "
+                f"{self.batch_per_process} per process; BatchNorm needs 2: raise it or add --frozen-bn"
+            )
         self.stop = StopRequest()
         self.folder: RunFolder | None = None  # rank 0 only
         self.validation_check = ""
@@ -205,8 +217,9 @@ class Trainer:
         if args.resume:
             self._resume()
         if self.folder:
-            self.folder.start_logs(self.position, {**saved_arguments(args), **self.task.run_record()},
-                                   self.evaluation_pending)  # fmt: skip
+            self.folder.start_logs(
+                self.position, {**saved_arguments(args), **self.task.run_record()}, self.evaluation_pending
+            )
         if allocator:
             self._log(f"allocator: {allocator}")
         self._log(f"compile: {self.compile_decision}")
@@ -224,8 +237,9 @@ class Trainer:
                 if not self._train_epoch():
                     return self.run_dir
                 self.epoch, self.step_in_epoch = self.epoch + 1, 0
-                self.evaluation_pending = self.data.val is not None and (self.epoch % args.eval_interval == 0 or
-                                                                         self.epoch == args.epochs)  # fmt: skip
+                self.evaluation_pending = self.data.val is not None and (
+                    self.epoch % args.eval_interval == 0 or self.epoch == args.epochs
+                )
                 self._save("last.pt")  # the epoch is kept even if its evaluation then fails
                 if self.evaluation_pending:
                     self._evaluate_and_save()
@@ -250,13 +264,19 @@ class Trainer:
         """What a run says when the disk or the run folder fails it."""
         last = self.run_dir / "last.pt"
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            then = (f"then continue with --resume {last}, which holds the last completed save (files are written "
-                    "whole or not at all)" if last.is_file() else "then run again: nothing was saved yet")  # fmt: skip
+            then = (
+                f"then continue with --resume {last}, which holds the last completed save (files are written "
+                "whole or not at all)"
+                if last.is_file()
+                else "then run again: nothing was saved yet"
+            )
             return UserError(f"disk full writing to {self.run_dir} ({error.strerror}): free space, {then}")
         if error.errno == errno.ENOENT and not self.run_dir.is_dir():
-            return UserError(f"the run folder {self.run_dir} was removed or moved while training ({error.filename}: "
-                             f"{error.strerror}): its checkpoints went with it; put it back and --resume, or start "
-                             "a new run")  # fmt: skip
+            return UserError(
+                f"the run folder {self.run_dir} was removed or moved while training ({error.filename}: "
+                f"{error.strerror}): its checkpoints went with it; put it back and --resume, or start "
+                "a new run"
+            )
         return error
 
     def _train_epoch(self) -> bool:
@@ -266,8 +286,13 @@ class Trainer:
         args = self.args
         self.data.start_epoch(self.epoch, self.step_in_epoch)
         self.ddp_model.train()
-        bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{args.epochs}",
-                   disable=not self.dist.is_main or args.no_progress, dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=self.step_in_epoch,
+            desc=f"epoch {self.epoch + 1}/{args.epochs}",
+            disable=not self.dist.is_main or args.no_progress,
+            dynamic_ncols=True,
+        )
         window_start, window_steps, trained, dropped = time.perf_counter(), 0, 0, 0
         for batch in self.data.train:
             if self.step_in_epoch >= self.steps_per_epoch:
@@ -278,8 +303,10 @@ class Trainer:
             if flags[0] > 0:
                 bar.close()
                 self._save("last.pt")
-                said = (f"{self.stop.signal_name or 'signal'}: saved {self.run_dir / 'last.pt'} at epoch {self.epoch + 1}, "
-                        f"step {self.step_in_epoch}; continue with --resume {self.run_dir / 'last.pt'}")  # fmt: skip
+                said = (
+                    f"{self.stop.signal_name or 'signal'}: saved {self.run_dir / 'last.pt'} at epoch {self.epoch + 1}, "
+                    f"step {self.step_in_epoch}; continue with --resume {self.run_dir / 'last.pt'}"
+                )
                 if self.stop.signal_name == "SIGINT":  # Ctrl-C: exit 130, as a shell expects
                     raise Interrupted(said)
                 self._log(said)  # SIGTERM from a scheduler: a clean stop, exit 0
@@ -294,21 +321,34 @@ class Trainer:
             window_steps += 1
             now = time.perf_counter()  # throughput over the logging window so far, data loading included
             images_per_s = args.batch_size * window_steps / max(now - window_start, 1e-9)
-            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.1f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            bar.set_postfix(
+                loss=f"{loss:.4f}", img_s=f"{images_per_s:.1f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}"
+            )
             if self.step_in_epoch % args.log_interval == 0 or self.step_in_epoch == self.steps_per_epoch:
                 window_start, window_steps = now, 0
-                self._record({"epoch": self.epoch + 1, "step": self.position, "train/loss": loss,
-                              "train/lr": self.scheduler.get_last_lr()[0], "train/images_per_s": images_per_s,
-                              **{f"train/{k}": v for k, v in logs.items()}})  # fmt: skip
+                self._record(
+                    {
+                        "epoch": self.epoch + 1,
+                        "step": self.position,
+                        "train/loss": loss,
+                        "train/lr": self.scheduler.get_last_lr()[0],
+                        "train/images_per_s": images_per_s,
+                        **{f"train/{k}": v for k, v in logs.items()},
+                    }
+                )
         bar.close()
         if dropped:
-            self._log(f"epoch {self.epoch + 1}: dropped {dropped} batches that skipped samples left with fewer than "
-                      f"{self.min_batch} samples")
+            self._log(
+                f"epoch {self.epoch + 1}: dropped {dropped} batches that skipped samples left with fewer than "
+                f"{self.min_batch} samples"
+            )
         if trained == 0:
             skip = self.task.skip
             counts = f" ({skip.summary()})" if skip is not None else ""
-            raise UserError(f"epoch {self.epoch + 1}: no training batch was usable{counts}; fix or remove the bad "
-                            "samples: nothing was trained, so no checkpoint was written for this epoch")
+            raise UserError(
+                f"epoch {self.epoch + 1}: no training batch was usable{counts}; fix or remove the bad "
+                "samples: nothing was trained, so no checkpoint was written for this epoch"
+            )
         return True
 
     def _step(self, batch: Any) -> tuple[float, dict[str, float]]:
@@ -317,10 +357,15 @@ class Trainer:
             loss, logs = self.task.compute_loss(self.ddp_model, batch, self.device)
         if all_reduce_sum(torch.tensor([float(not torch.isfinite(loss))], device=self.device))[0] > 0:
             last = self.run_dir / "last.pt"
-            kept = (f"{last} still holds the last good state (resume from it with a lower --lr)" if last.is_file()
-                    else "nothing was saved yet (the first checkpoint comes at the end of epoch 1)")  # fmt: skip
-            raise TrainingDiverged(f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step_in_epoch}; "
-                                   f"{kept}. Try a lower --lr or --clip-grad.")  # fmt: skip
+            kept = (
+                f"{last} still holds the last good state (resume from it with a lower --lr)"
+                if last.is_file()
+                else "nothing was saved yet (the first checkpoint comes at the end of epoch 1)"
+            )
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step_in_epoch}; "
+                f"{kept}. Try a lower --lr or --clip-grad."
+            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.args.clip_grad > 0:
@@ -382,15 +427,21 @@ class Trainer:
             started = time.perf_counter()  # a bad validation file stops the run now, not after its first epoch
             checked = check_files(*val_set.files())
             self.validation_check = f"{checked} validation files checked in {time.perf_counter() - started:.1f} s"
-        self.data = TrainingData(train_set, val_set, self.task.collate, self.task.eval_collate, args, self.dist,
-                                 self.batch_per_process)  # fmt: skip
+        self.data = TrainingData(
+            train_set, val_set, self.task.collate, self.task.eval_collate, args, self.dist, self.batch_per_process
+        )
         self.steps_per_epoch = len(train_set) // args.batch_size
         total_steps = self.steps_per_epoch * args.epochs
         self.optimizer = build_optimizer(model, args)
-        self.scheduler = build_scheduler(self.optimizer, total_steps,
-                                         min(int(args.warmup_epochs * self.steps_per_epoch), total_steps), args.schedule)  # fmt: skip
+        self.scheduler = build_scheduler(
+            self.optimizer, total_steps, min(int(args.warmup_epochs * self.steps_per_epoch), total_steps), args.schedule
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
-        self.ema = AveragedModel(model, multi_avg_fn=ramped_ema(args.ema_decay), use_buffers=True) if args.ema_decay > 0 else None
+        self.ema = (
+            AveragedModel(model, multi_avg_fn=ramped_ema(args.ema_decay), use_buffers=True)
+            if args.ema_decay > 0
+            else None
+        )
         self.ddp_model = (
             DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.dist.distributed
@@ -406,8 +457,12 @@ class Trainer:
         path, error = None, None
         if self.dist.is_main:
             try:
-                self.folder = RunFolder.open(self.args.project or Path("runs") / self.task.name, self.args.name,
-                                             self.args.exist_ok, self.args.resume)  # fmt: skip
+                self.folder = RunFolder.open(
+                    self.args.project or Path("runs") / self.task.name,
+                    self.args.name,
+                    self.args.exist_ok,
+                    self.args.resume,
+                )
                 path = self.folder.path
             except UserError as e:
                 error = str(e)
@@ -448,9 +503,11 @@ class Trainer:
         self.evaluation_pending = bool(ckpt.get("evaluation_pending", False))
         samples = ckpt.get("train_samples", len(self.data.train_set))
         if samples != len(self.data.train_set):
-            raise UserError(f"--resume {self.args.resume}: the run trained on {samples} samples, the training set "
-                            f"here has {len(self.data.train_set)}: resume only with the same data (new paths are "
-                            "fine), or start a new run")  # fmt: skip
+            raise UserError(
+                f"--resume {self.args.resume}: the run trained on {samples} samples, the training set "
+                f"here has {len(self.data.train_set)}: resume only with the same data (new paths are "
+                "fine), or start a new run"
+            )
         set_rng_state(ckpt["rng"])
         self._log(f"resumed {self.args.resume} at epoch {self.epoch + 1}, step {self.step_in_epoch}")
 

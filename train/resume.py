@@ -61,12 +61,16 @@ def read_training_checkpoint(path: str | Path, task_name: str) -> dict[str, Any]
     (an imported model, a `best.pt` of another head, not a checkpoint at all)."""
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or not set(TRAINING_KEYS) <= ckpt.keys() or not isinstance(ckpt["args"], dict):
-        raise WeightsError(f"--resume {path}: not a training checkpoint of this suite (a run's last.pt holds the "
-                           "model, optimiser, position and flags); start a new run with --weights to fine-tune it")
+        raise WeightsError(
+            f"--resume {path}: not a training checkpoint of this suite (a run's last.pt holds the "
+            "model, optimiser, position and flags); start a new run with --weights to fine-tune it"
+        )
     task = ckpt.get("task", ckpt.get("arch"))
     if task != task_name:
-        raise WeightsError(f"--resume {path}: a {task!r} training run's checkpoint, not a {task_name!r} one; "
-                           f"resume it with train/{task}.py")
+        raise WeightsError(
+            f"--resume {path}: a {task!r} training run's checkpoint, not a {task_name!r} one; "
+            f"resume it with train/{task}.py"
+        )
     return ckpt
 
 
@@ -78,9 +82,13 @@ def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
     return set(vars(quiet.parse_known_args(sys.argv[1:] if argv is None else list(argv))[0]))
 
 
-def resumed_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, task_name: str,
-                      argv: Sequence[str] | None, runtime_flags: Iterable[str] = (),
-                      ) -> tuple[argparse.Namespace, list[str]]:  # fmt: skip
+def resumed_arguments(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    task_name: str,
+    argv: Sequence[str] | None,
+    runtime_flags: Iterable[str] = (),
+) -> tuple[argparse.Namespace, list[str]]:
     """With --resume: the interrupted run's flags (converted by each flag's own type: checkpoints keep paths as
     strings) with this command line's runtime flags and data paths, and the log lines of the paths that changed;
     flags that would not apply are a UserError naming them. Without --resume: `args` as it is."""
@@ -96,12 +104,19 @@ def resumed_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace,
     given = given_flags(parser, argv) - runtime
     ignored = sorted(dest for dest in given - DATA_PATH_FLAGS if restored.get(dest) != getattr(args, dest))
     if ignored:
-        listed = ", ".join(f"{_flag(dest)} {getattr(args, dest)} (the run has {restored.get(dest)})" for dest in ignored)
-        raise UserError(f"--resume {resume} continues the run with its own flags, so {listed} would not apply: drop "
-                        f"{'it' if len(ignored) == 1 else 'them'}, or start a new run (--weights {resume} fine-tunes "
-                        "from it)")  # fmt: skip
-    moved = [f"{_flag(dest)}: {restored.get(dest)} → {getattr(args, dest)}" for dest in sorted(given & DATA_PATH_FLAGS)
-             if restored.get(dest) != getattr(args, dest)]  # fmt: skip
+        listed = ", ".join(
+            f"{_flag(dest)} {getattr(args, dest)} (the run has {restored.get(dest)})" for dest in ignored
+        )
+        raise UserError(
+            f"--resume {resume} continues the run with its own flags, so {listed} would not apply: drop "
+            f"{'it' if len(ignored) == 1 else 'them'}, or start a new run (--weights {resume} fine-tunes "
+            "from it)"
+        )
+    moved = [
+        f"{_flag(dest)}: {restored.get(dest)} → {getattr(args, dest)}"
+        for dest in sorted(given & DATA_PATH_FLAGS)
+        if restored.get(dest) != getattr(args, dest)
+    ]
     merged = {**restored, **{dest: getattr(args, dest) for dest in runtime | (given & DATA_PATH_FLAGS)}}
     merged["resume"] = resume
     return argparse.Namespace(**{**vars(args), **merged}), moved
@@ -121,5 +136,11 @@ def _typed(value: Any, kind: Any) -> Any:
 
 def saved_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """The flags as a checkpoint and args.json keep them (paths as strings)."""
-    return {k: [str(x) if isinstance(x, Path) else x for x in v] if isinstance(v, list) else
-            str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}  # fmt: skip
+    return {
+        k: [str(x) if isinstance(x, Path) else x for x in v]
+        if isinstance(v, list)
+        else str(v)
+        if isinstance(v, Path)
+        else v
+        for k, v in vars(args).items()
+    }

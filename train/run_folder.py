@@ -43,9 +43,12 @@ class RunFolder:
         write_atomic(self.path / "args.json", json.dumps(args, indent=2))
         metrics = self.path / "metrics.jsonl"
         if metrics.exists():
-            kept = [line for line in metrics.read_text().splitlines() if _step(line) is not None and
-                    (_step(line) < position or _step(line) == position and not (evaluation_pending and
-                                                                                '"val/' in line))]  # fmt: skip
+            kept = [
+                line
+                for line in metrics.read_text().splitlines()
+                if _step(line) is not None
+                and (_step(line) < position or _step(line) == position and not (evaluation_pending and '"val/' in line))
+            ]
             write_atomic(metrics, "".join(f"{line}\n" for line in kept))
         self.writer = SummaryWriter(self.path, purge_step=position + 1 if position else None)
 

@@ -53,14 +53,22 @@ class SSDLiteTask(Task):
         super().__init__(args.weights or default_weights, args.freeze, args.skip_bad_samples)
         preset = get_preset(args.preset or SSDLITE320_COCO.name)
         if self.source is not None and args.preset is None:  # fine-tuning keeps the source's conventions
-            preset = (stored_preset(self.source, self.weights) if self.source.get("arch") == "ssdlite"
-                      else preset_like_source(preset, self.source))  # fmt: skip
-        changes = {"image_size": None if args.image_size is None else (args.image_size, args.image_size),
-                   "width_mult": args.width_mult}  # fmt: skip
+            preset = (
+                stored_preset(self.source, self.weights)
+                if self.source.get("arch") == "ssdlite"
+                else preset_like_source(preset, self.source)
+            )
+        changes = {
+            "image_size": None if args.image_size is None else (args.image_size, args.image_size),
+            "width_mult": args.width_mult,
+        }
         preset = preset.derive(**{k: v for k, v in changes.items() if v is not None})
         evaluation = DetectionEvalTransform(partial(preprocess_image, preset=preset))
-        training = evaluation if args.no_augment else detection_train_transform(preset.image_size, preset.normalization,
-                                                                                 preset.resize)  # fmt: skip
+        training = (
+            evaluation
+            if args.no_augment
+            else detection_train_transform(preset.image_size, preset.normalization, preset.resize)
+        )
         self.data = detection_data(args, training, evaluation, self.skip)
         self.preset = dataclasses.replace(preset, num_classes=len(self.data.class_names))  # the dataset's classes
         self.loss = SSDLiteLoss(self.preset.classification)
@@ -74,14 +82,18 @@ class SSDLiteTask(Task):
 
     def compute_loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         images, targets = batch
-        gt_boxes, gt_labels = pad_targets([t["boxes"] for t in targets], [t["labels"] for t in targets],
-                                          self.preset.image_size)  # fmt: skip
+        gt_boxes, gt_labels = pad_targets(
+            [t["boxes"] for t in targets], [t["labels"] for t in targets], self.preset.image_size
+        )
         box_regression, class_logits = model(images.to(device, non_blocking=True))
         anchors = self.model.anchors(self.preset.image_size, device)
         out = self.loss(box_regression, class_logits, anchors, gt_boxes.to(device), gt_labels.to(device))
         loss = out["loss"] * global_batch_share(out["num_positives"])  # normalised by the global batch's positives
-        return loss, {"box_loss": out["box_loss"].item(), "cls_loss": out["cls_loss"].item(),
-                      "positives": out["num_positives"].item()}  # fmt: skip
+        return loss, {
+            "box_loss": out["box_loss"].item(),
+            "cls_loss": out["cls_loss"].item(),
+            "positives": out["num_positives"].item(),
+        }
 
     def evaluate(self, model: nn.Module, loader, run_dir: Path, dist_info: DistInfo) -> dict[str, float] | None:
         if hasattr(base_dataset(loader.dataset), "coco"):
@@ -91,16 +103,27 @@ class SSDLiteTask(Task):
         return None if voc is None else {"score": voc["mAP"], "mAP_voc07": voc["mAP"]}
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("python train/ssdlite.py", __doc__)
-    g = add_model_arguments(parser, PRESETS, "architecture, input size, anchors and normalisation (default: the "
-                            "preset of an SSDLite --weights, else ssdlite320_coco); the class count comes from the "
-                            "dataset", "a named detector, or a segmenter's backbone")  # fmt: skip
+    g = add_model_arguments(
+        parser,
+        PRESETS,
+        "architecture, input size, anchors and normalisation (default: the "
+        "preset of an SSDLite --weights, else ssdlite320_coco); the class count comes from the "
+        "dataset",
+        "a named detector, or a segmenter's backbone",
+    )
     g.add_argument("--image-size", type=int, default=None, help="override the preset's square input size")
     add_data_arguments(parser, segmentation=False)
-    add_engine_arguments(parser, lr=REFERENCE_LR * 32 / REFERENCE_BATCH, epochs=600, batch_size=32,
-                         weight_decay=4e-5, optimizer="sgd", schedule="cosine")  # fmt: skip
+    add_engine_arguments(
+        parser,
+        lr=REFERENCE_LR * 32 / REFERENCE_BATCH,
+        epochs=600,
+        batch_size=32,
+        weight_decay=4e-5,
+        optimizer="sgd",
+        schedule="cosine",
+    )
     return parser
 
 

@@ -75,8 +75,9 @@ class Task:
         """Loss of one batch (normalisers already averaged over processes) and scalars to log."""
         raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, loader: DataLoader, run_dir: Path,
-                 dist_info: DistInfo) -> dict[str, float] | None:  # fmt: skip
+    def evaluate(
+        self, model: nn.Module, loader: DataLoader, run_dir: Path, dist_info: DistInfo
+    ) -> dict[str, float] | None:
         """Metrics on the validation set on rank 0 (None elsewhere), with the selection metric under "score"."""
         raise NotImplementedError
 

@@ -86,7 +86,7 @@ def load_source(spec: str) -> dict[str, Any]:
 
 
 def _architecture(model: nn.Module) -> str:
-    """"ssdlite" or "deeplab" by structure (the two heads this module knows)."""
+    """ "ssdlite" or "deeplab" by structure (the two heads this module knows)."""
     head = getattr(model, "head", None)
     if head is not None and hasattr(head, "cls") and hasattr(head, "box"):
         return "ssdlite"
@@ -111,8 +111,9 @@ def source_state(checkpoint: Mapping[str, Any], source: str) -> tuple[str, dict[
     if arch == "mobilenet_v2":  # a classifier or bare backbone: its body is our backbone, its classifier unused
         state = {f"backbone.{k}": v for k, v in state.items() if not k.startswith("classifier.")}
     if not any(k.startswith("backbone.") for k in state):
-        raise WeightsError(f"{source}: a {arch!r} checkpoint without MobileNetV2 backbone weights: nothing to start "
-                           "from")  # fmt: skip
+        raise WeightsError(
+            f"{source}: a {arch!r} checkpoint without MobileNetV2 backbone weights: nothing to start from"
+        )
     return arch, dict(state), list(names) if names else None
 
 
@@ -121,8 +122,9 @@ def _width(checkpoint: Mapping[str, Any]) -> Any:
     return config.get("width_mult", "?") if isinstance(config, Mapping) else "?"
 
 
-def _check_backbone(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str,
-                    theirs: str, ours: str) -> None:  # fmt: skip
+def _check_backbone(
+    own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str, theirs: str, ours: str
+) -> None:
     """A backbone tensor of another shape means another width or architecture: stop, naming both."""
     for key, value in state.items():
         if key.startswith("backbone.") and key in own and own[key].shape != value.shape:
@@ -137,8 +139,14 @@ def _anchors_per_location(state: Mapping[str, torch.Tensor], index: str) -> int:
     return state[f"head.box.{index}.conv.weight"].shape[0] // 4
 
 
-def _map_class_rows(own: torch.Tensor, theirs: torch.Tensor, pairs: Sequence[tuple[int, int]], own_classes: int,
-                    their_classes: int, anchors: int) -> None:  # fmt: skip
+def _map_class_rows(
+    own: torch.Tensor,
+    theirs: torch.Tensor,
+    pairs: Sequence[tuple[int, int]],
+    own_classes: int,
+    their_classes: int,
+    anchors: int,
+) -> None:
     """Copy row (anchor a, class s) of `theirs` to row (a, t) of `own` for every (t, s) in `pairs`; rows are laid
     out anchor-major (a · classes + class), as SSDLite's head flattens them; DeepLab has one "anchor"."""
     for a in range(anchors):
@@ -170,20 +178,28 @@ def preset_like_source(preset: P, checkpoint: Mapping[str, Any]) -> P:
     return preset.derive(**{k: v for k, v in source_conventions(checkpoint).items() if hasattr(preset, k)})
 
 
-def transfer_weights(model: nn.Module, class_names: Sequence[str], checkpoint: Mapping[str, Any],
-                     source: str) -> TransferReport:  # fmt: skip
+def transfer_weights(
+    model: nn.Module, class_names: Sequence[str], checkpoint: Mapping[str, Any], source: str
+) -> TransferReport:
     """Load into `model` (freshly built, `class_names` with the background first) what fits of `checkpoint`
     (loaded from `source`, the name used in messages) and say what was done."""
     target = _architecture(model)
     arch, state, source_names = source_state(checkpoint, source)
     own = model.state_dict()
     report = TransferReport(source=source, total=sum(_SKIPPED not in k for k in own))
-    _check_backbone(own, state, source, f"its {_KINDS.get(arch, arch)} of width {_width(checkpoint)}",
-                    f"{_KINDS[target]} of width {getattr(model, 'config', {}).get('width_mult', '?')}")  # fmt: skip
+    _check_backbone(
+        own,
+        state,
+        source,
+        f"its {_KINDS.get(arch, arch)} of width {_width(checkpoint)}",
+        f"{_KINDS[target]} of width {getattr(model, 'config', {}).get('width_mult', '?')}",
+    )
     if arch != target:
         state = {k: v for k, v in state.items() if k.startswith("backbone.")}
-        report.notes.append(f"from a {_KINDS.get(arch, arch)}: only its backbone (the shared MobileNetV2 extractor) "
-                            f"is used, the head starts fresh")  # fmt: skip
+        report.notes.append(
+            f"from a {_KINDS.get(arch, arch)}: only its backbone (the shared MobileNetV2 extractor) "
+            f"is used, the head starts fresh"
+        )
     _note_conventions(model, checkpoint, report)
 
     # SSDLite: maps whose anchors per location differ keep neither box predictor nor class rows.
@@ -193,8 +209,10 @@ def transfer_weights(model: nn.Module, class_names: Sequence[str], checkpoint: M
         if match and key in state and state[key].shape != own[key].shape:
             other_anchors[match[1]] = _anchors_per_location(state, match[1])
     for index, anchors in sorted(other_anchors.items()):
-        report.reinitialised.append(f"head.box.{index}.conv and head.cls.{index}.conv: {anchors} anchors per "
-                                    f"location in the source, {_anchors_per_location(own, index)} here")  # fmt: skip
+        report.reinitialised.append(
+            f"head.box.{index}.conv and head.cls.{index}.conv: {anchors} anchors per "
+            f"location in the source, {_anchors_per_location(own, index)} here"
+        )
 
     predictors = [k for k in own if _CLASS_PREDICTOR.match(k) and k in state]
     pairs = _class_pairs(class_names, source_names, report, predictors, state)
@@ -218,13 +236,14 @@ def transfer_weights(model: nn.Module, class_names: Sequence[str], checkpoint: M
                 copied[key] = rows
                 report.row_mapped += 1
         elif state[key].shape != value.shape:
-            report.reinitialised.append(f"{key}: shape {list(state[key].shape)} in the source, "
-                                        f"{list(value.shape)} here")  # fmt: skip
+            report.reinitialised.append(
+                f"{key}: shape {list(state[key].shape)} in the source, {list(value.shape)} here"
+            )
         else:
             copied[key] = state[key]
             report.transferred += 1
     report.reinitialised += [f"{prefix}: not in the source" for prefix in sorted(absent)]
-    model.load_state_dict(copied, strict=False)
+    model.load_state_dict(copied, strict=True)
     return report
 
 
@@ -238,27 +257,38 @@ def _note_conventions(model: nn.Module, checkpoint: Mapping[str, Any], report: T
         their_scores = (checkpoint.get("config") or {}).get("classification")
         our_scores = getattr(preset, "classification", None)
         if their_scores and our_scores and their_scores != our_scores:
-            report.notes.append(f"the source scores classes with {their_scores}, this model with {our_scores}: "
-                                "mapped rows keep their logits, not their probabilities")  # fmt: skip
+            report.notes.append(
+                f"the source scores classes with {their_scores}, this model with {our_scores}: "
+                "mapped rows keep their logits, not their probabilities"
+            )
     for key, value in theirs.items():
         if ours.get(key) is not None and ours[key] != value:
             report.notes.append(f"the source was trained with {key} {value!r}, this model uses {ours[key]!r}")
 
 
-def _class_pairs(class_names: Sequence[str], source_names: list[str] | None, report: TransferReport,
-                 predictors: list[str], state: Mapping[str, torch.Tensor]) -> list[tuple[int, int]]:  # fmt: skip
+def _class_pairs(
+    class_names: Sequence[str],
+    source_names: list[str] | None,
+    report: TransferReport,
+    predictors: list[str],
+    state: Mapping[str, torch.Tensor],
+) -> list[tuple[int, int]]:
     """(target index, source index) of the class rows to copy; fills the report's class entries."""
     report.new_classes = list(class_names)
     if not predictors:
         return []
     if source_names is None:
-        report.notes.append("the source has no class names, so its class rows cannot be mapped by name: "
-                            "every class row is re-initialised")  # fmt: skip
+        report.notes.append(
+            "the source has no class names, so its class rows cannot be mapped by name: "
+            "every class row is re-initialised"
+        )
         return []
     rows = state[predictors[0]].shape[0]
     if rows % len(source_names):
-        report.notes.append(f"the source's {len(source_names)} class names do not describe its {rows} class rows: "
-                            "every class row is re-initialised")  # fmt: skip
+        report.notes.append(
+            f"the source's {len(source_names)} class names do not describe its {rows} class rows: "
+            "every class row is re-initialised"
+        )
         return []
     pairs = sorted((t, s) for s, t in match_class_names(source_names, class_names).items())
     if all(t == 0 for t, _ in pairs):
@@ -270,6 +300,7 @@ def _class_pairs(class_names: Sequence[str], source_names: list[str] | None, rep
     mapped, used = {t for t, _ in pairs}, {s for _, s in pairs}
     report.class_rows = [f"{class_names[t]} ← {source_names[s]}" for t, s in pairs]
     report.new_classes = [name for t, name in enumerate(class_names) if t not in mapped]
-    report.unused_classes = [name for s, name in enumerate(source_names)
-                             if s not in used and canonical_class_name(name) != UNUSED_CLASS]  # fmt: skip
+    report.unused_classes = [
+        name for s, name in enumerate(source_names) if s not in used and canonical_class_name(name) != UNUSED_CLASS
+    ]
     return pairs

@@ -131,7 +131,7 @@ def _first_mismatch(
     graph: TFLiteModel, ops: list[Operator], slots: list[_Slot], check: Callable[..., str | None]
 ) -> tuple[int, str] | None:
     """(layer index, reason) of the first layer `check` rejects or where the layer counts part, else None."""
-    for i, (op, slot) in enumerate(zip(ops, slots)):
+    for i, (op, slot) in enumerate(zip(ops, slots, strict=True)):
         reason = check(graph, op, slot)
         if reason is not None:
             return i, f"layer {i} ({slot.prefix}, op #{op.index}): {reason}"
@@ -186,7 +186,7 @@ def mobilenet_v2_from_tflite(path: str | Path, drop_background: bool = True) -> 
     model = build(width, classes - 1 if drop else classes)
     state = model.state_dict()
     consumed: list[int] = []
-    for op, slot in zip(ops, _slots(model)):
+    for op, slot in zip(ops, _slots(model), strict=True):
         weight = graph.constant_source(op.inputs[1])
         bias_tensor = graph.constant_source(op.inputs[2] if len(op.inputs) > 2 else None)
         consumed += [t.index for t in (weight, bias_tensor) if t is not None]
@@ -215,4 +215,3 @@ def _check_all_consumed(graph: TFLiteModel, consumed: list[int], width: float) -
             else f"tensor {graph.tensors[used_twice[0]].name!r} feeds two layers"
         )
         raise WeightsError(f"{graph.path}: at width {width} {what}; the file holds more than a MobileNetV2 classifier")
-

@@ -26,8 +26,9 @@ def tflite_conv_weight(kernel: np.ndarray, depthwise: bool) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(kernel.transpose(order)))
 
 
-def fold_batch_norm(weight: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, mean: torch.Tensor,
-                    var: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def fold_batch_norm(
+    weight: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight, bias) of a convolution followed by BatchNorm, as TFLite's converter folds them."""
     scale = gamma / torch.sqrt(var + eps)
     return weight * scale.view(-1, 1, 1, 1), beta - mean * scale

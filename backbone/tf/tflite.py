@@ -25,10 +25,19 @@ from common.errors import WeightsError
 
 _TYPE_NAMES = {value: name for name, value in vars(tflite.TensorType).items() if not name.startswith("_")}
 _NUMPY_DTYPES = {
-    "FLOAT32": "<f4", "FLOAT16": "<f2", "FLOAT64": "<f8",
-    "INT8": "i1", "UINT8": "u1", "INT16": "<i2", "UINT16": "<u2",
-    "INT32": "<i4", "UINT32": "<u4", "INT64": "<i8", "UINT64": "<u8", "BOOL": "?",
-}  # fmt: skip
+    "FLOAT32": "<f4",
+    "FLOAT16": "<f2",
+    "FLOAT64": "<f8",
+    "INT8": "i1",
+    "UINT8": "u1",
+    "INT16": "<i2",
+    "UINT16": "<u2",
+    "INT32": "<i4",
+    "UINT32": "<u4",
+    "INT64": "<i8",
+    "UINT64": "<u8",
+    "BOOL": "?",
+}
 _OPTION_CLASSES = {value: name for name, value in vars(tflite.BuiltinOptions).items() if not name.startswith("_")}
 # Option fields stored as enums, reported by name ("SAME", "RELU6") so importers compare readable values.
 _ENUM_FIELDS = {
@@ -257,4 +266,3 @@ def _fields(cls: type) -> list[tuple[str, Callable[[Any], Any]]]:
         name = re.sub(r"(?<!^)(?=[A-Z])", "_", attr.removesuffix("AsNumpy")).lower()
         fields.append((name, member))
     return fields
-

