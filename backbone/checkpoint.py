@@ -152,7 +152,7 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
             f"{source}: weights do not fit {type(model).__name__} (width {width}): {'; '.join(parts)}. "
             "Is it a checkpoint of another architecture or width?"
         )
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
 def model_from_checkpoint(

@@ -152,7 +152,7 @@ def _fill(source: str, model: MobileDeepLabV3, found: list[str], load: LayerLoad
         with torch.no_grad():
             conv.weight.copy_(weight)
             if isinstance(module, ConvBNAct):
-                module.bn.load_state_dict(bias_as_batch_norm(bias, module.bn.eps), strict=True)
+                module.bn.load_state_dict(bias_as_batch_norm(bias, module.bn.eps), strict=False)
             else:
                 conv.bias.copy_(bias)
     model.eval()

@@ -152,7 +152,7 @@ def import_graph(
         raise WeightsError(
             f"{source}: {len(wrong)} shapes differ from preset {preset.name!r} (another width?), e.g. {wrong[0]}"
         )
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=False)
     return model.eval()
 
 

@@ -243,7 +243,7 @@ def transfer_weights(
             copied[key] = state[key]
             report.transferred += 1
     report.reinitialised += [f"{prefix}: not in the source" for prefix in sorted(absent)]
-    model.load_state_dict(copied, strict=True)
+    model.load_state_dict(copied, strict=False)
     return report
 
 
