@@ -246,7 +246,13 @@ def ship_int8(root: Path, out: Path, detector: Path, segmenter: Path, calibratio
     (the .[mobile] extra and mediapipe) is not installed."""
     from tools import mediapipe_tasks
     from tools.export_graphs import load_graph
-    from tools.export_litert import calibration_set, export_tflite, installed, mediapipe_reference
+    from tools.export_litert import (
+        calibration_set,
+        export_tflite,
+        installed,
+        mediapipe_reference,
+        nothing_decided_note,
+    )
 
     if not (installed() and mediapipe_tasks.available()):
         return None
@@ -257,7 +263,9 @@ def ship_int8(root: Path, out: Path, detector: Path, segmenter: Path, calibratio
         graph = load_graph(checkpoint)
         calibration, source = calibration_set(None, None, {"args": graph.training_args}, calibration_images)
         path = out / "phone" / f"{checkpoint.parent.name}_int8.tflite"
-        export_tflite(graph, path, calibration, source, check_images)
+        checks = export_tflite(graph, path, calibration, source, check_images)
+        if note := nothing_decided_note(checks):
+            print(f"{path.name}: {note}", flush=True)
         graphs.append(graph)
         files.append(path)
     records = boxes_ds.records

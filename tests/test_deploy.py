@@ -119,7 +119,13 @@ def assert_detector_agrees(path: Path, detector: Detector, photos: dict[str, np.
     found = mediapipe_tasks.detect(path, list(photos.values()), score_threshold=0.3)
     expected = detector(list(photos.values()), score_threshold=0.3)
     as_tensors = [
-        {"boxes": torch.from_numpy(e.boxes), "scores": torch.from_numpy(e.scores), "labels": torch.from_numpy(e.labels)}
+        export_litert.with_runner_up(
+            {
+                "boxes": torch.from_numpy(e.boxes),
+                "scores": torch.from_numpy(e.scores),
+                "labels": torch.from_numpy(e.labels),
+            }
+        )
         for e in expected
     ]
     verdicts = export_litert.detections_agree(
@@ -129,7 +135,7 @@ def assert_detector_agrees(path: Path, detector: Detector, photos: dict[str, np.
     for name, ours, theirs, (agrees, summary) in zip(names, expected, found, verdicts, strict=True):
         assert agrees, f"{name}: {summary}"
         assert set(theirs["names"]) <= set(detector.class_names[1:]), theirs["names"]
-        if name in targets and len(ours.scores) and ours.scores[0] >= export_litert.DETECTION_SCORE:
+        if name in targets and len(ours.scores) and ours.scores[0] >= export_litert.SCORE_THRESHOLD:
             confident += 1
             assert len(theirs["scores"]) and theirs["names"][0] == ours.names[0], name
             assert np.abs(theirs["boxes"][0] - ours.boxes[0]).max() <= 5.0, (name, theirs["boxes"][0], ours.boxes[0])

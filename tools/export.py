@@ -40,7 +40,7 @@ from tools.export_formats import DEFAULT_OPSET, FORMATS, OPSETS, Check, export, 
 from tools.export_graphs import ATOL, ExportGraph, load_graph
 from tools.export_litert import DATA_KINDS as CALIBRATION_KINDS
 from tools.export_litert import DEFAULT_COUNT as DEFAULT_CALIBRATION_COUNT
-from tools.export_litert import build_tflite, calibration_set
+from tools.export_litert import build_tflite, calibration_set, nothing_decided_note
 
 MIN_SIDE = 32  # SSDLite's six maps need at least 32×32
 
@@ -217,6 +217,8 @@ def export_command(args: argparse.Namespace) -> list[Path]:
     for checks in tables:
         if checks:
             print(format_table(checks))
+    if on_device and (note := nothing_decided_note(on_device[2])):
+        print(note)
     for path in paths:
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return paths
