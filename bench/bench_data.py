@@ -25,7 +25,7 @@ from bench.models import engine_sgd
 TITLE = "Data pipeline: does the loader keep a step fed, and images per second per worker"
 COMMAND = "python -m bench.run --only data"
 KEEP_UP_BATCH = 32
-KEEP_UP_TARGET = 1.05  # issue 15: a step fed by the loader costs at most 5% more than one on ready tensors
+KEEP_UP_TARGET = 1.05  # target: a step fed by the loader costs at most 5% more than one on ready tensors
 
 
 def _keep_up_schedule(quick: bool) -> tuple[int, int, int]:

@@ -32,8 +32,8 @@ from tools.litert_runtime import LiteRTModel, phone_input
 
 TITLE = "Deploy: phone files in LiteRT and MediaPipe Tasks beside Google's int8 TFLite and TensorFlow"
 COMMAND = "python -m bench.run --only deploy"
-DEEPLAB_TARGET = 1.0  # issue 13: our int8 DeepLab ≤ 1.0× the latency of Google's int8 TFLite
-SSDLITE_TARGET = 0.8  # issue 13: our int8 SSDLite ≤ 0.8× the latency of TensorFlow's fp32 frozen graph
+DEEPLAB_TARGET = 1.0  # target: our int8 DeepLab ≤ 1.0× the latency of Google's int8 TFLite
+SSDLITE_TARGET = 0.8  # target: our int8 SSDLite ≤ 0.8× the latency of TensorFlow's fp32 frozen graph
 VOC_SAMPLES = ("vainf_1", "vainf_23", "vainf_114")
 GOOGLE_DEEPLAB = "coral/deeplabv3_mnv2_pascal_quant.tflite"
 

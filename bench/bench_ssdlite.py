@@ -34,7 +34,7 @@ from bench.ssdlite_training import training_parts
 TITLE = "SSDLite: inference and training beside TensorFlow and torchvision"
 COMMAND = "python -m bench.run --only ssdlite"
 CL = torch.channels_last
-INFERENCE_TARGET = 1.2  # issue 15: ours with post-processing ≥ 1.2× the same-architecture reference's speed
+INFERENCE_TARGET = 1.2  # target: ours with post-processing ≥ 1.2× the same-architecture reference's speed
 
 
 def _ms(seconds: list[float]) -> float:

@@ -26,7 +26,7 @@ from bench.models import engine_sgd, our_ssdlite, random_boxes, torchvision_ssdl
 
 CL = torch.channels_last
 TRAIN_BATCH = 8
-TARGET = 1.3  # issue 15: our step ≥ 1.3× the same-architecture reference's images/s
+TARGET = 1.3  # target: our step ≥ 1.3× the same-architecture reference's images/s
 LOSS_BATCH, LOSS_OBJECTS = 32, 20
 SHORT_RUN_IMAGES = 8000  # a short CPU fine-tune: 10 epochs of the 800-image synthetic training set
 LABELS = {

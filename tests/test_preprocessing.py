@@ -17,6 +17,7 @@ from common.images import read_image, resize_pixels
 from ssdlite import SSDLitePreset
 from ssdlite import checkpoint_dict as checkpoint_of
 from tests.asset_files import asset
+from tests.tolerances import float32_close, layer_stats
 
 REFERENCES = Path(__file__).parent / "references" / "tf_pedestrian_raw_photos.json"
 OLD_DEEPLAB = Path(__file__).parent / "references" / "deeplab_layout_2026_11.pt"
@@ -167,8 +168,15 @@ def test_a_checkpoint_of_the_previous_layout_loads_with_the_same_outputs():
         "preset_config" in checkpoint and model.preset.bn_eps == 1e-3 and model.preset.resize == "tf_bilinear_aligned"
     )
     assert model.preset.input_mode == "resize" and model.class_names == ["background", "cat", "dog"]
+    reference = checkpoint["reference_logits"]
     with torch.no_grad():
-        assert torch.equal(model(checkpoint["reference_input"]), checkpoint["reference_logits"])
+        logits = model(checkpoint["reference_input"])
+    # The stored logits were computed on another machine, whose kernels may add in another order: the same network
+    # in float32, bounded by its depth and widest fan-in (tolerances.float32_close); a wrong conversion (another
+    # pooling, BN eps or resize) moves them by orders of magnitude more.
+    torch.testing.assert_close(
+        logits, reference, **float32_close(*layer_stats(model), scale=reference.abs().max().item())
+    )
 
 
 def test_new_checkpoints_hold_one_config_and_say_how_flags_changed_a_preset(tmp_path):
