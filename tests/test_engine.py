@@ -3,6 +3,7 @@ and DDP under torchrun matching one process on the same global batch."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from backbone.checkpoint import load_checkpoint, save_checkpoint
 from train.optim import lr_factor, parameter_groups
 
 TOY = Path(__file__).resolve().parent / "toy_task.py"
+STEPS_PER_EPOCH = 8  # 64 samples, batch 8
 
 
 def toy(tmp_path: Path, *flags: str, torchrun: int = 0) -> subprocess.CompletedProcess:
@@ -40,12 +42,29 @@ def toy(tmp_path: Path, *flags: str, torchrun: int = 0) -> subprocess.CompletedP
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
+def toy_in_process(capsys, tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
+    """What `toy` reports (exit status, stdout, stderr), with toy_task.main called in this process (run_toy below):
+    a new Python costs 8-10 s of imports. Signals, torch.compile and torchrun keep real processes."""
+    capsys.readouterr()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses' OMP_NUM_THREADS=1: the same kernels add in the same order
+    try:
+        run_toy(tmp_path, *flags)
+        status = 0
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    finally:
+        torch.set_num_threads(threads)
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(list(flags), status, captured.out, captured.err)
+
+
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]
 
 
-def test_a_run_writes_the_result_folder(tmp_path):
-    result = toy(tmp_path, "--name", "a", "--epochs", "2")
+def test_a_run_writes_the_result_folder(tmp_path, capsys):
+    result = toy_in_process(capsys, tmp_path, "--name", "a", "--epochs", "2")
     assert result.returncode == 0, result.stderr
     run = tmp_path / "a"
     for name in ("last.pt", "best.pt", "args.json", "metrics.jsonl"):
@@ -55,19 +74,21 @@ def test_a_run_writes_the_result_folder(tmp_path):
     assert [r["epoch"] for r in records if "val/score" in r] == [1, 2]
     assert json.loads((run / "args.json").read_text())["epochs"] == 2
     # A second run with the same name goes to a new folder instead of overwriting.
-    assert toy(tmp_path, "--name", "a", "--epochs", "1").returncode == 0
+    assert toy_in_process(capsys, tmp_path, "--name", "a", "--epochs", "1").returncode == 0
     assert (tmp_path / "a2" / "last.pt").is_file()
 
 
-def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path):
-    straight = toy(tmp_path, "--name", "straight", "--epochs", "3")
+@pytest.mark.numeric
+def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path, capsys):
+    straight = toy_in_process(capsys, tmp_path, "--name", "straight", "--epochs", "3")
     assert straight.returncode == 0, straight.stderr
     interrupted = toy(tmp_path, "--name", "cut", "--epochs", "3", "--kill-at-step", "11")
     assert interrupted.returncode == 0, interrupted.stderr
     assert "SIGTERM: saved" in interrupted.stderr and "--resume" in interrupted.stderr
     ckpt = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (1, 3)  # 8 steps per epoch: stopped after step 11
-    resumed = toy(tmp_path, "--resume", str(tmp_path / "cut" / "last.pt"))
+    # the SIGTERM above is a real process's; the straight run and the resume run in this one
+    resumed = toy_in_process(capsys, tmp_path, "--resume", str(tmp_path / "cut" / "last.pt"))
     assert resumed.returncode == 0, resumed.stderr
     a, b = weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "cut" / "last.pt")
     for key in a:
@@ -77,8 +98,12 @@ def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path):
     assert all(torch.allclose(ema_a[k], ema_b[k], atol=1e-6) for k in ema_a)
 
 
-def test_compile_trains_the_same_weights_and_saves_plain_checkpoints(tmp_path):
-    eager = toy(tmp_path, "--name", "eager", "--epochs", "1")
+# Not among the numeric reruns: Inductor writes its own kernels for the CPU it finds, whatever ATEN_CPU_CAPABILITY
+# says, and under ATEN_CPU_CAPABILITY=default their C++ does not compile ("'at::vec' has not been declared",
+# torch 2.14).
+def test_compile_trains_the_same_weights_and_saves_plain_checkpoints(tmp_path, capsys):
+    eager = toy_in_process(capsys, tmp_path, "--name", "eager", "--epochs", "1")
+    # its own process: torch.compile's caches and compiler stay out of pytest's
     compiled = toy(tmp_path, "--name", "compiled", "--epochs", "1", "--compile")
     assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr
     a, b = weights(tmp_path / "eager" / "last.pt"), weights(tmp_path / "compiled" / "last.pt")
@@ -87,24 +112,25 @@ def test_compile_trains_the_same_weights_and_saves_plain_checkpoints(tmp_path):
         assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
-    assert toy(tmp_path, "--name", "n", "--epochs", "1").returncode == 0
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, capsys):
+    assert toy_in_process(capsys, tmp_path, "--name", "n", "--epochs", "1").returncode == 0
     last = tmp_path / "n" / "last.pt"
     before = last.read_bytes()
-    result = toy(tmp_path, "--name", "n", "--exist-ok", "--epochs", "2", "--nan-at-step", "3")
+    result = toy_in_process(capsys, tmp_path, "--name", "n", "--exist-ok", "--epochs", "2", "--nan-at-step", "3")
     assert result.returncode == 3
     assert "loss became nan at epoch 1, step 3" in result.stderr and "Traceback" not in result.stderr
     assert last.read_bytes() == before
 
 
-def test_resume_of_a_missing_checkpoint_is_one_line(tmp_path):
-    result = toy(tmp_path, "--resume", str(tmp_path / "nope" / "last.pt"))
+def test_resume_of_a_missing_checkpoint_is_one_line(tmp_path, capsys):
+    result = toy_in_process(capsys, tmp_path, "--resume", str(tmp_path / "nope" / "last.pt"))
     assert result.returncode != 0
     assert "nope/last.pt: no such file" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_torchrun_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
-    one = toy(tmp_path, "--name", "one", "--epochs", "2", "--ema-decay", "0")
+@pytest.mark.numeric
+def test_torchrun_two_processes_match_one_process_on_the_same_global_batch(tmp_path, capsys):
+    one = toy_in_process(capsys, tmp_path, "--name", "one", "--epochs", "2", "--ema-decay", "0")
     two = toy(tmp_path, "--name", "two", "--epochs", "2", "--ema-decay", "0", torchrun=2)
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
@@ -124,7 +150,7 @@ def test_no_weight_decay_on_norms_and_biases():
 def test_schedules_warm_up_then_decay(schedule, end):
     factors = [lr_factor(s, 100, 10, schedule) for s in range(101)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=True))
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
     assert factors[100] == pytest.approx(end)
 
 
@@ -207,12 +233,12 @@ def test_a_full_disk_says_what_survived(tmp_path, capsys, monkeypatch):
     assert load_checkpoint(tmp_path / "d" / "last.pt")["epoch"] == 1  # the first save survived whole
 
 
-def test_a_dataset_error_in_a_worker_is_the_same_one_line_error(tmp_path):
+def test_a_dataset_error_in_a_worker_is_the_same_one_line_error(tmp_path, capsys):
     messages = []
     for workers in ("0", "2"):
-        result = toy(
-            tmp_path, "--name", f"w{workers}", "--epochs", "1", "--corrupt-at-index", "5", "--workers", workers
-        )
+        flags = ("--name", f"w{workers}", "--epochs", "1", "--corrupt-at-index", "5", "--workers", workers)
+        # in this process without workers; with them, a real process whose DataLoader workers raise the error
+        result = toy_in_process(capsys, tmp_path, *flags) if workers == "0" else toy(tmp_path, *flags)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         messages.append(result.stderr.strip().splitlines()[-1])
     assert messages[0] == messages[1] == "error: toy/5.jpg: cannot decode image. Replace or remove the file"

@@ -3,6 +3,7 @@ points then resume, SIGTERM to the whole process group, two runs started with on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from backbone.checkpoint import load_checkpoint
 
@@ -36,6 +38,33 @@ def toy(tmp_path: Path, *flags: str, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread, as the subprocesses' OMP_NUM_THREADS=1: in-process runs add in the same order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def toy_in_process(capsys, tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
+    """What `toy` reports, with toy_task.main called in this process: for runs that only finish or refuse a run
+    (a new Python costs 8-10 s of imports); the faults themselves (kill -9, SIGTERM, live runs) stay real processes."""
+    import toy_task
+
+    capsys.readouterr()
+    try:
+        with one_thread():
+            toy_task.main(["--project", str(tmp_path), "--no-progress", "--device", "cpu", *flags])
+        status = 0
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(list(flags), status, captured.out, captured.err)
+
+
 def max_difference(a: Path, b: Path) -> float:
     """Largest absolute difference over the model and EMA tensors of two checkpoints."""
     ca, cb = load_checkpoint(a), load_checkpoint(b)
@@ -45,29 +74,34 @@ def max_difference(a: Path, b: Path) -> float:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("straight")
-    result = toy(root, "--name", "straight", *RUN)
-    assert result.returncode == 0, result.stderr
-    return root / "straight" / "last.pt"
+    import toy_task
+
+    root = tmp_path_factory.mktemp("straight")  # the reference run needs no process of its own
+    with one_thread():
+        run = toy_task.main(["--project", str(root), "--no-progress", "--device", "cpu", "--name", "straight", *RUN])
+    return run / "last.pt"
 
 
 @pytest.mark.slow
-def test_kill9_at_ten_random_points_then_resume_ends_with_the_uninterrupted_weights(tmp_path, uninterrupted):
+def test_kill9_at_random_points_then_resume_ends_with_the_uninterrupted_weights(tmp_path, uninterrupted, capsys):
+    # Four seeded kills (each a real process, 8-10 s), two of each phase: mid-step, and half-way through a
+    # checkpoint write (whose temporary the next start must clean). Ten random points repeated these phases.
     rng, last = random.Random(14), tmp_path / "k" / "last.pt"
-    for trial in range(10):
+    for trial, phase in enumerate(["step", "save", "step", "save"]):
         done = load_checkpoint(last)["epoch"] * STEPS_PER_EPOCH if last.exists() else 0
         remaining = EPOCHS * STEPS_PER_EPOCH - done
         # a step before the end, or half-way through the 1st/2nd checkpoint write (not in the last epoch, where
         # the run could finish first): every trial is a real kill
+        assert phase == "step" or remaining > STEPS_PER_EPOCH, (trial, remaining)
         fault = (
             ["--kill9-in-save", str(rng.randint(1, 2))]
-            if remaining > STEPS_PER_EPOCH and rng.random() < 0.3
+            if phase == "save"
             else ["--kill9-at-step", str(rng.randint(1, min(12, remaining - 1)))]
         )
         start = ["--resume", str(last)] if last.exists() else ["--name", "k", "--exist-ok", *RUN]
         result = toy(tmp_path, *start, *fault)
         assert result.returncode == -signal.SIGKILL, (trial, fault, result.stderr[-2000:])
-    result = toy(tmp_path, "--resume", str(last))
+    result = toy_in_process(capsys, tmp_path, "--resume", str(last))  # finishing needs no process of its own
     assert result.returncode == 0, result.stderr[-2000:]
     assert max_difference(uninterrupted, last) == 0.0
     assert not list(last.parent.glob(".*.tmp*"))  # a killed save's temporary is cleaned at the next start
@@ -76,14 +110,16 @@ def test_kill9_at_ten_random_points_then_resume_ends_with_the_uninterrupted_weig
     assert [r["epoch"] for r in records if "val/score" in r] == list(range(1, EPOCHS + 1))
 
 
-def test_sigterm_to_the_process_group_checkpoints_and_resumes_exactly(tmp_path, uninterrupted):
+@pytest.mark.numeric
+def test_sigterm_to_the_process_group_checkpoints_and_resumes_exactly(tmp_path, uninterrupted, capsys):
     # its own session, so the signal reaches the run and its workers but not pytest
     result = toy(tmp_path, "--name", "g", *RUN, "--term-group-at-step", "12", start_new_session=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SIGTERM: saved" in result.stderr and "Traceback" not in result.stderr
     last = tmp_path / "g" / "last.pt"
     assert (load_checkpoint(last)["epoch"], load_checkpoint(last)["step_in_epoch"]) == (1, 4)
-    resumed = toy(tmp_path, "--resume", str(last), "--workers", "0")  # another worker count: same samples
+    # in this process (the SIGTERM above is the real one): another worker count, same samples
+    resumed = toy_in_process(capsys, tmp_path, "--resume", str(last), "--workers", "0")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert max_difference(uninterrupted, last) == 0.0
 
@@ -112,7 +148,7 @@ def test_two_runs_started_with_one_name_get_a_folder_each(tmp_path):
         assert len((tmp_path / folder / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-def test_exist_ok_is_refused_while_a_live_run_holds_the_folder(tmp_path):
+def test_exist_ok_is_refused_while_a_live_run_holds_the_folder(tmp_path, capsys):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     holder = subprocess.Popen(
         command(tmp_path, "--name", "busy", "--epochs", "1000", "--workers", "0"),
@@ -122,13 +158,17 @@ def test_exist_ok_is_refused_while_a_live_run_holds_the_folder(tmp_path):
         env=env,
     )
     try:
-        lock = tmp_path / "busy" / ".lock"
+        lock, metrics = tmp_path / "busy" / ".lock", tmp_path / "busy" / "metrics.jsonl"
         deadline = time.monotonic() + 120
+        # until it trains (a metrics line: its SIGTERM handler is in place), not only holds the lock
         while (
-            not (lock.is_file() and lock.read_text().strip()) and holder.poll() is None and time.monotonic() < deadline
+            not (lock.is_file() and lock.read_text().strip() and metrics.is_file() and metrics.read_text().strip())
+            and holder.poll() is None
+            and time.monotonic() < deadline
         ):
             time.sleep(0.2)
-        second = toy(tmp_path, "--name", "busy", "--exist-ok", "--epochs", "1", "--workers", "0")
+        # the live holder is a real process; the refused run may be this one
+        second = toy_in_process(capsys, tmp_path, "--name", "busy", "--exist-ok", "--epochs", "1", "--workers", "0")
         assert holder.poll() is None, holder.stderr.read()  # still training while the second run was refused
         assert second.returncode == 2
         assert second.stderr.strip().splitlines() == [
@@ -140,6 +180,5 @@ def test_exist_ok_is_refused_while_a_live_run_holds_the_folder(tmp_path):
     finally:
         holder.send_signal(signal.SIGTERM)
         assert holder.wait(timeout=120) == 0  # checkpointed and left
-    assert (
-        toy(tmp_path, "--name", "busy", "--exist-ok", "--epochs", "1", "--workers", "0").returncode == 0
-    )  # free again
+    again = toy_in_process(capsys, tmp_path, "--name", "busy", "--exist-ok", "--epochs", "1", "--workers", "0")
+    assert again.returncode == 0, again.stderr[-2000:]  # free again
