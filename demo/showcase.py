@@ -130,7 +130,7 @@ def best_checkpoint(run_dir: Path) -> Path:
     return run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
 
 
-def train_both(root: Path, out: Path, recipe: Recipe, workers: int) -> tuple[Path, Path]:
+def train_both(root: Path, out: Path, recipe: Recipe, workers: int, seed: int) -> tuple[Path, Path]:
     """Fine-tune SSDLite and Mobile DeepLabv3 from `recipe.source` on the synthetic set; their checkpoints."""
     from train.deeplab import main as train_deeplab
     from train.ssdlite import main as train_ssdlite
@@ -151,6 +151,8 @@ def train_both(root: Path, out: Path, recipe: Recipe, workers: int) -> tuple[Pat
         "1e-4",
         "--workers",
         str(workers),
+        "--seed",
+        str(seed),
         "--project",
         str(out / "train"),
         "--exist-ok",
@@ -408,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="training epochs for each head (default: 5 for each head; 1 for a smoke run)",
     )
     parser.add_argument("--workers", type=int, default=1, help="data loading processes (default: 1)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of both training runs (default: 0; docs/training.md: the spread)"
+    )
     return parser
 
 
@@ -439,7 +444,7 @@ def showcase(args: argparse.Namespace) -> int:
 
     announce(f"3/7 fine-tuning SSDLite and Mobile DeepLabv3 from {recipe.source} on the CPU")
     t0 = time.perf_counter()
-    detector, segmenter = train_both(root, out, recipe, args.workers)
+    detector, segmenter = train_both(root, out, recipe, args.workers, args.seed)
     train_seconds = time.perf_counter() - t0
 
     announce("4/7 evaluating: COCO mAP and mIoU reports")

@@ -35,8 +35,9 @@ def synthetic_root(tmp_path_factory) -> Path:
     ).root
 
 
-# ---- models trained once per session on the synthetic set: the learning checks score them (test_learning.py),
-# the deploy checks ship them to int8 phone files (test_deploy.py)
+# ---- `make demo`'s job, run once per session on a synthetic learning set. What it trains, evaluates and ships is
+# what the learning checks score (test_learning.py), the deploy checks run in MediaPipe (test_deploy.py) and the demo
+# test reads (test_showcase.py): one fine-tuning of each head serves all three.
 
 SCRATCH = [
     "--width-mult",
@@ -58,42 +59,27 @@ SCRATCH = [
     "--seed",
     "0",
 ]
-# The best fine-tuning recipe measured so far (docs/custom_data.md has the measurements).
-FINE_TUNE = [
-    "--preset",
-    "ssdlite320_coco",
-    "--image-size",
-    "160",
-    "--optimizer",
-    "adamw",
-    "--lr",
-    "3e-3",
-    "--warmup-epochs",
-    "0.2",
-    "--weight-decay",
-    "1e-4",
-    "--batch-size",
-    "32",
-    "--epochs",
-    "6",
-    "--eval-interval",
-    "6",
-    "--workers",
-    "1",
-    "--no-progress",
-    "--seed",
-    "0",
-]
+LEARNING_SET = {"num_train": 400, "num_val": 100, "size": 128}  # drawn with seed 0
+DEMO_EPOCHS = 2  # each head's epochs in the session's demo run (docs/training.md: what it reaches, over seeds)
 
 
 @pytest.fixture(scope="session")
-def generalisation_set(tmp_path_factory) -> Path:
-    """The synthetic dataset at 128 px: 1,000 train and 100 val images (about 2 s to draw)."""
+def learning_set(tmp_path_factory) -> Path:
+    """The synthetic dataset the session's demo run trains and evaluates on (LEARNING_SET)."""
     from datasets.synthetic import generate
 
-    return generate(
-        tmp_path_factory.mktemp("gen") / "data", num_train=1000, num_val=100, seed=0, size=128, progress=False
-    ).root
+    return generate(tmp_path_factory.mktemp("learning") / "data", seed=0, progress=False, **LEARNING_SET).root
+
+
+@pytest.fixture(scope="session")
+def demo_run(learning_set, tmp_path_factory) -> Path:
+    """`python -m demo.showcase --epochs DEMO_EPOCHS` on the learning set: its output folder (REPORT.md, train/,
+    eval/, phone/ with the int8 files it shipped)."""
+    from demo.showcase import main
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    assert main(["--out", str(out), "--data-root", str(learning_set), "--epochs", str(DEMO_EPOCHS)]) == 0
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -110,56 +96,3 @@ def pedestrian(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("pedestrian") / "ssdlite_pedestrian.pt"
     SSDLITE_PEDESTRIAN.convert(graph, path)
     return path
-
-
-@pytest.fixture(scope="session")
-def synthetic_deeplab(generalisation_set, tmp_path_factory) -> Path:
-    """Mobile DeepLabv3 (width 0.5) trained from scratch on the synthetic set for 15 epochs: its run folder."""
-    from train.deeplab import main as train
-
-    common = [arg for arg in SCRATCH if arg != "--no-augment"]
-    return train(
-        [
-            "--data",
-            "synthetic",
-            "--data-root",
-            str(generalisation_set),
-            "--crop-size",
-            "128",
-            "--min-scale",
-            "0.75",
-            "--max-scale",
-            "1.5",
-            "--epochs",
-            "15",
-            "--eval-interval",
-            "15",
-            "--project",
-            str(tmp_path_factory.mktemp("deeplab")),
-            "--name",
-            "deeplab",
-            *common,
-        ]
-    )
-
-
-@pytest.fixture(scope="session")
-def synthetic_ssdlite(pedestrian, generalisation_set, tmp_path_factory) -> Path:
-    """SSDLite fine-tuned from the pedestrian detector on the synthetic set (FINE_TUNE): its run folder."""
-    from train.ssdlite import main as train
-
-    return train(
-        [
-            "--data",
-            "synthetic",
-            "--data-root",
-            str(generalisation_set),
-            "--weights",
-            str(pedestrian),
-            "--project",
-            str(tmp_path_factory.mktemp("ssdlite")),
-            "--name",
-            "ssdlite",
-            *FINE_TUNE,
-        ]
-    )

@@ -247,35 +247,19 @@ def test_mediapipe_image_segmenter_runs_the_int8_coral_file(deeplab_int8, assets
 
 @needs_phone_tools
 @pytest.mark.slow
-def test_models_fine_tuned_here_ship_to_mediapipe(
-    synthetic_ssdlite, synthetic_deeplab, generalisation_set, tmp_path
-) -> None:
-    """The two checks above for the 5-class models trained on the synthetic set (calibrated on their own training
-    images, which the export finds from the checkpoint)."""
-    val = synthetic_detection(generalisation_set, "val").records[:8]
+def test_models_fine_tuned_here_ship_to_mediapipe(demo_run, learning_set) -> None:
+    """The two checks above for the 5-class models the session's demo run fine-tuned and shipped (calibrated on
+    their own training images, which the export found from the checkpoint), on 8 val images."""
+    val = synthetic_detection(learning_set, "val").records[:8]
     images = {record.path.name: read_image(record.path) for record in val}
-    for run in (synthetic_ssdlite, synthetic_deeplab):
-        export_in_subprocess(
-            str(run / "best.pt"),
-            "--format",
-            "tflite",
-            "--int8",
-            "--out",
-            str(tmp_path / run.name),
-            "--images",
-            *[str(record.path) for record in val[:4]],
-        )
-    detector_file = tmp_path / "ssdlite" / "best_int8.tflite"
+    detector_file, segmenter_file = (demo_run / "phone" / f"{name}_int8.tflite" for name in ("ssdlite", "deeplab"))
     assert read_labels(detector_file) == list(SYNTHETIC_CLASSES)
-    assert_detector_agrees(
-        detector_file, Detector.from_pretrained(synthetic_ssdlite / "best.pt"), images, targets=list(images)
-    )
-    segmenter_file = tmp_path / "deeplab" / "best_int8.tflite"
+    detector = Detector.from_pretrained(demo_run / "train" / "ssdlite" / "best.pt")
+    assert_detector_agrees(detector_file, detector, images, targets=list(images))
     assert read_labels(segmenter_file) == ["background", *SYNTHETIC_CLASSES]
     assert "the checkpoint's training data" in read_tflite_metadata(segmenter_file)[0]["calibration"]
-    assert_segmenter_agrees(
-        segmenter_file, Segmenter.from_pretrained(synthetic_deeplab / "best.pt"), list(images.values())
-    )
+    segmenter = Segmenter.from_pretrained(demo_run / "train" / "deeplab" / "best.pt")
+    assert_segmenter_agrees(segmenter_file, segmenter, list(images.values()))
 
 
 @needs_phone_tools

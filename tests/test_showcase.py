@@ -1,4 +1,5 @@
-"""`make demo`'s job (demo/showcase.py) end to end on the small synthetic set and, where present, the real assets."""
+"""`make demo`'s job (demo/showcase.py) end to end: the session's demo run (conftest.demo_run) on the synthetic
+learning set and, where present, the real assets."""
 
 from __future__ import annotations
 
@@ -8,16 +9,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from demo.showcase import main
 
-
-def test_showcase_trains_evaluates_and_renders_a_report(tmp_path, synthetic_root, assets_dir):
-    out = tmp_path / "demo"
-    assert main(["--out", str(out), "--data-root", str(synthetic_root), "--epochs", "1"]) == 0
+def test_showcase_trains_evaluates_and_renders_a_report(demo_run, assets_dir):
+    out = demo_run
     report = (out / "REPORT.md").read_text()
     assert "| MobileNetV2 1.0 | 224×224 | 3,504,872 |" in report
     sheet = np.asarray(Image.open(out / "synthetic_sheet.png"))
-    assert sheet.shape == (2 * 128, 4 * 128, 3)  # 4 val images: boxes above, masks below
+    assert sheet.shape == (2 * 128, 8 * 128, 3)  # 8 val images: boxes above, masks below
 
     # Both heads were trained and evaluated: the reached figures are stated and their reports linked.
     ap50 = re.search(r"COCO mAP@0.5 ([0-9.]+)", report)
