@@ -59,7 +59,7 @@ SCRATCH = [
     "--seed",
     "0",
 ]
-LEARNING_SET = {"num_train": 400, "num_val": 100, "size": 128}  # drawn with seed 0
+LEARNING_SET = {"num_train": 1000, "num_val": 100, "size": 128}  # drawn with seed 0
 DEMO_EPOCHS = 2  # each head's epochs in the session's demo run (docs/training.md: what it reaches, over seeds)
 
 
