@@ -226,6 +226,7 @@ def assert_segmenter_agrees(path: Path, segmenter: Segmenter, images: list[np.nd
 
 @needs_phone_tools
 @pytest.mark.slow
+@pytest.mark.numeric
 def test_mediapipe_object_detector_runs_the_int8_pedestrian_file(pedestrian_int8, pedestrian, assets_dir) -> None:
     assert read_labels(pedestrian_int8) == ["person"]  # the label file MediaPipe and Android Studio read
     assert_detector_agrees(
@@ -238,6 +239,7 @@ def test_mediapipe_object_detector_runs_the_int8_pedestrian_file(pedestrian_int8
 
 @needs_phone_tools
 @pytest.mark.slow
+@pytest.mark.numeric
 def test_mediapipe_image_segmenter_runs_the_int8_coral_file(deeplab_int8, assets_dir) -> None:
     path, _ = deeplab_int8
     segmenter = Segmenter.from_pretrained("deeplab_coral_voc")
@@ -247,6 +249,7 @@ def test_mediapipe_image_segmenter_runs_the_int8_coral_file(deeplab_int8, assets
 
 @needs_phone_tools
 @pytest.mark.slow
+@pytest.mark.numeric
 def test_models_fine_tuned_here_ship_to_mediapipe(demo_run, learning_set) -> None:
     """The two checks above for the 5-class models the session's demo run fine-tuned and shipped (calibrated on
     their own training images, which the export found from the checkpoint), on 8 val images."""
@@ -270,6 +273,7 @@ def test_the_export_prints_only_its_own_lines(deeplab_int8) -> None:
     assert "calibrating on 12 images" in said and "tflite int8 MediaPipe" in said  # both runtimes' checks in the table
 
 
+@pytest.mark.numeric
 def test_googles_int8_deeplab_passes_the_verification_against_our_fp32(assets_dir) -> None:
     """The bound judges what int8 can keep: Google's own quantised file (quantisation-aware trained) agrees with
     our fp32 import where fp32 is decided, on the default photos and the VOC samples."""

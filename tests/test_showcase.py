@@ -7,9 +7,11 @@ import re
 
 import cv2
 import numpy as np
+import pytest
 from PIL import Image
 
 
+@pytest.mark.slow
 def test_showcase_trains_evaluates_and_renders_a_report(demo_run, assets_dir):
     out = demo_run
     report = (out / "REPORT.md").read_text()
