@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from common.images import normalization_stats
 from demo.classify import load_classifier, main, tf_preprocess, torchvision_preprocess
 from tools.import_tflite import main as import_main
 
@@ -40,8 +41,9 @@ def test_tf_preprocess_crops_the_centre_square_to_minus_one_one() -> None:
 
 
 def test_torchvision_preprocess_uses_imagenet_statistics() -> None:
-    x = torchvision_preprocess()(Image.new("RGB", (320, 240), (124, 116, 104)))  # ≈ the ImageNet mean
-    assert x.shape == (3, 224, 224) and x.abs().max() < 0.02
+    x = torchvision_preprocess()(Image.new("RGB", (320, 240), (124, 116, 104)))  # the ImageNet mean, to whole levels
+    _, std = normalization_stats("imagenet")
+    assert x.shape == (3, 224, 224) and x.abs().max() <= 0.5 / 255 / min(std)  # half a level, normalised
 
 
 def test_imported_checkpoint_remembers_tf_preprocessing(imported_checkpoint) -> None:
@@ -49,12 +51,15 @@ def test_imported_checkpoint_remembers_tf_preprocessing(imported_checkpoint) -> 
     assert preprocess is tf_preprocess
 
 
+@pytest.mark.numeric
 def test_cli_on_a_photo_with_imported_checkpoint(imported_checkpoint, tmp_path, capsys) -> None:
     photo, out = coral("parrot.jpg"), tmp_path / "top5.json"
     assert main(["--weights", str(imported_checkpoint), str(photo), "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert str(photo) in printed and "macaw" in printed
     top = json.loads(out.read_text())["results"][0]["top"]
+    # the file says macaw with 0.998; float32 summation order moves a probability by < 0.002 (half its logits'
+    # float32_close bound: 53 layers, 1280 terms, logits up to 16)
     assert len(top) == 5 and top[0]["index"] == 88 and top[0]["name"] == "macaw" and top[0]["probability"] > 0.9
 
 

@@ -71,7 +71,9 @@ def test_exif_rotation_is_applied(tmp_path):
     out = read_image(tmp_path / "r.jpg")
     assert out.shape == (8, 6, 3)  # width and height swap
     expected = np.rot90(gradient(6, 8), k=-1)
-    assert np.abs(out.astype(int) - expected.astype(int)).mean() < 8  # JPEG is lossy
+    # JPEG is lossy: quality 100 with halved chroma moves this gradient by 4.1 levels on average; the wrong
+    # rotation is off by 94, a mirror image by 54
+    assert np.abs(out.astype(int) - expected.astype(int)).mean() < 8
 
 
 def test_missing_file_names_the_path(tmp_path):

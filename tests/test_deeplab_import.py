@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tolerances import float32_close, layer_stats
 
 from backbone.predictor import fuse_for_inference
 from common.errors import WeightsError
@@ -61,25 +62,33 @@ def interpreter(path: Path):
     return runner
 
 
+@pytest.mark.numeric
 def test_picamera2_argmax_agrees_with_the_interpreter(voc) -> None:
-    """Float width-0.5 OS8 257×257 model: our argmax = the interpreter's on ≥ 99.5% of pixels of each image."""
+    """Float width-0.5 OS8 257×257 model: the same logits as the interpreter's up to float32 summation order, so the
+    same argmax wherever the two best classes are further apart than that, which is ≥ 99.5% of each image."""
     path = asset(PICAMERA2)
     model, settings = deeplab_from_tflite(path)
     assert settings.preset.name == "tf_mnv2_dm05_pascal_257" and settings.output == "logits"
     assert (model.preset.crop_size, model.preset.output_stride, model.preset.input_mode) == (257, 8, "resize")
     runner = interpreter(path)
     (inp,), (out,) = runner.get_input_details(), runner.get_output_details()
+    depth, terms = layer_stats(model)
     for name, (image, _) in voc.items():
         small = np.asarray(Image.fromarray(image).resize((257, 257), Image.BILINEAR))
         runner.set_tensor(inp["index"], small[None].astype(np.float32) / 127.5 - 1)
         runner.invoke()
         expected = runner.get_tensor(out["index"])[0]
         ours = predict_logits(model, [small])[0].permute(1, 2, 0).numpy()
-        agreement = (ours.argmax(-1) == expected.argmax(-1)).mean()
-        assert agreement >= 0.995, f"{name}: {agreement:.4f}"
-        assert np.abs(ours - expected).max() < 1e-2  # the same logits, up to float rounding
+        # every layer, then the bilinear upsampling of the logits (4-term sums)
+        close = float32_close(depth + 1, terms, scale=float(np.abs(expected).max()))
+        np.testing.assert_allclose(ours, expected, **close)
+        top2 = np.sort(expected, axis=-1)[..., -2:]
+        decided = top2[..., 1] - top2[..., 0] > 2 * (close["atol"] + close["rtol"] * np.abs(top2).max(-1))
+        assert (ours.argmax(-1) == expected.argmax(-1))[decided].all(), name
+        assert decided.mean() >= 0.995, f"{name}: {decided.mean():.4f}"
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize(
     "name, width, readme",
     [(CORAL, 1.0, (0.969, 0.985, 0.981)), (CORAL_DM05, 0.5, (0.965, 0.973, 0.969))],
@@ -93,6 +102,9 @@ def test_coral_quantised_models_segment_voc_images(voc, name: str, width: float,
     assert settings.input_quantization == (1 / 128, 128)
     for (image, mask), interpreter_miou in zip(voc.values(), readme, strict=True):
         miou = image_miou(predict(model, [image])[0], mask)
+        # Our float model scores within 0.0015 of the README's 3-decimal figures: the file's activation rounding,
+        # which the dequantised model leaves out, moves a few boundary pixels, the same on every CPU; float32
+        # order moves only pixels whose two best logits tie. 0.01 is the claim above.
         assert miou >= interpreter_miou - 0.01
         if width == 1.0:
             assert miou >= 0.95
@@ -204,6 +216,7 @@ def _frozen_graph(model: torch.nn.Module) -> bytes:
     return graph.SerializeToString()
 
 
+@pytest.mark.numeric
 def test_frozen_graph_import_folds_batchnorm_exactly(tmp_path) -> None:
     """No real model-zoo graph is available offline: a synthetic one in TF DeepLab's layout, with random BN
     statistics and TF's two epsilons, must give back the model it was written from."""
@@ -235,7 +248,11 @@ def test_frozen_graph_import_folds_batchnorm_exactly(tmp_path) -> None:
     assert (settings.preset.name, settings.output) == ("tf_mnv2_dm05_pascal", "argmax")
     x = torch.randn(1, 3, 129, 97)
     with torch.no_grad():
-        assert torch.allclose(model(x), original(x), atol=1e-4)
+        expected = original(x)
+        # folded BatchNorm: other weights, so other roundings, in every layer
+        torch.testing.assert_close(
+            model(x), expected, **float32_close(*layer_stats(model), expected.abs().max().item())
+        )
 
 
 def test_a_detection_frozen_graph_is_refused() -> None:

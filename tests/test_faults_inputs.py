@@ -1,5 +1,5 @@
-"""Bad input outside the training loop that issue 14 found misleading or silent: an importer's --out that is a
-folder, COCO files with no annotations or duplicate image ids, a truncated video."""
+"""Bad input outside the training loop that could mislead or pass silently: an importer's --out that is a folder,
+COCO files with no annotations or duplicate image ids, a truncated video."""
 
 from __future__ import annotations
 

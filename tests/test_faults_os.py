@@ -1,4 +1,4 @@
-"""Faults, round two (issue 21): what the operating system refuses (disk full, read-only, missing folder), Ctrl-C,
+"""Faults the surroundings cause: what the operating system refuses (disk full, read-only, missing folder), Ctrl-C,
 what killed writers leave behind, flags that cannot fit in memory, files that are not checkpoints, --resume with
 flags it would not apply, and a bad validation file: each ends in one line naming the path or flag, nothing lost.
 

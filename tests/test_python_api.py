@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tolerances import float32_close, layer_stats
 
 from backbone.named_weights import BACKBONE_WEIGHTS, get_weights
 from common.errors import WeightsError
@@ -98,6 +99,14 @@ def test_segmenter_save_and_load_give_identical_masks(segmenter, images, tmp_pat
         assert torch.equal(a, b)
 
 
+def detector_close(detector: Detector, scale: float) -> dict[str, float]:
+    """Two evaluations of the detector in other kernel blockings: float32 summation order through every layer, and
+    the box decoding's exp and scaling; `scale` 1 for scores (probabilities), the image's size for boxes (pixels)."""
+    depth, terms = layer_stats(detector.model)
+    return float32_close(depth + 4, terms, scale)
+
+
+@pytest.mark.numeric
 def test_detector_batch_equals_one_image_at_a_time(detector, images):
     batched = detector(images, score_threshold=0.0)
     for image, together in zip(images, batched, strict=True):
@@ -105,30 +114,46 @@ def test_detector_batch_equals_one_image_at_a_time(detector, images):
         assert len(together) == len(alone) == 100
         best = slice(0, 20)  # far enough apart in score that float rounding cannot reorder them
         np.testing.assert_array_equal(together.labels[best], alone.labels[best])
-        np.testing.assert_allclose(together.scores, alone.scores, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(together.boxes[best], alone.boxes[best], rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(together.scores, alone.scores, **detector_close(detector, 1.0))
+        np.testing.assert_allclose(
+            together.boxes[best], alone.boxes[best], **detector_close(detector, max(image.shape))
+        )
         assert together.names == [NAMES[i] for i in together.labels]
         assert (together.boxes[:, 2] <= image.shape[1]).all() and (together.boxes[:, 3] <= image.shape[0]).all()
 
 
+@pytest.mark.numeric
 def test_segmenter_batch_equals_one_image_at_a_time(segmenter, images):
+    """Images padded to one size run as a batch, in other kernel blockings than alone: the logits agree to float32
+    summation order through every layer (and the bilinear resize), so the masks agree wherever the best class
+    leads the second by more than twice that."""
     masks = segmenter(images)
+    depth, terms = layer_stats(segmenter.model)
     for image, mask in zip(images, masks, strict=True):
         assert mask.shape == image.shape[:2] and mask.dtype == np.uint8
-        assert np.array_equal(mask, segmenter([image])[0])
+        (logits,) = segmenter([image], logits=True)
+        bound = float32_close(depth + 1, terms, scale=logits.abs().max().item())["atol"]
+        best, second = logits.topk(2, dim=0).values
+        decided = (best - second > 2 * bound).numpy()
+        assert decided.mean() > 0.99, decided.mean()  # near-ties are rare (0.1% here): the comparison is not vacuous
+        assert np.array_equal(mask[decided], segmenter([image])[0][decided])
 
 
-def _same(a, b) -> bool:
+def _same(a, b, image: np.ndarray, head) -> bool:
+    """The same answer: masks equal; detections equal up to float32 summation order (threads may share out a
+    kernel's work in other ways)."""
     if isinstance(a, np.ndarray):
         return np.array_equal(a, b)
     return (
-        all(np.allclose(x, y, atol=1e-5) for x, y in ((a.boxes, b.boxes), (a.scores, b.scores))) and a.names == b.names
+        np.allclose(a.scores, b.scores, **detector_close(head, 1.0))
+        and np.allclose(a.boxes, b.boxes, **detector_close(head, max(image.shape)))
+        and a.names == b.names
     )
 
 
 def test_threads_sharing_a_training_model_get_the_serial_answers_and_leave_it_alone(detector, segmenter, images):
     """4 threads calling one Detector / Segmenter whose model is in train mode: every answer is the eval-mode
-    answer given serially, BatchNorm statistics are untouched, the model is still training (issue 21)."""
+    answer given serially, BatchNorm statistics are untouched, the model is still training."""
     from concurrent.futures import ThreadPoolExecutor
 
     for head in (detector, segmenter):
@@ -138,7 +163,8 @@ def test_threads_sharing_a_training_model_get_the_serial_answers_and_leave_it_al
         buffers = {k: v.clone() for k, v in head.model.state_dict().items()}
         with ThreadPoolExecutor(4) as pool:
             answers = list(pool.map(lambda i, head=head: head([images[i % len(images)]])[0], range(24)))
-        assert all(_same(answer, serial[i % len(images)]) for i, answer in enumerate(answers))
+        n = len(images)
+        assert all(_same(answer, serial[i % n], images[i % n], head) for i, answer in enumerate(answers))
         assert all(torch.equal(v, head.model.state_dict()[k]) for k, v in buffers.items())
         assert head.model.training and all(m.training for m in head.model.modules())
         head.model.eval()

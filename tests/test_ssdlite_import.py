@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 from tensorboard.compat.proto import graph_pb2, node_def_pb2, tensor_pb2
+from tolerances import float32_close, layer_stats, softmax_bound
 
 from backbone.predictor import fuse_for_inference
 from backbone.tf.graphdef import GraphWeights, parse_graph, tensor_to_numpy
 from common.errors import WeightsError
 from ssdlite import SSDLITE320_COCO, load_ssdlite, predict
+from ssdlite.detector import preprocess_image
 from ssdlite.named_weights import SSDLITE_PEDESTRIAN
 from ssdlite.tf_import import import_graph
 from tools import import_tf_detection
@@ -41,6 +43,18 @@ def pedestrian_graph() -> graph_pb2.GraphDef:
 @pytest.fixture(scope="module")
 def pedestrian_model():
     return import_graph(PEDESTRIAN)
+
+
+def tf_bounds(model: torch.nn.Module, image: np.ndarray, side: int) -> tuple[float, float]:
+    """(score, box) bounds against TensorFlow's stored answer for `image`, boxes in pixels of a `side`-pixel image.
+    TensorFlow and PyTorch compute the same float32 graph in their own orders: float32_close through every layer
+    (and the box decoding), a probability moving by at most half its logits' bound; the answer itself is rounded
+    to 3 decimals and to whole pixels."""
+    depth, terms = layer_stats(model)
+    with torch.no_grad():
+        _, logits = model(preprocess_image(image, model.preset)[None])
+    logit_bound = float32_close(depth, terms, scale=logits.abs().max().item())["atol"]
+    return 0.0005 + softmax_bound(logit_bound), 0.5 + float32_close(depth + 4, terms, scale=side)["atol"]
 
 
 def _exit_status(argv: list[str]) -> int:
@@ -157,6 +171,7 @@ def test_cli_reports_bad_files_in_one_line_and_keeps_the_output(tmp_path, capsys
 
 
 @needs_pedestrian
+@pytest.mark.numeric
 def test_pedestrian_graph_matches_tensorflow(pedestrian_model):
     skimage_data = pytest.importorskip("skimage.data", reason="scikit-image is needed for the astronaut photo")
     from PIL import Image
@@ -165,21 +180,30 @@ def test_pedestrian_graph_matches_tensorflow(pedestrian_model):
     resized = np.asarray(Image.fromarray(image).resize((300, 300), Image.BILINEAR))
     for model in (pedestrian_model, fuse_for_inference(pedestrian_model)):
         (det,) = predict(model, [resized], score_threshold=0.3)
+        score_bound, box_bound = tf_bounds(model, resized, side=512)
         assert det["labels"].tolist() == [1], det
-        assert abs(det["scores"].item() - TF_SCORE) <= 0.01
+        assert abs(det["scores"].item() - TF_SCORE) <= score_bound
         box = det["boxes"][0] * torch.tensor([512 / 300] * 4)
-        assert (box - torch.tensor(TF_BOX, dtype=torch.float32)).abs().max() <= 3, box
+        assert (box - torch.tensor(TF_BOX, dtype=torch.float32)).abs().max() <= box_bound, box
 
 
 @needs_pedestrian
+@pytest.mark.numeric
 def test_pedestrian_graph_on_grace_hopper(pedestrian_model, assets_dir):
-    """shared/assets/README: TensorFlow finds one person, score 0.994, box (1, 14, 509, 600) in 512×600 pixels."""
+    """shared/assets/README: TensorFlow finds one person, score 0.994, box (1, 14, 509, 600) in 512×600 pixels, given
+    the photo PIL-resized to 300×300 as the astronaut. The whole photo, resized by the graph's own bilinear (no
+    antialiasing), is another input: one person too, but 0.9986 and a box 2.3 px away."""
     from PIL import Image
 
-    image = np.asarray(Image.open(assets_dir / "coral" / "grace_hopper.bmp").convert("RGB"))
-    (det,) = predict(pedestrian_model, [image], score_threshold=0.3)
-    assert det["labels"].tolist() == [1] and abs(det["scores"].item() - 0.994) <= 0.01
-    assert (det["boxes"][0] - torch.tensor([1.0, 14.0, 509.0, 600.0])).abs().max() <= 3
+    photo = Image.open(assets_dir / "coral" / "grace_hopper.bmp").convert("RGB")
+    (whole,) = predict(pedestrian_model, [np.asarray(photo)], score_threshold=0.3)
+    assert whole["labels"].tolist() == [1]
+    resized = np.asarray(photo.resize((300, 300), Image.BILINEAR))
+    (det,) = predict(pedestrian_model, [resized], score_threshold=0.3)
+    score_bound, box_bound = tf_bounds(pedestrian_model, resized, side=600)
+    assert det["labels"].tolist() == [1] and abs(det["scores"].item() - 0.994) <= score_bound
+    box = det["boxes"][0] * torch.tensor([512 / 300, 600 / 300] * 2)
+    assert (box - torch.tensor([1.0, 14.0, 509.0, 600.0])).abs().max() <= box_bound, box
 
 
 @needs_pedestrian

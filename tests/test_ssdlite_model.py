@@ -4,10 +4,12 @@ wrong checkpoint, inference on any image, and learning on one batch."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
 import torch
+from tolerances import FLOAT32_EPS, float32_close, layer_stats
 from torch.utils.flop_counter import FlopCounterMode
 
 from backbone import MobileNetV2, save_checkpoint
@@ -69,8 +71,10 @@ def test_paper_figures_at_320():
         model = build_ssdlite(SSDLITE320_COCO).eval()
         model(torch.zeros(1, 3, 320, 320))
     params = sum(p.numel() for p in model.parameters())
+    # 4,500,543, 4.7% above the paper's 4.3M: the paper does not spell out its SSDLite layer by layer, and 5% is
+    # the gap this suite accepts as the same design; "0.8B" has one significant digit: ±0.05B
     assert abs(params / 4.3e6 - 1) <= 0.05, params
-    assert abs(counter.get_total_flops() / 2 / 0.8e9 - 1) <= 0.10
+    assert abs(counter.get_total_flops() / 2 - 0.8e9) <= 0.05e9
 
 
 def test_tf_preset_conventions():
@@ -78,7 +82,8 @@ def test_tf_preset_conventions():
     assert model.num_classes == 2 and model.preset.name == SSDLITE_TF_COCO300.name
     assert hasattr(model.backbone.stem, "pad") and hasattr(model.extras[0].depthwise, "pad")  # TF "SAME"
     assert model.backbone.stem.bn.eps == 1e-3 and model.preset.mean == (0.5, 0.5, 0.5)
-    assert all(b.conv.bias.unique().item() == pytest.approx(-4.595, abs=1e-3) for b in model.head.cls)
+    prior_logit = math.log(0.01 / 0.99)  # sigmoid(bias) = 0.01, stored as float32: one rounding
+    assert all(b.conv.bias.unique().item() == pytest.approx(prior_logit, rel=FLOAT32_EPS) for b in model.head.cls)
 
 
 def test_width_multiplier_scales_backbone_and_extras():
@@ -163,6 +168,7 @@ def test_predict_any_size_and_channel_count(tiny_model, shape):
     assert float(det["boxes"][:, 2].max()) <= w and float(det["boxes"][:, 3].max()) <= h
 
 
+@pytest.mark.numeric
 def test_predict_batches_images_of_different_sizes(decisive_model):
     """A batch gives each image the detections it gets alone: the same boxes, labels and scores, in order; the
     model comes back in the mode it was in."""
@@ -173,11 +179,16 @@ def test_predict_batches_images_of_different_sizes(decisive_model):
     assert decisive_model.training
     decisive_model.eval()
     alone = [predict(decisive_model, [im], score_threshold=0.0, detections_per_image=20)[0] for im in images]
-    for a, b in zip(batched, alone, strict=True):
+    # A batch is computed by other kernel blockings than one image: float32 summation order through every layer,
+    # plus the box decoding's exp and scaling. Scores are probabilities (scale 1), boxes pixels (scale: the image).
+    depth, terms = layer_stats(decisive_model)
+    for image, a, b in zip(images, batched, alone, strict=True):
         assert len(a["scores"]) == 20
-        torch.testing.assert_close(a["scores"], b["scores"], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(a["scores"], b["scores"], **float32_close(depth, terms))
         assert torch.equal(a["labels"], b["labels"])
-        torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(
+            a["boxes"], b["boxes"], **float32_close(depth + 4, terms, scale=max(image.shape[:2]))
+        )
     assert predict(decisive_model, []) == []
 
 
@@ -199,6 +210,7 @@ def test_predict_rejects_unusable_images(tiny_model, image, message):
 # ---------------------------------------------------------------- learning
 
 
+@pytest.mark.numeric
 def test_loss_decreases_when_overfitting_one_batch():
     torch.manual_seed(0)
     model = build_ssdlite(TINY).train()
@@ -218,4 +230,6 @@ def test_loss_decreases_when_overfitting_one_batch():
         out["loss"].backward()
         optimizer.step()
         losses.append(out["loss"].item())
+    # Over seeds 0-5 and ATen's default and avx2 kernels the loss ends at 0.28-0.34 of its start (0.28 for seed 0 on
+    # both): 0.5 is far outside that spread, and a model that does not learn stays near 1.
     assert losses[-1] < 0.5 * losses[0], losses

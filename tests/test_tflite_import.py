@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tolerances import float32_close, int8_bound, softmax_bound
 
 from backbone.mobilenet_weights import mobilenet_v2_from_checkpoint
 from backbone.tf import classifier as tflite_classifier
@@ -116,17 +117,30 @@ def test_imported_model_is_mobilenet_v2_1_0(classifier) -> None:
     assert sum(p.numel() for p in model.parameters()) == 3_504_872  # torchvision's count for 1.0
 
 
-def test_agrees_with_tflite_interpreter(classifier, photos) -> None:
-    """Same photo through both runtimes: our float model vs the quantised original.
+# The float model against the quantised file: the file's own rounding of weights and activations, as our float
+# model shows it on the five photos (largest |Δlogit| in steps of the file's logit tensor, largest |Δprobability|).
+# That is a property of the file and the photos, the same on every CPU; tolerances.int8_bound adds a step for
+# another int8 kernel.
+FILE_ROUNDING = {
+    "tf2_mobilenet_v2_1.0_224_ptq.tflite": (7.4, 0.058),
+    "mobilenet_v2_1.0_224_quant.tflite": (4.9, 0.039),
+}
 
-    Measured on the five photos: logit correlation >= 0.995, |Δlogit| <= 0.49 (5-8 steps of the uint8/int8
-    logit tensor), |Δprobability| <= 0.06, same top-1 everywhere. Bounds below leave margin for other CPUs.
-    """
+
+@pytest.mark.numeric
+def test_agrees_with_tflite_interpreter(classifier, photos) -> None:
+    """Same photo through both runtimes: our float model vs the quantised original, within the file's own rounding
+    (FILE_ROUNDING) and one step of another int8 kernel, with the same top-1."""
     from ai_edge_litert.interpreter import Interpreter
 
     path, model = classifier
     graph = read_tflite(path)
     logits_tensor = next(op for op in graph.operators if op.name == "SOFTMAX").inputs[0]
+    logit_step, prob_step = float(logits_tensor.scale[0]), float(graph.outputs[0].scale[0])
+    file_steps, file_prob = FILE_ROUNDING[path.name]
+    logit_bound = int8_bound(logit_step, file_steps)
+    # a kernel's step in the logits moves a probability by at most half of it, and the output's rounding by a step
+    prob_bound = file_prob + softmax_bound(int8_bound(logit_step, 0)) + int8_bound(prob_step, 0)
     with warnings.catch_warnings():  # preserving intermediates is a "debugging" mode: that is what this is
         warnings.simplefilter("ignore")
         interpreter = Interpreter(str(path), experimental_preserve_all_tensors=True, num_threads=1)
@@ -144,15 +158,19 @@ def test_agrees_with_tflite_interpreter(classifier, photos) -> None:
             logits = model(x[None])[0].numpy()
         probs = torch.from_numpy(logits).softmax(0).numpy()
         assert logits.argmax() == ref_logits.argmax(), name
+        # corr ≈ 1 - ½(rms Δ / σ)²: the file's rounding gives ≥ 0.995 on every photo (rms Δ ≤ 0.1σ, the same on
+        # every CPU); a kernel's step on every logit (step / σ ≤ 0.07 for both files) adds in quadrature:
+        # corr ≥ 1 - ½(0.1² + 0.07²) = 0.9926
         assert np.corrcoef(logits, ref_logits)[0, 1] > 0.99, name
-        assert np.abs(logits - ref_logits).max() < 1.0, name
-        assert np.abs(probs - ref_probs).max() < 0.1, name
+        assert np.abs(logits - ref_logits).max() <= logit_bound, name
+        assert np.abs(probs - ref_probs).max() <= prob_bound, name
 
 
 def _dequantized(values: np.ndarray, tensor: Tensor) -> np.ndarray:
     return dataclasses.replace(tensor, data=values).dequantize()
 
 
+@pytest.mark.numeric
 def test_keep_background_keeps_output_zero() -> None:
     path = coral("mobilenet_v2_1.0_224_quant.tflite")
     with_background = mobilenet_v2_from_tflite(path, drop_background=False)
@@ -160,7 +178,11 @@ def test_keep_background_keeps_output_zero() -> None:
     assert with_background.config["num_classes"] == 1001
     x = torch.rand(1, 3, 96, 96) * 2 - 1
     with torch.inference_mode():
-        torch.testing.assert_close(with_background(x)[:, 1:], dropped(x))
+        expected = dropped(x)
+        # the same layers up to the classifier, whose 1001 rows kernels may block apart from 1000: one layer of
+        # float32 summation order over its 1280 inputs
+        close = float32_close(1, dropped.classifier.in_features, expected.abs().max().item())
+        torch.testing.assert_close(with_background(x)[:, 1:], expected, **close)
 
 
 def _keras_style(path: Path, paddings: list[list[int]]):

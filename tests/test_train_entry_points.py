@@ -90,6 +90,8 @@ def test_deeplab_trains_and_eval_scores_its_checkpoint_the_same(deeplab_run, syn
             "0",
         ]
     )
+    # the same checkpoint on the same validation images, in this process: the same pixels counted; 1e-6 is far below
+    # one pixel's weight in an IoU (1 / its class's union) and far above float64 rounding
     assert json.loads((out / "metrics.json").read_text())["mIoU"] == pytest.approx(logged, abs=1e-6)
 
 

@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+from tolerances import float32_close
 
 from backbone.mobilenetv2 import NUM_BLOCKS
 from common.errors import WeightsError
@@ -42,6 +43,7 @@ def source():
     return model, _checkpoint(model, COCO_LIKE)
 
 
+@pytest.mark.numeric
 def test_ssdlite_keeps_everything_that_fits_and_maps_class_rows_by_name(source):
     model, checkpoint = source
     target_names = ["background", "Person", "bicycle", "dog", "kite"]  # case differs; kite is new; car unused
@@ -63,8 +65,11 @@ def test_ssdlite_keeps_everything_that_fits_and_maps_class_rows_by_name(source):
     with torch.no_grad():
         _, theirs = model(images)
         _, ours = target(images)
+    # Everything up to the class predictors is the same computation; their 1×1 convs hold the rows in another order,
+    # which kernels may block apart: one layer of float32 summation order.
+    terms = max(branch.conv.weight[0].numel() for branch in target.head.cls)
     for t, s in ((0, 0), (1, 1), (2, 3), (3, 4)):
-        torch.testing.assert_close(ours[..., t], theirs[..., s], rtol=1e-5, atol=1e-6)  # kernels may block apart
+        torch.testing.assert_close(ours[..., t], theirs[..., s], **float32_close(1, terms, theirs.abs().max().item()))
     kite = next(k for k in own if ".cls." in k and k.endswith("conv.bias"))
     rows = own[kite].shape[0] // 5
     assert torch.equal(own[kite].view(rows, 5)[:, 4], fresh[kite].view(rows, 5)[:, 4])

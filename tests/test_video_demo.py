@@ -153,6 +153,7 @@ def test_folder_and_single_image_sources(files, tmp_path) -> None:
     assert single.frames == 1 and [p.name for p in (tmp_path / "one").iterdir()] == ["c.png"]
 
 
+@pytest.mark.numeric
 def test_batches_draw_the_same_frames_as_single_frames(files) -> None:
     annotator = video.load_annotator(files["det"], files["seg"], torch.device("cpu"), False, 0.2)
     clip = [frame.rgb for frame in open_source(str(files["video"]))][:6]
@@ -165,6 +166,7 @@ def test_batches_draw_the_same_frames_as_single_frames(files) -> None:
     assert any(a.classes for a in annotator(clip))  # something was drawn: the comparison is not of blank frames
 
 
+@pytest.mark.numeric
 def test_real_pedestrian_detector_draws_a_person_box_on_the_astronaut(tmp_path) -> None:
     graph = pedestrian_graph()
     if graph is None:
@@ -188,10 +190,13 @@ def test_real_pedestrian_detector_draws_a_person_box_on_the_astronaut(tmp_path) 
     assert result.classes == {"person": 1}
     drawn = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / "astronaut.png")), cv2.COLOR_BGR2RGB)
     person = np.all(drawn == class_colours(["background", "person"])[1], axis=-1)
-    # TensorFlow's box is (3, 34, 377, 509): its left, right and bottom sides are drawn in the person colour.
-    assert person[100:450, 1:7].any(axis=1).mean() > 0.95
-    assert person[100:450, 374:381].any(axis=1).mean() > 0.95
-    assert person[505:512, 100:350].any(axis=0).mean() > 0.95  # the FPS label is bottom left
+    # TensorFlow's box is (3, 34, 377, 509) for the photo PIL-resized to 300×300; the demo resizes the whole photo
+    # with TF's bilinear, which moves the sides by up to 2 px (5, 32, 377, 509 here; Grace Hopper's, 2.3 px, in
+    # test_ssdlite_import). So each side's line, ≥ 2 px thick, crosses every row (column) of a window of TF's side
+    # ± 3 px.
+    assert person[100:450, 1:7].any(axis=1).all()
+    assert person[100:450, 374:381].any(axis=1).all()
+    assert person[505:512, 100:350].any(axis=0).all()  # the FPS label is bottom left
 
 
 # ---------------------------------------------------------------- Ctrl-C

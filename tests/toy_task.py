@@ -32,6 +32,17 @@ from train.engine import train_main  # noqa: E402
 from train.flags import add_engine_arguments  # noqa: E402
 from train.task import Task  # noqa: E402
 
+BATCH_SIZE = 8
+
+
+def trained_close(steps: int, expected: torch.Tensor) -> dict[str, float]:
+    """rtol/atol between two runs of `steps` toy steps whose float32 sums may go in other orders (other processes,
+    compiled kernels, an all-reduce): 2 layers (3×3 conv, linear), so a step is 2·2 + 1 operations deep, and a weight
+    gradient adds batch × 6×6 positions (tolerances.float32_close)."""
+    from tolerances import float32_close
+
+    return float32_close(steps * (2 * 2 + 1), BATCH_SIZE * 6 * 6, scale=expected.abs().max().item())
+
 
 class ToySet(Dataset):
     def __init__(self, x: torch.Tensor, y: torch.Tensor, augment: bool, corrupt_at: int | None) -> None:
@@ -138,7 +149,9 @@ def main(argv=None):
     for dest in fault_flags:
         parser.add_argument("--" + dest.replace("_", "-"), type=int, default=0)
     parser.add_argument("--corrupt-at-index", type=int, default=None)
-    add_engine_arguments(parser, lr=0.1, epochs=3, batch_size=8, weight_decay=1e-4, optimizer="sgd", schedule="cosine")
+    add_engine_arguments(
+        parser, lr=0.1, epochs=3, batch_size=BATCH_SIZE, weight_decay=1e-4, optimizer="sgd", schedule="cosine"
+    )
     faults = parser.parse_known_args(argv)[0]
     if faults.kill9_in_save:
         kill_during_save(faults.kill9_in_save)
