@@ -12,7 +12,9 @@ from deeplab_mobile.checkpoint import save_deeplab
 from deeplab_mobile.presets import VOC_CLASSES
 
 IMPORT_COMMAND = "python -m tools.import_tf_segmentation {file} --out {out}"
-_INTERPRETER_CHECK = "pytest tests/test_deeplab_import.py (against the TFLite interpreter ai-edge-litert)"
+_INTERPRETER_CHECK = (
+    "pytest tests/deeplab_mobile/test_deeplab_import.py (against the TFLite interpreter ai-edge-litert)"
+)
 
 
 def _convert(source: Path, out: Path) -> None:

@@ -38,7 +38,7 @@ SSDLITE_PEDESTRIAN = PretrainedWeights(
     ),  # release 0.2
     figure="astronaut photo (raw, resized inside as TF does): one person, score 0.902, box (4.5, 31.6, 377.3, 509.0): "
     "TensorFlow's answer on every detection ≥ 0.3 of the asset photos to 1 px and 0.01",
-    measured_by="pytest tests/test_ssdlite_import.py tests/test_preprocessing.py (against TensorFlow's recorded output)",
+    measured_by="pytest tests/ssdlite/test_ssdlite_import.py tests/test_preprocessing.py (against TensorFlow's recorded output)",
     convert=_converter(["person"]),
     import_command=IMPORT_COMMAND + " --labels person",
 )

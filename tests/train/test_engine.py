@@ -17,7 +17,7 @@ from toy_task import trained_close
 from backbone.checkpoint import load_checkpoint, save_checkpoint
 from train.optim import lr_factor, parameter_groups
 
-TOY = Path(__file__).resolve().parent / "toy_task.py"
+TOY = Path(__file__).resolve().parents[1] / "toy_task.py"
 STEPS_PER_EPOCH = 8  # 64 samples, batch 8
 
 

@@ -22,7 +22,7 @@ from common.errors import WeightsError
 from demo.classify import classify, tf_preprocess
 from tools.import_tflite import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ASSETS = Path(os.environ.get("MNV2_ASSETS", ROOT.parent / "shared" / "assets"))
 PHOTOS = ("cat.bmp", "parrot.jpg", "hot_dog.jpg", "bird.bmp", "grace_hopper.bmp")
 README_TOP1 = {"cat.bmp": 285, "parrot.jpg": 88, "hot_dog.jpg": 934, "bird.bmp": 19, "grace_hopper.bmp": 667}

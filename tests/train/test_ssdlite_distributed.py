@@ -16,7 +16,7 @@ from pathlib import Path
 from backbone.checkpoint import load_checkpoint
 from datasets.synthetic import generate
 
-ENTRY = Path(__file__).resolve().parent.parent / "train" / "ssdlite.py"
+ENTRY = Path(__file__).resolve().parents[2] / "train" / "ssdlite.py"
 
 
 def train(tmp_path: Path, root: Path, name: str, processes: int) -> Path:

@@ -35,7 +35,7 @@ from tools.export_graphs import ExportError, load_graph
 from tools.litert_metadata import read_labels, read_tflite_metadata
 from tools.litert_runtime import LiteRTModel, phone_input
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VOC_SAMPLES = ("vainf_1", "vainf_23", "vainf_114")
 GOOGLE_DEEPLAB = "coral/deeplabv3_mnv2_pascal_quant.tflite"
 needs_phone_tools = pytest.mark.skipif(

@@ -18,7 +18,7 @@ import torch
 
 from backbone.checkpoint import load_checkpoint
 
-TOY = Path(__file__).resolve().parent / "toy_task.py"
+TOY = Path(__file__).resolve().parents[1] / "toy_task.py"
 EPOCHS, STEPS_PER_EPOCH = 5, 8  # 64 samples, batch 8
 RUN = ["--epochs", str(EPOCHS), "--log-interval", "1", "--workers", "2"]
 

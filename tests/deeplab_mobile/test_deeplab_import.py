@@ -19,7 +19,7 @@ from deeplab_mobile.tf_import import deeplab_from_tflite
 from eval.segmentation import ConfusionMatrix
 from tools.import_tf_segmentation import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ASSETS = Path(os.environ.get("MNV2_ASSETS", ROOT.parent / "shared" / "assets"))
 VOC_SAMPLES = ("vainf_1", "vainf_23", "vainf_114")
 PICAMERA2 = "picamera2/deeplabv3.tflite"

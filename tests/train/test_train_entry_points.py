@@ -277,7 +277,7 @@ def test_missing_data_root_is_one_line(script, tmp_path, capsys):
         ]
         return
     # train/deeplab.py as a real `python script.py` process: the one-line error end to end
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     result = subprocess.run(
         [sys.executable, script, *argv],
         cwd=repo,

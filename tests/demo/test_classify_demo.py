@@ -14,7 +14,7 @@ from common.images import normalization_stats
 from demo.classify import load_classifier, main, tf_preprocess, torchvision_preprocess
 from tools.import_tflite import main as import_main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ASSETS = Path(os.environ.get("MNV2_ASSETS", ROOT.parent / "shared" / "assets"))
 
 

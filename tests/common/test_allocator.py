@@ -45,7 +45,7 @@ def _reuse_faults(mode: str, env: dict[str, str] | None = None) -> dict:
         capture_output=True,
         text=True,
         check=True,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
         env=env,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -25,7 +25,7 @@ from eval import coco_map, voc_map, voc_miou
 from eval.detection import base_dataset
 from eval.segmentation_report import Overlay, write_segmentation_report
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NAMES = ["background", *SYNTHETIC_CLASSES]
 COMMON = ["--workers", "0", "--quiet", "--device", "cpu"]
 

@@ -18,7 +18,7 @@ import torch
 
 from backbone.checkpoint import load_checkpoint
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TOY = REPO / "tests" / "toy_task.py"
 TINY_SSDLITE = [
     "--image-size",
