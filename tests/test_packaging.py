@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # processes and training runs: not in `make check`'s fast lane
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -12,6 +12,8 @@ import torch
 from bench import bench_gpu
 from bench import run as bench_run
 
+pytestmark = pytest.mark.slow  # processes and training runs: not in `make check`'s fast lane
+
 SIZES = {"ssdlite": 128, "deeplab": 128}
 TRAIN_BATCHES = {"ssdlite": (2, 3), "deeplab": (2,)}  # two training batches for detectors, as on the GPU
 

@@ -18,6 +18,8 @@ import torch
 
 from backbone.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.slow  # processes and training runs: not in `make check`'s fast lane
+
 REPO = Path(__file__).resolve().parents[2]
 TOY = REPO / "tests" / "toy_task.py"
 TINY_SSDLITE = [

@@ -17,6 +17,8 @@ from toy_task import trained_close
 from backbone.checkpoint import load_checkpoint, save_checkpoint
 from train.optim import lr_factor, parameter_groups
 
+pytestmark = pytest.mark.slow  # processes and training runs: not in `make check`'s fast lane
+
 TOY = Path(__file__).resolve().parents[1] / "toy_task.py"
 STEPS_PER_EPOCH = 8  # 64 samples, batch 8
 

@@ -13,8 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from backbone.checkpoint import load_checkpoint
 from datasets.synthetic import generate
+
+pytestmark = pytest.mark.slow  # processes and training runs: not in `make check`'s fast lane
 
 ENTRY = Path(__file__).resolve().parents[2] / "train" / "ssdlite.py"
 

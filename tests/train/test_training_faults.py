@@ -18,6 +18,8 @@ import torch
 
 from backbone.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.slow  # processes and training runs: not in `make check`'s fast lane
+
 TOY = Path(__file__).resolve().parents[1] / "toy_task.py"
 EPOCHS, STEPS_PER_EPOCH = 5, 8  # 64 samples, batch 8
 RUN = ["--epochs", str(EPOCHS), "--log-interval", "1", "--workers", "2"]
