@@ -195,12 +195,14 @@ def report_class_names(
 
 def class_name_warning(names: Sequence[str], dataset_names: Sequence[str]) -> str | None:
     """A warning when the checkpoint's class names differ from the dataset's at the same labels."""
+    if len(names) != len(dataset_names):
+        return None
     pairs = [
         (i, a, b)
         for i, (a, b) in enumerate(zip(names, dataset_names, strict=True))
         if i > 0 and b != "N/A" and canonical_class_name(a) != canonical_class_name(b)
     ]
-    if not pairs or len(names) != len(dataset_names):
+    if not pairs:
         return None
     shown = ", ".join(f"{i}: {a!r} vs {b!r}" for i, a, b in pairs[:5])
     more = f" and {len(pairs) - 5} more" if len(pairs) > 5 else ""

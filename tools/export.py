@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"run the files (ONNX Runtime, CPU; TorchScript) against eager PyTorch and write "
         f"nothing unless raw outputs agree within {ATOL:g}, NMS keeps the same detections and the "
         "argmax masks are the same; the .tflite in the LiteRT interpreter, by the looser bounds of "
-        "docs/export.md (no detection >= 0.5 gained or lost; 98%% of the pixels fp32 is sure of the same), in "
+        "docs/export.md (every detection and pixel fp32 decides clearly kept, none gained), in "
         "LiteRT and, when installed, in MediaPipe Tasks (default: on)",
     )
     parser.add_argument(

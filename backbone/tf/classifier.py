@@ -131,7 +131,7 @@ def _first_mismatch(
     graph: TFLiteModel, ops: list[Operator], slots: list[_Slot], check: Callable[..., str | None]
 ) -> tuple[int, str] | None:
     """(layer index, reason) of the first layer `check` rejects or where the layer counts part, else None."""
-    for i, (op, slot) in enumerate(zip(ops, slots, strict=True)):
+    for i, (op, slot) in enumerate(zip(ops, slots, strict=False)):
         reason = check(graph, op, slot)
         if reason is not None:
             return i, f"layer {i} ({slot.prefix}, op #{op.index}): {reason}"

@@ -154,11 +154,12 @@ class PredictionNoise:
 
     def box_px(self, box: np.ndarray, scale_in: float, coder: tuple[float, float] = (10.0, 5.0)) -> float:
         """The most an edge of `box` (x0, y0, x1, y1 in image pixels) may move: the centre moves by δt/10 of the
-        anchor (no larger than the box it became), the size by δt/5 of the box, half of it at each edge; plus 1 px
-        for MediaPipe's integer pixel coordinates and half an input pixel (`scale_in` image pixels) for the
-        resize's pixel-centre convention, which MediaPipe and TensorFlow's bilinear place differently."""
+        anchor, the size by δt/5 of the box, half of it at each edge; plus 1 px for MediaPipe's integer pixel
+        coordinates and half an input pixel (`scale_in` image pixels) for the resize's pixel-centre convention,
+        which MediaPipe and TensorFlow's bilinear place differently. Training matches a box to anchors overlapping
+        it by IoU >= 0.5, so an anchor is at most twice the box's size along a side: the centre term takes 2×."""
         size = float(np.max(box[2:] - box[:2]))
-        centre, extent = self.location[0] / coder[0], self.location[1] / coder[1] / 2
+        centre, extent = 2.0 * self.location[0] / coder[0], self.location[1] / coder[1] / 2
         return 3.0 * size * float(np.hypot(centre, extent)) + 1.0 + 0.5 * scale_in
 
     def score(self, classification: str) -> float:
@@ -179,28 +180,23 @@ def _reached_output(op, consumers: dict[int, list], outputs: dict[int, str]) -> 
     raise AssertionError(f"operator {op.index} reaches no output")
 
 
-def assert_detector_agrees(path: Path, detector: Detector, photos: dict[str, np.ndarray], targets: list[str]) -> None:
-    """ObjectDetector on the file against the PyTorch `Detector`: every clear detection kept and none gained on any
-    photo (the export's rule), class names read from the file, and on the `targets` photos where PyTorch's best
-    scores >= 0.5 the best detection within the box and score bounds of the file's quantisation (PredictionNoise)."""
-    names = list(photos)
-    found = mediapipe_tasks.detect(path, list(photos.values()), score_threshold=0.3)
-    expected = detector(list(photos.values()), score_threshold=0.3)
-    as_tensors = [
-        export_litert.with_runner_up(
-            {
-                "boxes": torch.from_numpy(e.boxes),
-                "scores": torch.from_numpy(e.scores),
-                "labels": torch.from_numpy(e.labels),
-            }
-        )
-        for e in expected
-    ]
+def assert_detector_agrees(
+    path: Path, checkpoint: str | Path, photos: dict[str, np.ndarray], targets: list[str]
+) -> None:
+    """ObjectDetector on the file against eager PyTorch decoded as MediaPipe decodes (the export's own reference):
+    every clear detection kept and none gained on any photo (the export's rule), class names read from the file;
+    and on the `targets` photos where the PyTorch `Detector`'s best scores >= 0.5, MediaPipe's best detection within
+    the box and score bounds of the file's own quantisation (PredictionNoise)."""
+    images, detector = list(photos.values()), Detector.from_pretrained(checkpoint)
+    found = mediapipe_tasks.detect(path, images, score_threshold=0.01)
+    reference = export_litert.mediapipe_reference(load_graph(checkpoint), images, 0.01)
     verdicts = export_litert.detections_agree(
-        as_tensors, [export_litert.as_detections(f, detector.class_names) for f in found]
+        reference, [export_litert.as_detections(f, detector.class_names) for f in found]
     )
     noise, confident = PredictionNoise.of(path), 0
-    for name, ours, theirs, (agrees, summary) in zip(names, expected, found, verdicts, strict=True):
+    for name, ours, theirs, (agrees, summary) in zip(
+        photos, detector(images, score_threshold=0.3), found, verdicts, strict=True
+    ):
         assert agrees, f"{name}: {summary}"
         assert set(theirs["names"]) <= set(detector.class_names[1:]), theirs["names"]
         if name in targets and len(ours.scores) and ours.scores[0] >= export_litert.SCORE_THRESHOLD:
@@ -231,7 +227,7 @@ def test_mediapipe_object_detector_runs_the_int8_pedestrian_file(pedestrian_int8
     assert read_labels(pedestrian_int8) == ["person"]  # the label file MediaPipe and Android Studio read
     assert_detector_agrees(
         pedestrian_int8,
-        Detector.from_pretrained(pedestrian),
+        pedestrian,
         photos_of_the_assets(assets_dir),
         targets=["astronaut", "grace_hopper"],
     )
@@ -257,8 +253,7 @@ def test_models_fine_tuned_here_ship_to_mediapipe(demo_run, learning_set) -> Non
     images = {record.path.name: read_image(record.path) for record in val}
     detector_file, segmenter_file = (demo_run / "phone" / f"{name}_int8.tflite" for name in ("ssdlite", "deeplab"))
     assert read_labels(detector_file) == list(SYNTHETIC_CLASSES)
-    detector = Detector.from_pretrained(demo_run / "train" / "ssdlite" / "best.pt")
-    assert_detector_agrees(detector_file, detector, images, targets=list(images))
+    assert_detector_agrees(detector_file, demo_run / "train" / "ssdlite" / "best.pt", images, targets=list(images))
     assert read_labels(segmenter_file) == ["background", *SYNTHETIC_CLASSES]
     assert "the checkpoint's training data" in read_tflite_metadata(segmenter_file)[0]["calibration"]
     segmenter = Segmenter.from_pretrained(demo_run / "train" / "deeplab" / "best.pt")
