@@ -259,8 +259,14 @@ def test_models_fine_tuned_here_ship_to_mediapipe(demo_run, learning_set) -> Non
     assert_detector_agrees(detector_file, demo_run / "train" / "ssdlite" / "best.pt", images, targets=[])
     assert read_labels(segmenter_file) == ["background", *SYNTHETIC_CLASSES]
     assert "the checkpoint's training data" in read_tflite_metadata(segmenter_file)[0]["calibration"]
-    segmenter = Segmenter.from_pretrained(demo_run / "train" / "deeplab" / "best.pt")
-    assert_segmenter_agrees(segmenter_file, segmenter, list(images.values()))
+    # the export's rule (decided pixels), not 98% of all: a briefly trained model has many near-tied pixels
+    graph = load_graph(demo_run / "train" / "deeplab" / "best.pt")
+    probabilities = export_litert.fp32_probabilities(graph, list(images.values()), stretched=True)
+    for name, p, mask in zip(
+        images, probabilities, mediapipe_tasks.segment(segmenter_file, list(images.values())), strict=True
+    ):
+        agrees, summary = export_litert.masks_agree(p, mask)
+        assert agrees, f"{name}: {summary}"
 
 
 @needs_phone_tools
