@@ -5,6 +5,30 @@ from __future__ import annotations
 
 from typing import Sequence
 
+# PASCAL VOC's 20 object classes in their label order (1..20; 0 is the background a segmenter adds).
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+
 IGNORE_INDEX = 255  # mask value that is neither scored nor trained on (VOC's object borders, padding)
 
 # VOC spelling → COCO spelling of the classes both sets have under different names.

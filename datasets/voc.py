@@ -16,32 +16,11 @@ import numpy as np
 from torch.utils.data import ConcatDataset
 
 from common.errors import DatasetError
+from common.labels import VOC_CLASSES
 from datasets.coco import image_files, image_path
 from datasets.detection import DetectionDataset, DetectionRecord, DetectionTransformFn, clip_box
 from datasets.errors import SkipCounter, handle
 
-VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
 VOC0712_TRAINVAL: tuple[tuple[str, str], ...] = (("2007", "trainval"), ("2012", "trainval"))
 
 

@@ -10,6 +10,7 @@ from typing import Any, Literal, Mapping
 from backbone.layers import PaddingMode
 from backbone.preset import Preset, lookup, preset_table
 from backbone.tf.layout import TF_BN_EPS
+from common import labels
 from common.images import Normalization, ResizeMethod, check_resize_method, normalization_stats
 
 # How `deeplab_mobile.preprocess_image` brings an image to the network: "any": at its own size, padded
@@ -20,29 +21,7 @@ InputMode = Literal["any", "pad", "resize"]
 INPUT_MODES = ("any", "pad", "resize")
 OUTPUT_STRIDES = (8, 16)
 
-VOC_CLASSES = (
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
+VOC_CLASSES = ("background", *labels.VOC_CLASSES)  # what a VOC segmenter predicts: background, then the 20
 
 
 @dataclass(frozen=True)
