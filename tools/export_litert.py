@@ -433,11 +433,15 @@ def nothing_decided_note(checks: Sequence[Check]) -> str | None:
     alone, which the user should know (a weakly trained model, or check photos unlike its training data)."""
     if not checks or not all(NOTHING_DECIDED in check.summary for check in checks):
         return None
+    detector = any("detection" in check.summary for check in checks)
+    criterion = (
+        f"no detection ≥ {SCORE_THRESHOLD + MARGIN:.1f} clear of its runner-up class by {MARGIN}"
+        if detector
+        else f"no pixel whose two best classes are {MARGIN} apart"
+    )
     return (
-        "note: the fp32 model makes no clear decision on any check image "
-        f"(no detection ≥ {SCORE_THRESHOLD + MARGIN:.1f} clear of its runner-up class, no pixel whose two best "
-        f"classes are {MARGIN} apart), so the file was checked only for decisions it adds; --images with photos the "
-        "model is sure of checks more"
+        f"note: the fp32 model makes no clear decision on any check image ({criterion}), so the file was checked "
+        "only for decisions it adds; --images with photos the model is sure of checks more"
     )
 
 
